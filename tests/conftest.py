@@ -1,0 +1,22 @@
+"""Shared fixtures: the real Severstal sample (skipped cleanly where `../shared` is absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_DIR = ROOT.parent / "shared" / "data" / "severstal_sample"
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    """The real competition sample: 27 train JPEGs, both train.csv and sample_submission layouts."""
+    if not (SAMPLE_DIR / "train.csv").is_file():
+        pytest.skip(f"real Severstal sample not found at {SAMPLE_DIR}")
+    return SAMPLE_DIR
