@@ -7,23 +7,41 @@ import importlib
 import os
 import sys
 
-# Each name is a module `steel_seg.cli.<name>` with `add_parser(subparsers)` that registers its subcommand
-# and sets `func=run` (a callable taking the parsed args and returning an exit code).
-COMMANDS = ("score", "validate")
+# name -> one-line help. Each name is a module `steel_seg.cli.<name>` with `add_parser(subparsers)` that
+# registers its subcommand and sets `func=run` (a callable taking the parsed args, returning an exit code).
+# Only the chosen subcommand's module is imported, so `steel-seg score` never pays for torch.
+COMMANDS = {
+    "synth": "write a Severstal-like synthetic data set",
+    "folds": "multilabel-stratified folds that keep near-duplicates together",
+    "train": "train a model from a YAML config (one GPU, CPU, or torchrun)",
+    "oof": "predict the held-out fold of a training run",
+    "tune": "grid-search post-processing rules on OOF predictions",
+    "report": "EDA and evaluation reports (PNG figures + one HTML page)",
+    "predict": "predict a submission with the inference engine",
+    "score": "the competition's mean Dice of a submission against truth",
+    "validate": "check a submission against a sample_submission.csv",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser for `command`; the others are listed by name and help only."""
     parser = argparse.ArgumentParser(prog="steel-seg", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name in COMMANDS:
-        importlib.import_module(f"steel_seg.cli.{name}").add_parser(sub)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        if command in (None, name):
+            importlib.import_module(f"steel_seg.cli.{name}").add_parser(sub)
+        else:
+            sub.add_parser(name, help=help_text)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    # An unknown or missing command imports nothing: argparse then prints the list or the error.
+    args = build_parser(chosen if chosen in COMMANDS else "").parse_args(argv)
     return int(args.func(args) or 0)
 
 

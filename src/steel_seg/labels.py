@@ -1,0 +1,212 @@
+"""Severstal label CSVs in every Kaggle layout -> one tidy table; the masks of an image.
+
+Layouts (told apart by the header):
+- original train and stage-1 submission: `ImageId_ClassId,EncodedPixels`, 4 rows per image, empty = no defect;
+- re-release train: `ImageId,ClassId,EncodedPixels`, defect rows only;
+- final submission: `ImageId,EncodedPixels,ClassId` (read here for `submission.read_predictions`).
+
+The tidy table has columns ImageId (str, with `.jpg`), ClassId (int 1..4), EncodedPixels (non-empty RLE),
+one row per defect mask, sorted by image then class. Errors name the file and the 1-based line number in it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from steel_seg import rle
+
+SHAPE = rle.SHAPE
+CLASSES = (1, 2, 3, 4)
+COLUMNS = ["ImageId", "ClassId", "EncodedPixels"]
+LAYOUTS = {
+    ("ImageId_ClassId", "EncodedPixels"): "original",
+    ("ImageId", "ClassId", "EncodedPixels"): "re-release",
+    ("ImageId", "EncodedPixels", "ClassId"): "final submission",
+}
+
+
+@dataclass(frozen=True)
+class LabelFile:
+    """What one label CSV says.
+
+    Attributes:
+        table: the tidy defect rows (COLUMNS).
+        image_ids: every image the file names (also those with only empty rows), unique, in file order.
+        layout: "original", "re-release" or "final submission".
+    """
+
+    table: pd.DataFrame
+    image_ids: list[str]
+    layout: str
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The cells of a label CSV, unchecked, one entry per non-blank data row.
+
+    Attributes:
+        layout: "original", "re-release" or "final submission".
+        lines: (R,) int, the 1-based line number of each row in the file.
+        image_ids, class_ids, rles: (R,) object arrays of str, as written (class_ids "" where the original
+            layout's `ImageId_ClassId` has no `_`).
+    """
+
+    layout: str
+    lines: np.ndarray
+    image_ids: np.ndarray
+    class_ids: np.ndarray
+    rles: np.ndarray
+
+
+def read_rows(path: str | Path) -> Rows:
+    """The rows of a label CSV in any layout; ValueError naming the file if unreadable or unknown."""
+    raw, layout = _read_raw(Path(path))
+    image_ids, class_ids = _split_ids(raw, layout)
+    rles = raw["EncodedPixels"].to_numpy(dtype=object)
+    return Rows(layout, raw.index.to_numpy() + 2, image_ids, class_ids, rles)
+
+
+def read_label_file(path: str | Path, shape: tuple[int, int] = SHAPE, class_zero: bool = False) -> LabelFile:
+    """Read a label CSV in any layout (see the module docstring), checking every row.
+
+    Args:
+        path: the CSV.
+        shape: (H, W) the RLE strings must fit.
+        class_zero: accept ClassId 0 (the final sample submission's "no class" placeholder); such rows name
+            their image but add no mask.
+
+    Raises:
+        ValueError naming the file, the line and the problem: unknown columns, a ClassId outside 1..4, an
+        (image, class) pair given twice, a bad RLE.
+    """
+    path = Path(path)
+    rows = read_rows(path)
+    lines, image_ids, class_ids, rles = rows.lines, rows.image_ids, rows.class_ids, rows.rles
+    allowed = {str(c) for c in CLASSES} | ({"0"} if class_zero else set())
+    _check_rows(path, lines, image_ids, class_ids, allowed)
+    _check_rles(path, lines, rles, shape)
+    table = pd.DataFrame({"ImageId": image_ids, "ClassId": class_ids.astype(np.int64), "EncodedPixels": rles})
+    defects = (table["ClassId"] > 0) & (table["EncodedPixels"].str.strip() != "")
+    table = table[defects].sort_values(["ImageId", "ClassId"], kind="stable").reset_index(drop=True)
+    return LabelFile(table, list(dict.fromkeys(image_ids.tolist())), rows.layout)
+
+
+def _read_raw(path: Path) -> tuple[pd.DataFrame, str]:
+    """All cells as str, blank lines kept as rows (so the index maps to line numbers) and then dropped."""
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, skip_blank_lines=False)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a readable CSV ({err})") from None
+    layout = LAYOUTS.get(tuple(raw.columns))
+    if layout is None:
+        known = "; ".join(",".join(cols) for cols in LAYOUTS)
+        found = ",".join(map(str, raw.columns))
+        raise ValueError(f"{path}: unknown columns {found}; expected one of: {known}")
+    return raw[(raw != "").any(axis=1)], layout
+
+
+def _split_ids(raw: pd.DataFrame, layout: str) -> tuple[np.ndarray, np.ndarray]:
+    """(ImageId, ClassId) as str arrays; the original layout's `ImageId_ClassId` split at its last `_`."""
+    if layout == "original":
+        parts = raw["ImageId_ClassId"].str.rpartition("_")
+        no_underscore = (parts[1] == "").to_numpy()
+        image_ids, class_ids = parts[0].to_numpy(dtype=object), parts[2].to_numpy(dtype=object)
+        image_ids[no_underscore] = class_ids[no_underscore]
+        class_ids[no_underscore] = ""
+        return image_ids, class_ids
+    return raw["ImageId"].to_numpy(dtype=object), raw["ClassId"].str.strip().to_numpy(dtype=object)
+
+
+def _check_rows(path: Path, lines: np.ndarray, image_ids: np.ndarray, class_ids: np.ndarray, allowed) -> None:
+    bad_image = np.flatnonzero(pd.Series(image_ids).str.strip().eq("").to_numpy())
+    if bad_image.size:
+        raise ValueError(f"{path}: line {lines[bad_image[0]]}: empty ImageId")
+    bad_class = np.flatnonzero(~pd.Series(class_ids).isin(allowed).to_numpy())
+    if bad_class.size:
+        i = bad_class[0]
+        expected = ", ".join(sorted(allowed))
+        raise ValueError(
+            f"{path}: line {lines[i]}: ClassId {class_ids[i]!r} of {image_ids[i]} is not one of {expected}"
+        )
+    keys = pd.Series(image_ids + "_" + class_ids)
+    twice = np.flatnonzero(keys.duplicated().to_numpy())
+    if twice.size:
+        i = twice[0]
+        first = lines[np.flatnonzero((keys == keys[i]).to_numpy())[0]]
+        pair = f"{image_ids[i]} class {class_ids[i]}"
+        raise ValueError(f"{path}: line {lines[i]}: {pair} given twice (first on line {first})")
+
+
+def _check_rles(path: Path, lines: np.ndarray, rles: np.ndarray, shape: tuple[int, int]) -> None:
+    problems = rle.parse_many(rles, shape).problems
+    if problems:
+        i = min(problems)
+        raise ValueError(f"{path}: line {lines[i]}: {problems[i]}")
+
+
+def read_train_csv(path: str | Path, shape: tuple[int, int] = SHAPE) -> pd.DataFrame:
+    """The tidy table of a train.csv in either layout (ValueError with the file and line on bad input)."""
+    return read_label_file(path, shape).table
+
+
+@dataclass(eq=False)
+class Labels:
+    """Ground truth of a set of images.
+
+    Attributes:
+        table: tidy defect rows (ImageId, ClassId 1..4, EncodedPixels), sorted.
+        image_ids: every known image, defect-free ones included, sorted.
+        shape: (H, W) of the images.
+    """
+
+    table: pd.DataFrame
+    image_ids: list[str]
+    shape: tuple[int, int] = SHAPE
+    _by_image: dict[str, list[tuple[int, str]]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_image = {image_id: [] for image_id in self.image_ids}
+        for image_id, class_id, encoded in self.table[COLUMNS].itertuples(index=False):
+            if image_id not in self._by_image:
+                raise ValueError(f"Labels: table image {image_id} is missing from image_ids")
+            self._by_image[image_id].append((int(class_id), encoded))
+
+    @classmethod
+    def from_csv(
+        cls, path: str | Path, images_dir: str | Path | None = None, shape: tuple[int, int] = SHAPE
+    ) -> Labels:
+        """Labels of a train.csv in either layout.
+
+        The re-release layout lists defect rows only; pass `images_dir` (the train_images folder) so that
+        defect-free images count too: image_ids is the union of the CSV's images and the folder's *.jpg.
+        """
+        found = read_label_file(path, shape)
+        image_ids = set(found.image_ids)
+        if images_dir is not None:
+            images_dir = Path(images_dir)
+            if not images_dir.is_dir():
+                raise ValueError(f"{images_dir}: not a directory of images")
+            image_ids.update(p.name for p in images_dir.glob("*.jpg"))
+        return cls(found.table, sorted(image_ids), shape)
+
+    def presence(self) -> pd.DataFrame:
+        """Index ImageId (every image_id), bool columns 1..4: does the image carry that class."""
+        present = pd.DataFrame(False, index=pd.Index(self.image_ids, name="ImageId"), columns=list(CLASSES))
+        for class_id, group in self.table.groupby("ClassId"):
+            present.loc[group["ImageId"].to_numpy(), int(class_id)] = True
+        return present
+
+    def masks(self, image_id: str) -> np.ndarray:
+        """(4, H, W) uint8 0/1 masks of one image, class k+1 at index k; KeyError for an unknown image."""
+        if image_id not in self._by_image:
+            raise KeyError(f"{image_id} is not among the {len(self.image_ids)} labelled images")
+        encoded = [""] * len(CLASSES)
+        for class_id, text in self._by_image[image_id]:
+            encoded[class_id - 1] = text
+        return rle.decode_many(encoded, self.shape)

@@ -1,0 +1,105 @@
+"""Labels: both train.csv layouts of the real sample agree; bad files fail naming file and line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from steel_seg import rle
+from steel_seg.labels import Labels, read_label_file, read_train_csv
+
+
+def test_both_layouts_of_the_sample_agree(sample_dir):
+    original = Labels.from_csv(sample_dir / "train.csv")
+    rereleased = Labels.from_csv(sample_dir / "train_new_format.csv", images_dir=sample_dir / "train_images")
+    assert len(original.table) == 13
+    assert list(original.table.columns) == ["ImageId", "ClassId", "EncodedPixels"]
+    pd.testing.assert_frame_equal(original.table, rereleased.table)
+    assert original.image_ids == rereleased.image_ids
+    assert len(original.image_ids) == 27 and original.image_ids == sorted(original.image_ids)
+    for image_id in original.image_ids:
+        np.testing.assert_array_equal(original.masks(image_id), rereleased.masks(image_id))
+
+
+def test_rerelease_without_images_dir_knows_only_defect_images(sample_dir):
+    labels = Labels.from_csv(sample_dir / "train_new_format.csv")
+    assert len(labels.image_ids) == 12
+
+
+def test_presence_and_masks_match_the_index(sample_dir):
+    labels = Labels.from_csv(sample_dir / "train.csv")
+    index = pd.read_csv(sample_dir / "train_index_full_12568.csv").set_index("image_id")
+    presence = labels.presence()
+    assert list(presence.columns) == [1, 2, 3, 4] and presence.index.name == "ImageId"
+    assert presence.sum().tolist() == [3, 1, 8, 1]
+    for image_id in labels.image_ids:
+        masks = labels.masks(image_id)
+        assert masks.shape == (4, 256, 1600) and masks.dtype == np.uint8
+        expected_area = [index.loc[image_id, f"area_class_{c}"] for c in range(1, 5)]
+        assert masks.sum(axis=(1, 2)).tolist() == expected_area
+        assert presence.loc[image_id].tolist() == [a > 0 for a in expected_area]
+
+
+def test_unknown_image_is_a_key_error(sample_dir):
+    with pytest.raises(KeyError, match="nope.jpg"):
+        Labels.from_csv(sample_dir / "train.csv").masks("nope.jpg")
+
+
+def test_read_train_csv_is_the_tidy_table(sample_dir):
+    table = read_train_csv(sample_dir / "train_new_format.csv")
+    pairs = list(zip(table["ImageId"], table["ClassId"], strict=True))
+    assert pairs == sorted(pairs) and len(pairs) == 13
+    assert set(table["ClassId"]) == {1, 2, 3, 4}
+
+
+def test_submission_layouts_read_too(sample_dir):
+    final = read_label_file(sample_dir / "sample_submission.csv", class_zero=True)
+    assert final.layout == "final submission" and len(final.image_ids) == 5506 and final.table.empty
+    stage1 = read_label_file(sample_dir / "sample_submission_stage1.csv")
+    assert stage1.layout == "original" and len(stage1.image_ids) == 1801 and len(stage1.table) == 4 * 1801
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "train.csv"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("ImageId,Class,EncodedPixels\na.jpg,1,1 2\n", "unknown columns ImageId,Class,EncodedPixels"),
+        ("ImageId,ClassId,EncodedPixels\na.jpg,1,1 2\nb.jpg,5,1 2\n", "line 3: ClassId '5'"),
+        ("ImageId,ClassId,EncodedPixels\na.jpg,0,1 2\n", "line 2: ClassId '0'"),
+        ("ImageId_ClassId,EncodedPixels\na.jpg_1,\na.jpg,1 2\n", "line 3: ClassId ''"),
+        (
+            "ImageId_ClassId,EncodedPixels\na.jpg_1,\na.jpg_1,1 2\n",
+            "line 3: a.jpg class 1 given twice .*line 2",
+        ),
+        ("ImageId,ClassId,EncodedPixels\na.jpg,1,1 2\n\na.jpg,2,1 2 3\n", "line 4: RLE has an odd number"),
+        ("ImageId,ClassId,EncodedPixels\na.jpg,1,409600 2\n", "line 2: RLE run .* past the image"),
+        ("ImageId,ClassId,EncodedPixels\n,1,1 2\n", "line 2: empty ImageId"),
+        ("", "not a readable CSV"),
+    ],
+)
+def test_bad_files_name_file_line_and_problem(tmp_path, text, problem):
+    path = write(tmp_path, text)
+    with pytest.raises(ValueError, match=f"{path}.*{problem}"):
+        Labels.from_csv(path)
+
+
+def test_missing_file_and_missing_images_dir(tmp_path, sample_dir):
+    with pytest.raises(ValueError, match="no such file"):
+        read_train_csv(tmp_path / "absent.csv")
+    with pytest.raises(ValueError, match="not a directory"):
+        Labels.from_csv(sample_dir / "train.csv", images_dir=tmp_path / "absent")
+
+
+def test_small_shape_and_blank_lines(tmp_path):
+    path = write(tmp_path, "ImageId_ClassId,EncodedPixels\nb.jpg_2,3 2\n\nb.jpg_1,\nc.jpg_4,\n")
+    labels = Labels.from_csv(path, shape=(2, 3))
+    assert labels.image_ids == ["b.jpg", "c.jpg"]
+    assert labels.table.to_dict("records") == [{"ImageId": "b.jpg", "ClassId": 2, "EncodedPixels": "3 2"}]
+    np.testing.assert_array_equal(labels.masks("b.jpg")[1], rle.decode("3 2", (2, 3)))
+    assert not labels.masks("c.jpg").any()

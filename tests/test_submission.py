@@ -1,0 +1,147 @@
+"""Submission: layouts of the real samples, the streaming writer's order, reading and validating."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from steel_seg.submission import (
+    Layout,
+    Sample,
+    SubmissionWriter,
+    detect_layout,
+    read_predictions,
+    read_sample,
+    validate,
+)
+
+IMAGES = ["c.jpg", "a.jpg", "b.jpg"]
+
+
+def test_real_sample_layouts(sample_dir):
+    final = read_sample(sample_dir / "sample_submission.csv")
+    assert final.layout is Layout.FINAL and len(final.image_ids) == 5506
+    assert final.image_ids[:2] == ["0000f269f.jpg", "000ccc2ac.jpg"]
+    stage1 = read_sample(sample_dir / "sample_submission_stage1.csv")
+    assert stage1.layout is Layout.STAGE1 and len(stage1.image_ids) == 1801
+    assert set(stage1.image_ids) <= set(final.image_ids)
+
+
+def test_detect_layout_rejects_train_csv(sample_dir):
+    with pytest.raises(ValueError, match="train_new_format.csv: header 'ImageId,ClassId,EncodedPixels'"):
+        detect_layout(sample_dir / "train_new_format.csv")
+
+
+@pytest.mark.parametrize("layout", list(Layout))
+def test_writer_keeps_sample_order_and_fills_missing(tmp_path, layout):
+    path = tmp_path / "submission.csv"
+    writer = SubmissionWriter(path, Sample(layout, IMAGES))
+    writer.write("b.jpg", ["", "1 2", "", ""])
+    assert writer.n_written == 0 and not path.exists()
+    writer.write("c.jpg", ["3 1", "", "", "5 2"])
+    assert writer.n_written == 1
+    assert writer.close() == ["a.jpg"]
+    lines = path.read_text().splitlines()
+    assert lines[0] == layout.value and len(lines) == 1 + 4 * 3
+    if layout is Layout.STAGE1:
+        assert lines[1:5] == ["c.jpg_1,3 1", "c.jpg_2,", "c.jpg_3,", "c.jpg_4,5 2"]
+        assert lines[10] == "b.jpg_2,1 2"
+    else:
+        assert lines[1:5] == ["c.jpg,3 1,1", "c.jpg,,2", "c.jpg,,3", "c.jpg,5 2,4"]
+        assert lines[5:9] == [f"a.jpg,,{c}" for c in range(1, 5)]
+        assert lines[10] == "b.jpg,1 2,2"
+    table = read_predictions(path)
+    assert table.to_dict("records") == [
+        {"ImageId": "b.jpg", "ClassId": 2, "EncodedPixels": "1 2"},
+        {"ImageId": "c.jpg", "ClassId": 1, "EncodedPixels": "3 1"},
+        {"ImageId": "c.jpg", "ClassId": 4, "EncodedPixels": "5 2"},
+    ]
+
+
+def test_writer_rejects_unknown_twice_and_bad_rows(tmp_path):
+    with SubmissionWriter(tmp_path / "s.csv", Sample(Layout.FINAL, IMAGES)) as writer:
+        writer.write("a.jpg", [""] * 4)
+        with pytest.raises(ValueError, match="z.jpg is not in the sample"):
+            writer.write("z.jpg", [""] * 4)
+        with pytest.raises(ValueError, match="a.jpg written twice"):
+            writer.write("a.jpg", [""] * 4)
+        with pytest.raises(ValueError, match="expected 4 RLE strings"):
+            writer.write("b.jpg", [""] * 3)
+        with pytest.raises(ValueError, match="b.jpg class 2: RLE has an odd number"):
+            writer.write("b.jpg", ["", "1", "", ""])
+    assert len((tmp_path / "s.csv").read_text().splitlines()) == 13
+    assert writer.close() == ["c.jpg", "b.jpg"]
+
+
+def test_writer_exception_leaves_no_file(tmp_path):
+    path = tmp_path / "s.csv"
+    with pytest.raises(RuntimeError), SubmissionWriter(path, Sample(Layout.STAGE1, IMAGES)) as writer:
+        writer.write("c.jpg", [""] * 4)
+        raise RuntimeError("inference failed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def write_full(path, sample: Sample):
+    with SubmissionWriter(path, sample) as writer:
+        for image_id in sample.image_ids:
+            writer.write(image_id, ["1 10", "", "", "300 5"])
+
+
+@pytest.mark.parametrize("name", ["sample_submission.csv", "sample_submission_stage1.csv"])
+def test_complete_submission_is_valid(tmp_path, sample_dir, name):
+    path = tmp_path / "submission.csv"
+    write_full(path, read_sample(sample_dir / name))
+    assert validate(path, sample_dir / name) == []
+
+
+def test_final_sample_placeholders_read_as_no_class_and_are_reported(sample_dir):
+    sample = sample_dir / "sample_submission.csv"
+    assert read_predictions(sample).empty
+    problems = validate(sample, sample)
+    assert (
+        problems[0]
+        == "line 2: ClassId '0' (the sample's placeholder) of 0000f269f.jpg is not one of 1, 2, 3, 4"
+    )
+    assert "image 0000f269f.jpg has no row for ClassId 1, 2, 3, 4" in problems
+
+
+def test_validate_lists_every_problem(tmp_path):
+    sample = tmp_path / "sample.csv"
+    sample.write_text("ImageId,EncodedPixels,ClassId\n" + "".join(f"{i},1 409600,0\n" for i in IMAGES))
+    rows = [("c.jpg", "", c) for c in (1, 2, 3, 4)] + [("a.jpg", "", c) for c in (1, 2, 3)]
+    rows += [("a.jpg", "1 2", 3), ("a.jpg", "1 2 3", 4), ("x.jpg", "", 1), ("c.jpg", "", 5)]
+    pd.DataFrame(rows, columns=["ImageId", "EncodedPixels", "ClassId"]).to_csv(
+        tmp_path / "s.csv", index=False
+    )
+    assert validate(tmp_path / "s.csv", sample) == [
+        "line 9: a.jpg class 3 given twice (first on line 8)",
+        "line 10: a.jpg class 4: RLE has an odd number of values (3); expected start/length pairs",
+        "line 12: ClassId '5' of c.jpg is not one of 1, 2, 3, 4",
+        "line 11: image x.jpg is not in the sample",
+        "image b.jpg is missing",
+    ]
+
+
+def test_validate_reports_header_of_another_layout(tmp_path, sample_dir):
+    stage1 = tmp_path / "stage1.csv"
+    write_full(stage1, Sample(Layout.STAGE1, read_sample(sample_dir / "sample_submission.csv").image_ids))
+    problems = validate(stage1, sample_dir / "sample_submission.csv")
+    assert problems == [
+        "header is the original layout; the sample's is FINAL ('ImageId,EncodedPixels,ClassId')"
+    ]
+
+
+def test_validate_raises_on_unreadable_submission(tmp_path, sample_dir):
+    bad = tmp_path / "s.csv"
+    bad.write_text("Image,Pixels\n")
+    with pytest.raises(ValueError, match="s.csv: unknown columns Image,Pixels"):
+        validate(bad, sample_dir / "sample_submission.csv")
+
+
+def test_read_predictions_reads_train_layouts(tmp_path, sample_dir):
+    shutil.copy(sample_dir / "train.csv", tmp_path / "train.csv")
+    original = read_predictions(tmp_path / "train.csv")
+    pd.testing.assert_frame_equal(original, read_predictions(sample_dir / "train_new_format.csv"))
+    assert len(original) == 13
