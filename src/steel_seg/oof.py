@@ -1,0 +1,260 @@
+"""The out-of-fold (OOF) prediction directory: writer and reader (format pinned in docs/CONTRACTS.md).
+
+```
+oof/<name>/
+  meta.json          {"image_ids", "shape", "classes": 4, "prob_scale": 255, "has_cls", "source", "fold"}
+  probs/<stem>.png   (H, W, 4) uint8 PNG as cv2 reads/writes it, channel k = class k+1, prob = value / 255
+  cls.csv            ImageId,p1,p2,p3,p4 (only when has_cls)
+  truth.csv          ImageId,ClassId,EncodedPixels (re-release layout, defect rows of these images)
+```
+Probabilities are stored quantised: `value = rint(clip(p, 0, 1) * 255)`, read back as
+`float32(value) / float32(255)`. `meta.json` is written last, so a directory without it is unfinished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from steel_seg.labels import Labels, read_train_csv
+
+N_CLASSES = 4
+PROB_SCALE = 255
+CLS_COLUMNS = [f"p{k}" for k in range(1, N_CLASSES + 1)]
+
+
+def quantise(probs: np.ndarray) -> np.ndarray:
+    """`probs: (4, H, W) float32` in [0, 1] -> `(4, H, W) uint8` as stored in the PNG."""
+    return np.rint(np.clip(probs, 0.0, 1.0) * PROB_SCALE).astype(np.uint8)
+
+
+def dequantise(values: np.ndarray) -> np.ndarray:
+    """`values: uint8` -> float32 probabilities `value / 255` (exactly what every reader sees)."""
+    return values.astype(np.float32) / np.float32(PROB_SCALE)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _stem(image_id: str) -> str:
+    return Path(image_id).stem
+
+
+class OOFWriter:
+    """Writes one OOF directory, one image at a time (nothing but the image-level scores stays in memory).
+
+    Usage: `w = OOFWriter(dir, source, fold, has_cls)`; `w.add(image_id, probs, cls)` per image;
+    `w.close(truth)` writes cls.csv, truth.csv and finally meta.json.
+    """
+
+    def __init__(self, dir: str | os.PathLike, source: str, fold: int | None, has_cls: bool):
+        self.dir = Path(dir)
+        self.source = str(source)
+        self.fold = fold
+        self.has_cls = has_cls
+        self.image_ids: list[str] = []
+        self._cls_rows: list[list[float]] = []
+        self._shape: tuple[int, int] | None = None
+        self._seen: set[str] = set()
+        (self.dir / "probs").mkdir(parents=True, exist_ok=True)
+        (self.dir / "meta.json").unlink(missing_ok=True)  # an earlier run's meta must not bless a mix
+
+    def add(self, image_id: str, probs: np.ndarray, cls: np.ndarray | None = None) -> None:
+        """Store `probs: (4, H, W) float32` in [0, 1] and, when has_cls, `cls: (4,)` for one image."""
+        probs = np.asarray(probs)
+        if probs.ndim != 3 or probs.shape[0] != N_CLASSES:
+            raise ValueError(f"{image_id}: probs must be (4, H, W), got {probs.shape}")
+        if self._shape is None:
+            self._shape = (int(probs.shape[1]), int(probs.shape[2]))
+        if probs.shape[1:] != self._shape:
+            raise ValueError(f"{image_id}: probs shape {probs.shape[1:]} differs from {self._shape}")
+        if not np.isfinite(probs).all():
+            raise ValueError(f"{image_id}: probs contain NaN or inf")
+        if (cls is None) == self.has_cls:
+            raise ValueError(f"{image_id}: cls must be given exactly when has_cls ({self.has_cls})")
+        if cls is not None and not ((np.asarray(cls) >= 0) & (np.asarray(cls) <= 1)).all():
+            raise ValueError(f"{image_id}: cls probabilities must lie in [0, 1], got {cls}")
+        if image_id in self._seen:
+            raise ValueError(f"{image_id}: added twice to {self.dir}")
+        self._write_png(image_id, quantise(probs))
+        if cls is not None:
+            self._cls_rows.append([float(v) for v in np.asarray(cls, dtype=np.float32).reshape(N_CLASSES)])
+        self.image_ids.append(image_id)
+        self._seen.add(image_id)
+
+    def _write_png(self, image_id: str, values: np.ndarray) -> None:
+        path = self.dir / "probs" / f"{_stem(image_id)}.png"
+        tmp = path.with_name(f".{path.stem}.tmp.png")
+        if not cv2.imwrite(str(tmp), np.ascontiguousarray(values.transpose(1, 2, 0))):
+            raise OSError(f"{tmp}: cv2 could not write the PNG")
+        os.replace(tmp, path)
+
+    def close(self, truth: Labels) -> Path:
+        """Write cls.csv, truth.csv (these images' defect rows) and meta.json; returns the directory."""
+        unknown = sorted(set(self.image_ids) - set(truth.image_ids))
+        if unknown:
+            raise ValueError(
+                f"{len(unknown)} images unknown to the truth labels, e.g. {unknown[:3]} (a re-release "
+                "train.csv lists defect rows only: build the Labels with images_dir)"
+            )
+        if self.has_cls:
+            table = pd.DataFrame(self._cls_rows, columns=CLS_COLUMNS)
+            table.insert(0, "ImageId", self.image_ids)
+            _atomic_write_text(self.dir / "cls.csv", table.to_csv(index=False, float_format="%.9g"))
+        rows = truth.table[truth.table["ImageId"].isin(set(self.image_ids))]
+        rows = rows[["ImageId", "ClassId", "EncodedPixels"]].sort_values(["ImageId", "ClassId"])
+        _atomic_write_text(self.dir / "truth.csv", rows.to_csv(index=False))
+        meta = {
+            "image_ids": self.image_ids,
+            "shape": list(self._shape or (256, 1600)),
+            "classes": N_CLASSES,
+            "prob_scale": PROB_SCALE,
+            "has_cls": self.has_cls,
+            "source": self.source,
+            "fold": self.fold,
+        }
+        _atomic_write_text(self.dir / "meta.json", json.dumps(meta))
+        return self.dir
+
+
+@dataclass(frozen=True)
+class OOF:
+    """Out-of-fold predictions of one or several directories (PNGs read lazily, one image at a time).
+
+    `cls`: DataFrame indexed by ImageId with float32 columns p1..p4, or None.
+    `truth`: the truth of exactly these images (`truth.masks(image_id) -> (4, H, W) uint8`).
+    """
+
+    dirs: tuple[Path, ...]
+    image_ids: list[str]
+    shape: tuple[int, int]
+    has_cls: bool
+    cls: pd.DataFrame | None
+    truth: Labels
+    png_paths: dict[str, Path] = field(repr=False)
+
+    def probs_u8(self, image_id: str) -> np.ndarray:
+        """`(4, H, W) uint8` stored values of one image; ValueError naming the PNG when unreadable."""
+        path = self.png_paths[image_id]
+        values = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if values is None:
+            raise ValueError(f"{path}: missing or unreadable PNG")
+        if values.shape != (*self.shape, N_CLASSES) or values.dtype != np.uint8:
+            raise ValueError(
+                f"{path}: expected {(*self.shape, N_CLASSES)} uint8 PNG, got {values.shape} {values.dtype}"
+            )
+        return np.ascontiguousarray(values.transpose(2, 0, 1))
+
+    def probs(self, image_id: str) -> np.ndarray:
+        """`(4, H, W) float32` probabilities of one image (value / 255)."""
+        return dequantise(self.probs_u8(image_id))
+
+    def cls_of(self, image_id: str) -> np.ndarray | None:
+        """`(4,) float32` image-level probabilities, or None without a classifier."""
+        if self.cls is None:
+            return None
+        return self.cls.loc[image_id, CLS_COLUMNS].to_numpy(dtype=np.float32)
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ValueError(f"{path}: missing (unfinished or not an OOF directory)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+    missing = {"image_ids", "shape", "classes", "prob_scale", "has_cls"} - set(meta)
+    if missing:
+        raise ValueError(f"{path}: missing keys {sorted(missing)}")
+    if meta["classes"] != N_CLASSES or meta["prob_scale"] != PROB_SCALE:
+        raise ValueError(f"{path}: expected classes={N_CLASSES}, prob_scale={PROB_SCALE}")
+    if len(meta["shape"]) != 2 or len(set(meta["image_ids"])) != len(meta["image_ids"]):
+        raise ValueError(f"{path}: shape must be [H, W] and image_ids unique")
+    return meta
+
+
+def _png_paths(dir: Path, image_ids: Sequence[str]) -> dict[str, Path]:
+    probs_dir = dir / "probs"
+    present = {p.name for p in os.scandir(probs_dir)} if probs_dir.is_dir() else set()
+    paths = {i: probs_dir / f"{_stem(i)}.png" for i in image_ids}
+    missing = [p for p in paths.values() if p.name not in present]
+    if missing:
+        raise ValueError(f"{missing[0]}: missing probability PNG ({len(missing)} of {len(paths)} missing)")
+    return paths
+
+
+def _read_cls(path: Path, image_ids: Sequence[str]) -> pd.DataFrame:
+    if not path.is_file():
+        raise ValueError(f"{path}: missing although meta.json says has_cls")
+    table = pd.read_csv(path)
+    if list(table.columns) != ["ImageId", *CLS_COLUMNS]:
+        expected = ",".join(["ImageId", *CLS_COLUMNS])
+        raise ValueError(f"{path}: columns must be {expected}, got {list(table.columns)}")
+    values = table[CLS_COLUMNS].to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~(np.isfinite(values) & (values >= 0) & (values <= 1)).all(axis=1))
+    if bad.size:
+        raise ValueError(f"{path}: row {bad[0] + 2}: probabilities must be in [0, 1]")
+    missing = sorted(set(image_ids) - set(table["ImageId"]))
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} images of meta.json have no row, e.g. {missing[:3]}")
+    return table.set_index("ImageId").loc[list(image_ids)].astype(np.float32)
+
+
+def _read_truth(path: Path, image_ids: Sequence[str], shape: tuple[int, int]) -> pd.DataFrame:
+    if not path.is_file():
+        raise ValueError(f"{path}: missing")
+    table = read_train_csv(path, shape)
+    extra = sorted(set(table["ImageId"]) - set(image_ids))
+    if extra:
+        raise ValueError(f"{path}: {len(extra)} images not in meta.json, e.g. {extra[:3]}")
+    return table
+
+
+def read_oof(dir: str | os.PathLike) -> OOF:
+    """Read and validate one OOF directory (PNG files are read lazily, per image)."""
+    dir = Path(dir)
+    meta = _read_meta(dir / "meta.json")
+    image_ids = list(meta["image_ids"])
+    shape = (int(meta["shape"][0]), int(meta["shape"][1]))
+    cls = _read_cls(dir / "cls.csv", image_ids) if meta["has_cls"] else None
+    truth = _read_truth(dir / "truth.csv", image_ids, shape)
+    return OOF((dir,), image_ids, shape, bool(meta["has_cls"]), cls, Labels(truth, sorted(image_ids), shape),
+               _png_paths(dir, image_ids))
+
+
+def read_oofs(dirs: Sequence[str | os.PathLike]) -> OOF:
+    """Read several OOF directories (e.g. one per fold) as one; they must agree on shape and has_cls."""
+    parts = [read_oof(d) for d in dirs]
+    if not parts:
+        raise ValueError("no OOF directories given")
+    first = parts[0]
+    owner: dict[str, Path] = {}
+    for part in parts:
+        if part.shape != first.shape or part.has_cls != first.has_cls:
+            raise ValueError(
+                f"{part.dirs[0]}: shape {part.shape} / has_cls {part.has_cls} differ from "
+                f"{first.dirs[0]}: {first.shape} / {first.has_cls}"
+            )
+        for image_id in part.image_ids:
+            if image_id in owner:
+                raise ValueError(f"{image_id} is in both {owner[image_id]} and {part.dirs[0]}")
+            owner[image_id] = part.dirs[0]
+    cls = pd.concat([p.cls for p in parts]) if first.has_cls else None
+    table = pd.concat([p.truth.table for p in parts], ignore_index=True)
+    truth = Labels(table, sorted(owner), first.shape)
+    paths = {k: v for p in parts for k, v in p.png_paths.items()}
+    return OOF(tuple(d for p in parts for d in p.dirs), list(owner), first.shape, first.has_cls, cls, truth,
+               paths)

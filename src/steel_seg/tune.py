@@ -1,0 +1,272 @@
+"""Exact grid search of the post-processing rules on out-of-fold (OOF) predictions.
+
+The mean Dice decomposes by class (every class has one pair per image), so each class is tuned alone.
+Pixels are touched once: for every (image, class, pixel threshold) the collector records the 8-connected
+components' sizes and their overlap with the truth, plus the image's gate score and truth area. Every
+(min_component, min_area, gate) combination is then scored from those numbers alone:
+
+- for a min_component value c, per image: kept area P = sum of sizes >= c, kept overlap I = sum of their
+  overlaps (two `bincount`s over all components);
+- the class survives when P >= min_area and gate score >= gate; Dice = 2I / (P + T), 1 when P + T = 0,
+  and (T == 0) when the class is cleared;
+- so the class's Dice sum over images for all (min_area, gate) pairs is one matrix product
+  `(P >= a)ᵀ · diag(delta) · (score >= g)` plus the sum of the cleared Dice.
+
+Thresholds are applied to the stored uint8 values exactly as `postprocess` applies them to `value / 255`
+(float32 comparisons), so tuned rules reproduce the reported Dice through `postprocess` + `metric`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from steel_seg.oof import OOF, dequantise, read_oofs
+from steel_seg.postprocess import N_CLASSES, ClassRule, Rules, bounding_box, components
+
+DEFAULT_RULE = ClassRule(1)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Values searched per class; the defaults (0.5 / 0 / 0 / 0) are always added, sorted ascending."""
+
+    pixel_thresholds: tuple[float, ...] = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
+    min_components: tuple[int, ...] = (0, 50, 100, 150, 200, 300, 400, 600, 800)
+    min_areas: tuple[int, ...] = (0, 200, 400, 600, 900, 1200, 1600, 2000, 3000)
+    gates: tuple[float, ...] = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9)
+    one_class_per_pixel: bool = False
+
+    def __post_init__(self) -> None:
+        d = DEFAULT_RULE
+        object.__setattr__(self, "pixel_thresholds", _sorted(self.pixel_thresholds, d.pixel_threshold, float))
+        object.__setattr__(self, "min_components", _sorted(self.min_components, d.min_component, int))
+        object.__setattr__(self, "min_areas", _sorted(self.min_areas, d.min_area, int))
+        object.__setattr__(self, "gates", _sorted(self.gates, d.gate, float))
+        for name in ("pixel_thresholds", "gates"):
+            if not all(0.0 <= v <= 1.0 for v in getattr(self, name)):
+                raise ValueError(f"grid {name} must lie in [0, 1]")
+        if min(self.min_components) < 0 or min(self.min_areas) < 0:
+            raise ValueError("grid min_components and min_areas must be >= 0")
+
+    def size(self) -> int:
+        return len(self.pixel_thresholds) * len(self.min_components) * len(self.min_areas) * len(self.gates)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def _sorted(values: Sequence, default, kind) -> tuple:
+    return tuple(sorted({kind(v) for v in values} | {kind(default)}))
+
+
+def value_cuts(thresholds: Sequence[float]) -> np.ndarray:
+    """(T,) int: the largest stored value v with `v / 255 <= t`; `prob > t` is exactly `value > cut`."""
+    probs = dequantise(np.arange(256, dtype=np.uint8))
+    return np.array([np.count_nonzero(probs <= np.float32(t)) - 1 for t in thresholds])
+
+
+@dataclass
+class ClassStats:
+    """One class over N images. Components at threshold index t: `sizes[t]`, `overlaps[t]` ((M_t,) int32:
+    pixel count, pixels also in the truth), grouped by image in order, `counts[t]` ((N,) int32) per image.
+    About 8 bytes per recorded component."""
+
+    truth_area: np.ndarray  # (N,) int64
+    gate_score: np.ndarray  # (N,) float32
+    sizes: list[np.ndarray]
+    overlaps: list[np.ndarray]
+    counts: list[np.ndarray]
+
+    def n_components(self) -> int:
+        return sum(s.size for s in self.sizes)
+
+
+@dataclass
+class Stats:
+    """What the search needs of an OOF set: thresholds (T,), image ids, one ClassStats per class."""
+
+    thresholds: tuple[float, ...]
+    one_class_per_pixel: bool
+    image_ids: list[str]
+    classes: list[ClassStats]
+
+
+@dataclass
+class StatsCollector:
+    """Accumulates `Stats` one image at a time (`add`), then `finish()`."""
+
+    thresholds: tuple[float, ...]
+    one_class_per_pixel: bool = False
+    image_ids: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._cuts = value_cuts(self.thresholds)
+        self._truth_area: list[np.ndarray] = []
+        self._gate: list[np.ndarray] = []
+        n_t = len(self.thresholds)
+        self._parts: list[list[list[np.ndarray]]] = [[[] for _ in range(n_t)] for _ in range(N_CLASSES)]
+        self._counts: list[list[list[int]]] = [[[] for _ in range(n_t)] for _ in range(N_CLASSES)]
+
+    def add(self, image_id: str, values: np.ndarray, truth: np.ndarray, cls: np.ndarray | None) -> None:
+        """`values: (4, H, W) uint8` stored probabilities, `truth: (4, H, W) uint8`, `cls: (4,)` or None."""
+        peak = values.reshape(N_CLASSES, -1).max(axis=1)
+        self._gate.append(dequantise(peak) if cls is None else np.asarray(cls, dtype=np.float32))
+        self._truth_area.append(np.count_nonzero(truth.reshape(N_CLASSES, -1), axis=1))
+        winner = values.argmax(axis=0) if self.one_class_per_pixel else None
+        for k in range(N_CLASSES):
+            parts = self._class_components(values[k], truth[k], None if winner is None else winner == k)
+            for t, part in enumerate(parts):
+                self._counts[k][t].append(0 if part is None else part.shape[1])
+                if part is not None:
+                    self._parts[k][t].append(part)
+        self.image_ids.append(image_id)
+
+    def _class_components(self, values, truth, allowed) -> list[np.ndarray | None]:
+        """Per threshold: (2, M) int32 sizes and truth overlaps of the components of `values > cut`
+        (and `allowed`, the argmax pixels), or None without any; labelled inside the lowest cut's box."""
+        lowest = values > self._cuts.min()
+        box = bounding_box(lowest if allowed is None else lowest & allowed)
+        if box is None:
+            return [None] * len(self._cuts)
+        values, truth = values[box], truth[box].astype(bool)
+        allowed = None if allowed is None else allowed[box]
+        return [_components(values, cut, allowed, truth) for cut in self._cuts]
+
+    def finish(self) -> Stats:
+        """The statistics of every image added (call once: the per-image pieces are freed as joined)."""
+        n = len(self.image_ids)
+        truth_area = np.array(self._truth_area, dtype=np.int64).reshape(n, N_CLASSES)
+        gate = np.array(self._gate, dtype=np.float32).reshape(n, N_CLASSES)
+        classes = []
+        for k in range(N_CLASSES):
+            joined = [_join(self._parts[k][t], self._counts[k][t]) for t in range(len(self.thresholds))]
+            self._parts[k] = []
+            sizes, overlaps, counts = ([j[i] for j in joined] for i in range(3))
+            classes.append(ClassStats(truth_area[:, k], gate[:, k], sizes, overlaps, counts))
+        return Stats(tuple(self.thresholds), self.one_class_per_pixel, list(self.image_ids), classes)
+
+
+def _components(values: np.ndarray, cut: int, allowed: np.ndarray | None, truth: np.ndarray):
+    """(2, M) int32 sizes and truth overlaps of the components of `values > cut` [& allowed], or None."""
+    mask = values > cut
+    if allowed is not None:
+        mask &= allowed
+    labels, sizes = components(mask.view(np.uint8))
+    if sizes.size == 1:
+        return None
+    overlap = np.bincount(labels[truth], minlength=sizes.size) if truth.any() else 0 * sizes
+    return np.stack([sizes[1:], overlap[1:]]).astype(np.int32)
+
+
+def _join(parts: list[np.ndarray], counts: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    both = np.concatenate(parts, axis=1) if parts else np.zeros((2, 0), np.int32)
+    return both[0], both[1], np.array(counts, dtype=np.int32)
+
+
+def collect_stats(oof: OOF, thresholds: Sequence[float], one_class_per_pixel: bool = False) -> Stats:
+    """Statistics of every OOF image (tqdm progress; one image in memory at a time)."""
+    collector = StatsCollector(tuple(thresholds), one_class_per_pixel)
+    for image_id in tqdm(oof.image_ids, desc="OOF statistics", unit="img"):
+        collector.add(image_id, oof.probs_u8(image_id), oof.truth.masks(image_id), oof.cls_of(image_id))
+    return collector.finish()
+
+
+def score_class(stats: ClassStats, thresholds: Sequence[float], grid: Grid) -> np.ndarray:
+    """Mean Dice of one class for every grid point: `(T, C, A, G) float64`, T over `thresholds`."""
+    n = stats.truth_area.size
+    truth = stats.truth_area.astype(np.float64)
+    cleared = (truth == 0).astype(np.float64)
+    gate_ok = (stats.gate_score[:, None] >= np.array(grid.gates, dtype=np.float32)).astype(np.float64)
+    areas = np.array(grid.min_areas, dtype=np.float64)
+    out = np.empty((len(thresholds), len(grid.min_components), areas.size, len(grid.gates)))
+    for t in range(len(thresholds)):
+        sizes, overlaps = stats.sizes[t], stats.overlaps[t]
+        images = np.repeat(np.arange(n, dtype=np.int32), stats.counts[t])
+        for c, min_component in enumerate(grid.min_components):
+            keep = sizes >= min_component
+            kept = np.bincount(images[keep], weights=sizes[keep], minlength=n)
+            hit = np.bincount(images[keep], weights=overlaps[keep], minlength=n)
+            denom = kept + truth
+            dice = np.where(denom == 0, 1.0, 2.0 * hit / np.maximum(denom, 1.0))
+            area_ok = (kept[:, None] >= areas).astype(np.float64)
+            out[t, c] = (cleared.sum() + (area_ok * (dice - cleared)[:, None]).T @ gate_ok) / n
+    return out
+
+
+@dataclass(frozen=True)
+class ClassResult:
+    rule: ClassRule
+    before: float  # OOF Dice with the defaults 0.5 / 0 / 0 / 0
+    after: float  # OOF Dice with `rule`
+
+
+def search_class(stats: ClassStats, thresholds: Sequence[float], grid: Grid, class_id: int) -> ClassResult:
+    """Best grid point of one class; ties go to the first point in ascending grid order
+    (threshold, then min_component, min_area, gate), scores compared rounded to 12 decimals."""
+    scores = score_class(stats, thresholds, grid)
+    t, c, a, g = np.unravel_index(np.argmax(np.round(scores, 12)), scores.shape)
+    rule = ClassRule(class_id, float(thresholds[t]), grid.min_components[c], grid.min_areas[a], grid.gates[g])
+    d = DEFAULT_RULE
+    before = scores[
+        list(thresholds).index(d.pixel_threshold),
+        grid.min_components.index(d.min_component),
+        grid.min_areas.index(d.min_area),
+        grid.gates.index(d.gate),
+    ]
+    return ClassResult(rule, float(before), float(scores[t, c, a, g]))
+
+
+def search(stats: Stats, grid: Grid) -> list[ClassResult]:
+    """Tune every class on the statistics (grid thresholds must be those the statistics were taken at)."""
+    if tuple(grid.pixel_thresholds) != tuple(stats.thresholds):
+        raise ValueError(f"statistics were taken at {stats.thresholds}, grid has {grid.pixel_thresholds}")
+    return [search_class(s, stats.thresholds, grid, k + 1) for k, s in enumerate(stats.classes)]
+
+
+def _dice_record(values: Sequence[float]) -> dict[str, Any]:
+    return {"mean": float(np.mean(values)), "per_class": {str(k + 1): v for k, v in enumerate(values)}}
+
+
+def tuned_rules(results: list[ClassResult], stats: Stats, grid: Grid, oof_dirs: Sequence[str],
+                gate_source: str) -> Rules:
+    """The chosen rules with the "tuning" record (grid, OOF dirs, n images, Dice before/after)."""
+    tuning = {
+        "oof_dirs": [str(d) for d in oof_dirs],
+        "n_images": len(stats.image_ids),
+        "gate_source": gate_source,
+        "grid": grid.to_dict(),
+        "tie_break": "first best point in ascending grid order (threshold, min_component, min_area, gate)",
+        "dice_before": _dice_record([r.before for r in results]),
+        "dice_after": _dice_record([r.after for r in results]),
+    }
+    note = "tuned by `steel-seg tune` on the OOF predictions listed in tuning.oof_dirs"
+    return Rules(tuple(r.rule for r in results), grid.one_class_per_pixel, tuning, note)
+
+
+def tune_oof(oof_dirs: Sequence[str | Path], grid: Grid) -> Rules:
+    """Read the OOF dirs, collect statistics, search; the returned rules carry the tuning record."""
+    oof = read_oofs(oof_dirs)
+    stats = collect_stats(oof, grid.pixel_thresholds, grid.one_class_per_pixel)
+    source = "classifier probabilities (cls.csv)" if oof.has_cls else "max pixel probability"
+    return tuned_rules(search(stats, grid), stats, grid, [str(d) for d in oof_dirs], source)
+
+
+def summary(rules: Rules) -> str:
+    """A short table of tuned rules: the chosen rule and OOF Dice before/after per class, then the means."""
+    if rules.tuning is None:
+        raise ValueError("rules carry no tuning record")
+    before, after = rules.tuning["dice_before"], rules.tuning["dice_after"]
+    lines = ["class  threshold  min_comp  min_area  gate  dice_before  dice_after"]
+    for r in rules.classes:
+        b, a = before["per_class"][str(r.class_id)], after["per_class"][str(r.class_id)]
+        lines.append(f"{r.class_id:>5}  {r.pixel_threshold:>9.3f}  {r.min_component:>8}  {r.min_area:>8}"
+                     f"  {r.gate:>4.2f}  {b:>11.5f}  {a:>10.5f}")
+    lines.append(f"mean OOF Dice {before['mean']:.5f} -> {after['mean']:.5f} "
+                 f"on {rules.tuning['n_images']} images")
+    return "\n".join(lines)

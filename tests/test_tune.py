@@ -1,0 +1,152 @@
+"""Threshold search: exact against brute force over the grid, and reproduced by postprocess + metric."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_oof import write_oof
+
+from steel_seg import metric, postprocess, rle
+from steel_seg.cli import tune as tune_cli
+from steel_seg.labels import Labels
+from steel_seg.oof import dequantise, quantise, read_oof
+from steel_seg.postprocess import ClassRule, Rules
+from steel_seg.tune import Grid, StatsCollector, score_class, search, value_cuts
+
+H, W = 24, 40
+SMALL_GRID = Grid((0.3, 0.6), (0, 4, 9), (0, 10, 30), (0.0, 0.5, 0.8))
+
+
+def small_case(rng: np.random.Generator, n: int = 24):
+    """n images of (4, H, W): random blob truths (some empty) and noisy uint8 probability values."""
+    truth = np.zeros((n, 4, H, W), np.uint8)
+    for i, k in itertools.product(range(n), range(4)):
+        if rng.random() < 0.4:
+            r, c = rng.integers(0, H - 6), rng.integers(0, W - 10)
+            truth[i, k, r : r + rng.integers(2, 7), c : c + rng.integers(2, 11)] = 1
+    noise = rng.random((n, 4, H, W)) ** 4
+    values = quantise((0.7 * truth + 0.8 * noise).astype(np.float32))
+    cls = rng.random((n, 4)).astype(np.float32)
+    return truth, values, cls
+
+
+def dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    total = int(pred.sum()) + int(truth.sum())
+    return 1.0 if total == 0 else 2.0 * int((pred & truth).sum()) / total
+
+
+def brute_force(truth, values, cls, grid: Grid) -> np.ndarray:
+    """(4, T, C, A, G) mean Dice by running postprocess.apply for every grid point."""
+    axes = (grid.pixel_thresholds, grid.min_components, grid.min_areas, grid.gates)
+    out = np.zeros((4, *map(len, axes)))
+    probs = dequantise(values)
+    for idx in itertools.product(*(range(len(a)) for a in axes)):
+        point = [a[i] for a, i in zip(axes, idx, strict=True)]
+        rules = Rules(tuple(ClassRule(k + 1, *point) for k in range(4)), grid.one_class_per_pixel)
+        for n in range(len(values)):
+            pred = postprocess.apply(probs[n], rules, None if cls is None else cls[n])
+            for k in range(4):
+                out[(k, *idx)] += dice(pred[k], truth[n, k]) / len(values)
+    return out
+
+
+def collect(truth, values, cls, one_class_per_pixel):
+    collector = StatsCollector(SMALL_GRID.pixel_thresholds, one_class_per_pixel)
+    for n in range(len(values)):
+        collector.add(f"{n}.jpg", values[n], truth[n], None if cls is None else cls[n])
+    return collector.finish()
+
+
+def test_value_cuts_reproduce_the_float32_comparison():
+    values = np.arange(256, dtype=np.uint8)
+    thresholds = [0.0, 0.1, 0.3, 0.5, 0.55, 0.6, 0.7, 1 / 3, 128 / 255, 0.999, 1.0]
+    for t, cut in zip(thresholds, value_cuts(thresholds), strict=True):
+        np.testing.assert_array_equal(values > cut, dequantise(values) > np.float32(t))
+
+
+@pytest.mark.parametrize("with_cls", [False, True])
+@pytest.mark.parametrize("one_class_per_pixel", [False, True])
+def test_scores_equal_brute_force_postprocess_on_every_grid_point(with_cls, one_class_per_pixel):
+    truth, values, cls = small_case(np.random.default_rng(7))
+    cls = cls if with_cls else None
+    grid = Grid(SMALL_GRID.pixel_thresholds, SMALL_GRID.min_components, SMALL_GRID.min_areas,
+                SMALL_GRID.gates, one_class_per_pixel)
+    stats = collect(truth, values, cls, one_class_per_pixel)
+    expected = brute_force(truth, values, cls, grid)
+    for k in range(4):
+        np.testing.assert_allclose(score_class(stats.classes[k], stats.thresholds, grid), expected[k],
+                                   rtol=0, atol=1e-12)
+    for k, result in enumerate(search(stats, grid)):
+        assert result.after == pytest.approx(expected[k].max(), abs=1e-12)
+        assert result.before == pytest.approx(expected[(k, 1, 0, 0, 0)], abs=1e-12)  # 0.5 / 0 / 0 / 0
+
+
+def test_grid_always_holds_the_defaults_sorted():
+    grid = Grid((0.7, 0.3), (100,), (600,), (0.6,))
+    assert grid.pixel_thresholds == (0.3, 0.5, 0.7) and grid.min_components == (0, 100)
+    assert grid.min_areas == (0, 600) and grid.gates == (0.0, 0.6) and grid.size() == 24
+    with pytest.raises(ValueError, match="pixel_thresholds"):
+        Grid((1.5,))
+
+
+def test_ties_choose_the_first_grid_point_and_thresholds_must_match():
+    collector = StatsCollector(SMALL_GRID.pixel_thresholds)
+    for n in range(3):
+        collector.add(f"{n}.jpg", np.zeros((4, H, W), np.uint8), np.zeros((4, H, W), np.uint8), None)
+    stats = collector.finish()
+    for result in search(stats, SMALL_GRID):
+        assert (result.before, result.after) == (1.0, 1.0)
+        assert (result.rule.pixel_threshold, result.rule.min_component, result.rule.gate) == (0.3, 0, 0.0)
+    with pytest.raises(ValueError, match="statistics were taken at"):
+        search(stats, Grid((0.2,)))
+
+
+def tune_command(argv: list[str]) -> int:
+    """Run `steel-seg tune argv` through its own parser (independent of the other subcommands)."""
+    parser = argparse.ArgumentParser()
+    tune_cli.add_parser(parser.add_subparsers())
+    args = parser.parse_args(["tune", *argv])
+    return args.func(args)
+
+
+def predictions(oof, rules: Rules) -> pd.DataFrame:
+    rows = []
+    for image_id in oof.image_ids:
+        masks = postprocess.apply(oof.probs(image_id), rules, oof.cls_of(image_id))
+        rows += [(image_id, k + 1, rle.encode(m)) for k, m in enumerate(masks) if m.any()]
+    return pd.DataFrame(rows, columns=["ImageId", "ClassId", "EncodedPixels"])
+
+
+@pytest.mark.slow
+def test_tune_cli_dice_is_reproduced_by_postprocess_and_metric(tmp_path, sample_dir, capsys):
+    labels = Labels.from_csv(sample_dir / "train.csv")
+    write_oof(tmp_path / "f0", labels, labels.image_ids[:14], seed=1)
+    write_oof(tmp_path / "f1", labels, labels.image_ids[14:], seed=2, fold=1)
+    out = tmp_path / "thresholds.json"
+    args = ["--oof", str(tmp_path / "f0"), "--oof", str(tmp_path / "f1"), "--out", str(out),
+            "--pixel-thresholds", "0.4,0.6", "--min-components", "100,400", "--min-areas", "500,1500",
+            "--gates", "0.6,0.8"]
+    assert tune_command(args) == 0
+    assert "mean OOF Dice" in capsys.readouterr().out
+    rules = Rules.load(out)
+    tuning = rules.tuning
+    assert tuning["n_images"] == 27 and len(tuning["oof_dirs"]) == 2
+    assert tuning["gate_source"] == "max pixel probability"
+    oof_f0, oof_f1 = read_oof(tmp_path / "f0"), read_oof(tmp_path / "f1")
+    truth = labels.table
+    for key, applied in (("dice_before", Rules()), ("dice_after", rules)):
+        pred = pd.concat([predictions(oof_f0, applied), predictions(oof_f1, applied)])
+        scored = metric.score(truth, pred, labels.image_ids)
+        assert scored.mean_dice == pytest.approx(tuning[key]["mean"], abs=1e-12)
+        for k in range(1, 5):
+            assert scored.per_class[k] == pytest.approx(tuning[key]["per_class"][str(k)], abs=1e-12)
+    assert tuning["dice_after"]["mean"] > tuning["dice_before"]["mean"]
+
+
+def test_tune_cli_reports_bad_oof_dir(tmp_path, capsys):
+    assert tune_command(["--oof", str(tmp_path), "--out", str(tmp_path / "t.json")]) == 2
+    assert "meta.json" in capsys.readouterr().err
