@@ -1,0 +1,51 @@
+"""`steel-seg oof`: predict a training run's held-out fold at full resolution into an OOF directory."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from steel_seg.heldout import predict_heldout
+from steel_seg.locations import default_device
+from steel_seg.manifest import TTA_VIEWS
+from steel_seg.predict import PredictSettings
+
+
+def _views(text: str) -> tuple[str, ...]:
+    views = tuple(v.strip() for v in text.split(",") if v.strip())
+    bad = [v for v in views if v not in TTA_VIEWS]
+    if bad or not views:
+        raise argparse.ArgumentTypeError(f"views {text!r}: use a comma list of {', '.join(TTA_VIEWS)}")
+    return views
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("oof", help="out-of-fold probabilities of a training run", description=__doc__)
+    p.add_argument("--run", type=Path, required=True, help="the run dir (holds run.json)")
+    p.add_argument("--out", type=Path, default=None, help="OOF dir to write (default: oof/<run name>)")
+    p.add_argument("--tta", type=_views, default=("none",), help="comma list of views, e.g. none,h")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--workers", type=int, default=2, help="JPEG decoding processes (0: in the main process)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N held-out images")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    settings = PredictSettings(
+        device=args.device or default_device(),
+        batch_size=args.batch_size,
+        workers=args.workers,
+        tta=args.tta,
+        limit=args.limit,
+    )
+    try:
+        out = predict_heldout(args.run, args.out, settings)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"OOF probabilities of {args.run} -> {out}")
+    return 0

@@ -1,0 +1,178 @@
+"""The loaded ensemble: models, their TTA views and weights, and one batched forward pass on the device.
+
+`Ensemble.forward` takes a `(B, H, W) uint8` grey batch already on the device, normalises it per model
+(`data.to_tensor`), stacks the model's TTA views into ONE batch, un-flips them on the device and averages
+views and models (ensemble weights) on the device. Image-level probabilities come from the classifiers
+(role "cls"), else from the segmenters' aux heads, else None (the caller then uses the max pixel probability).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from steel_seg import models
+from steel_seg.budget import Plan
+from steel_seg.data import to_tensor
+from steel_seg.manifest import DEFAULT_BUDGET_S, TTA_VIEWS, Manifest, ManifestError, check_model_dir
+
+_FLIP_DIMS = {"none": (), "h": (-1,), "v": (-2,), "hv": (-2, -1)}
+
+
+@dataclass
+class Member:
+    """One loaded model of the ensemble."""
+
+    name: str
+    role: str
+    model: nn.Module
+    spec: models.ModelSpec
+    weight: float = 1.0
+    views: tuple[str, ...] = ("none",)
+
+
+def flip(x: Tensor, view: str) -> Tensor:
+    """`x (..., H, W)` seen through a TTA view; each view is its own inverse."""
+    dims = _FLIP_DIMS[view]
+    return x.flip(dims) if dims else x
+
+
+class Ensemble:
+    """Models on one device with their weights and views, plus the manifest's `drop_order` and `budget_s`.
+
+    Immutable during a run: the time budget works on a `Plan` (a copy of the views).
+    """
+
+    def __init__(
+        self,
+        members: Sequence[Member],
+        device: str | torch.device = "cpu",
+        *,
+        drop_order: Sequence[str] = (),
+        budget_s: float = DEFAULT_BUDGET_S,
+    ):
+        if not any(m.role == "seg" for m in members):
+            raise ValueError("an ensemble needs at least one segmenter (role 'seg')")
+        for m in members:
+            if m.role not in ("seg", "cls") or (m.role == "seg") != m.spec.has_seg:
+                raise ValueError(
+                    f"model {m.name!r}: role {m.role!r} does not fit its spec (arch {m.spec.arch})"
+                )
+            if not m.views or any(v not in TTA_VIEWS for v in m.views):
+                raise ValueError(
+                    f"model {m.name!r}: views {m.views} must be a non-empty subset of {TTA_VIEWS}"
+                )
+        self.device = torch.device(device)
+        self.members = {m.name: m for m in members}
+        self.drop_order, self.budget_s = tuple(drop_order), budget_s
+        for m in members:
+            m.model.to(self.device).eval()
+            if self.device.type == "cuda":
+                m.model.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def load(
+        cls, weights_dir: str | Path, manifest: Manifest, device: str | torch.device = "cpu"
+    ) -> Ensemble:
+        """Check every model's files and sha256 first, then load each (spec vs weights checked by `models`).
+
+        Raises:
+            ManifestError: naming the file and what is wrong, before any model is built.
+        """
+        dirs = [check_model_dir(weights_dir, entry) for entry in manifest.models]
+        members = []
+        for entry, model_dir in zip(manifest.models, dirs, strict=True):
+            try:
+                model, spec = models.load(model_dir, device="cpu")
+            except (ValueError, KeyError) as exc:
+                raise ManifestError(f"model {entry.name!r}: {exc}") from exc
+            if (entry.role == "seg") != spec.has_seg:
+                raise ManifestError(
+                    f"{model_dir / models.SPEC_FILE}: arch {spec.arch} does not fit the "
+                    f"manifest's role {entry.role!r} (model {entry.name!r})"
+                )
+            members.append(Member(entry.name, entry.role, model, spec, entry.weight, entry.tta))
+        return cls(members, device, drop_order=manifest.drop_order, budget_s=manifest.budget_s)
+
+    def plan(self, views: Sequence[str] | None = None) -> Plan:
+        """Every model with its manifest views, or with `views` for all (e.g. `steel-seg oof --tta`)."""
+        return {n: tuple(views) if views else m.views for n, m in self.members.items()}
+
+    def roles(self) -> dict[str, str]:
+        return {n: m.role for n, m in self.members.items()}
+
+    def has_cls(self, plan: Plan | None = None) -> bool:
+        """Whether `forward` under `plan` (default: all models) returns image-level probabilities."""
+        names = self.members if plan is None else plan
+        return any(self.members[n].spec.has_cls for n in names)
+
+    def forward(
+        self,
+        grey: Tensor,
+        plan: Plan,
+        amp: torch.dtype | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """Ensemble probabilities of a batch.
+
+        Args:
+            grey: `(B, H, W) uint8` on the device.
+            plan: active model name -> views.
+            amp: autocast dtype on CUDA (float16/bfloat16), None for float32.
+            timings: when given, receives each model's seconds for this batch (synchronised on CUDA).
+
+        Returns:
+            seg `(B, 4, H, W) float32` and cls `(B, 4) float32` or None, on the device.
+        """
+        seg_sum, seg_w, cls_sum, cls_w, aux_sum, aux_w = None, 0.0, None, 0.0, None, 0.0
+        for name, views in plan.items():
+            member = self.members[name]
+            start = time.perf_counter()
+            seg, cls = self._member_probs(member, grey, views, amp)
+            if timings is not None:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                timings[name] = time.perf_counter() - start
+            w = member.weight
+            if seg is not None:
+                seg_sum, seg_w = _accumulate(seg_sum, seg, w), seg_w + w
+            if cls is not None and member.role == "cls":
+                cls_sum, cls_w = _accumulate(cls_sum, cls, w), cls_w + w
+            elif cls is not None:
+                aux_sum, aux_w = _accumulate(aux_sum, cls, w), aux_w + w
+        image = cls_sum / cls_w if cls_sum is not None else (aux_sum / aux_w if aux_sum is not None else None)
+        return seg_sum / seg_w, image
+
+    def _member_probs(
+        self, member: Member, grey: Tensor, views: Sequence[str], amp: torch.dtype | None
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """One model, its views stacked into one batch: seg `(B, 4, H, W)`, cls `(B, 4)` float32 (or None)."""
+        x = to_tensor(grey, member.spec)
+        stacked = torch.cat([flip(x, v) for v in views])
+        if self.device.type == "cuda":
+            stacked = stacked.contiguous(memory_format=torch.channels_last)
+        context = torch.autocast(self.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+        with context:
+            seg, cls = models.forward_probs(member.model, member.spec, stacked)
+        n_views, batch = len(views), grey.shape[0]
+        if seg is not None:
+            seg = seg.float().unflatten(0, (n_views, batch))
+            seg = torch.stack([flip(seg[i], v) for i, v in enumerate(views)]).mean(0)
+        if cls is not None:
+            cls = cls.float().unflatten(0, (n_views, batch)).mean(0)
+        return seg, cls
+
+
+def _accumulate(total: Tensor | None, value: Tensor, weight: float) -> Tensor:
+    return value * weight if total is None else total.add_(value, alpha=weight)
+
+
+def views_text(plan: Mapping[str, Sequence[str]]) -> str:
+    """`unet: none+h, cls: none` — a plan in one line, for logs and summaries."""
+    return ", ".join(f"{n}: {'+'.join(v)}" for n, v in plan.items())

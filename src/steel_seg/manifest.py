@@ -1,0 +1,210 @@
+"""The weights manifest (`weights/manifest.json`): which models the ensemble runs, checked before inference.
+
+Each entry names a model dir (spec.json + model.safetensors, relative to the weights dir), its role
+("seg" segmenter or "cls" classifier), the sha256 of its safetensors file, its ensemble weight and its TTA
+views. `drop_order` says what the time budget may drop first; `budget_s` is the run's time limit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TTA_VIEWS = ("none", "h", "v", "hv")
+ROLES = ("seg", "cls")
+DEFAULT_BUDGET_S = 3300.0
+WEIGHTS_FILE = "model.safetensors"
+SPEC_FILE = "spec.json"
+MANIFEST_FILE = "manifest.json"
+
+
+class ManifestError(ValueError):
+    """A manifest or a model dir that cannot be used; the message names the file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model of the ensemble, as the manifest lists it."""
+
+    name: str
+    role: str
+    dir: str
+    sha256: str
+    weight: float = 1.0
+    tta: tuple[str, ...] = ("none",)
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ManifestError(f"model {self.name!r}: role {self.role!r} is not one of {ROLES}")
+        bad = [v for v in self.tta if v not in TTA_VIEWS]
+        if bad or not self.tta or len(set(self.tta)) != len(self.tta):
+            raise ManifestError(
+                f"model {self.name!r}: tta {list(self.tta)} must be distinct views of {TTA_VIEWS}"
+            )
+        if not self.weight > 0:
+            raise ManifestError(f"model {self.name!r}: weight {self.weight} must be > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "role": self.role,
+            "dir": self.dir,
+            "sha256": self.sha256,
+            "weight": self.weight,
+            "tta": list(self.tta),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelEntry:
+        return cls(
+            name=str(d["name"]),
+            role=str(d["role"]),
+            dir=str(d["dir"]),
+            sha256=str(d["sha256"]).lower(),
+            weight=float(d.get("weight", 1.0)),
+            tta=tuple(d.get("tta", ("none",))),
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The ensemble: its models, the order in which the budget may drop views/models, and the time limit."""
+
+    models: tuple[ModelEntry, ...]
+    drop_order: tuple[str, ...] = ()
+    budget_s: float = DEFAULT_BUDGET_S
+
+    def __post_init__(self) -> None:
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ManifestError(f"model names must be unique, got {names}")
+        if not any(m.role == "seg" for m in self.models):
+            raise ManifestError("the manifest needs at least one model with role 'seg'")
+        for step in self.drop_order:
+            kind, _, what = step.partition(":")
+            if not (kind == "tta" and what in TTA_VIEWS) and not (kind == "model" and what in names):
+                raise ManifestError(
+                    f"drop_order step {step!r}: expected 'tta:<view>' or 'model:<one of {names}>'"
+                )
+        if not self.budget_s > 0:
+            raise ManifestError(f"budget_s {self.budget_s} must be > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "models": [m.to_dict() for m in self.models],
+            "drop_order": list(self.drop_order),
+            "budget_s": self.budget_s,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        budget = d.get("budget_s")
+        return cls(
+            models=tuple(ModelEntry.from_dict(m) for m in d["models"]),
+            drop_order=tuple(d.get("drop_order", ())),
+            budget_s=DEFAULT_BUDGET_S if budget is None else float(budget),
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Manifest:
+        """Read a manifest.json; ManifestError naming the file on bad content."""
+        path = Path(path)
+        if not path.is_file():
+            raise ManifestError(f"{path}: manifest not found")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ManifestError(f"{path}: invalid manifest: {exc}") from exc
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the manifest as JSON atomically (temp file + rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+        return path
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_model_dir(weights_dir: str | os.PathLike, entry: ModelEntry) -> Path:
+    """Check one entry's files exist and its weights match the manifest's sha256; returns the model dir."""
+    model_dir = Path(weights_dir) / entry.dir
+    for name in (SPEC_FILE, WEIGHTS_FILE):
+        if not (model_dir / name).is_file():
+            raise ManifestError(f"{model_dir / name}: missing (model {entry.name!r})")
+    actual = sha256_file(model_dir / WEIGHTS_FILE)
+    if actual != entry.sha256:
+        raise ManifestError(
+            f"{model_dir / WEIGHTS_FILE}: sha256 {actual} does not match the manifest's "
+            f"{entry.sha256} (model {entry.name!r}): wrong or corrupted weights"
+        )
+    return model_dir
+
+
+def build_manifest(
+    weights_dir: str | os.PathLike,
+    model_dirs: Sequence[str | os.PathLike],
+    *,
+    tta: Sequence[str] = ("none", "h"),
+    weights: Sequence[float] | None = None,
+    drop_order: Sequence[str] | None = None,
+    budget_s: float = DEFAULT_BUDGET_S,
+) -> Manifest:
+    """A manifest over model dirs inside `weights_dir`: name = dir name, role from the spec, sha256 computed.
+
+    Classifiers get only the "none" view (flips hardly change an image-level score). Default `drop_order`:
+    the views beyond "none", last listed first, then the segmenters after the first, last first.
+    """
+    weights_dir = Path(weights_dir)
+    weights = [1.0] * len(model_dirs) if weights is None else list(weights)
+    entries = [_entry(weights_dir, Path(d), w, tuple(tta)) for d, w in zip(model_dirs, weights, strict=True)]
+    if drop_order is None:
+        segs = [e.name for e in entries if e.role == "seg"]
+        drop_order = [f"tta:{v}" for v in reversed(tta) if v != "none"] + [f"model:{n}" for n in segs[:0:-1]]
+    return Manifest(models=tuple(entries), drop_order=tuple(drop_order), budget_s=budget_s)
+
+
+def write_manifest(
+    weights_dir: str | os.PathLike, model_dirs: Sequence[str | os.PathLike], **kwargs: Any
+) -> Path:
+    """`build_manifest` saved as `weights_dir/manifest.json`; returns its path."""
+    return build_manifest(weights_dir, model_dirs, **kwargs).save(Path(weights_dir) / MANIFEST_FILE)
+
+
+def _entry(weights_dir: Path, model_dir: Path, weight: float, tta: tuple[str, ...]) -> ModelEntry:
+    full = model_dir if model_dir.is_absolute() else weights_dir / model_dir
+    try:
+        rel = full.resolve().relative_to(weights_dir.resolve())
+    except ValueError as exc:
+        raise ManifestError(f"{full}: model dir is not inside the weights dir {weights_dir}") from exc
+    spec_path, weights_path = full / SPEC_FILE, full / WEIGHTS_FILE
+    for path in (spec_path, weights_path):
+        if not path.is_file():
+            raise ManifestError(f"{path}: missing")
+    arch = json.loads(spec_path.read_text()).get("arch")
+    role = "cls" if arch == "Classifier" else "seg"
+    return ModelEntry(
+        name=full.name,
+        role=role,
+        dir=rel.as_posix(),
+        sha256=sha256_file(weights_path),
+        weight=weight,
+        tta=("none",) if role == "cls" else tta,
+    )

@@ -1,0 +1,153 @@
+"""The weights manifest: typed entries, validation, sha256, and building one from real model dirs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from steel_seg import models
+from steel_seg.manifest import (
+    DEFAULT_BUDGET_S,
+    Manifest,
+    ManifestError,
+    ModelEntry,
+    build_manifest,
+    check_model_dir,
+    sha256_file,
+    write_manifest,
+)
+
+TINY = models.ModelSpec(
+    arch="Unet",
+    encoder="tu-mobilenetv3_small_050",
+    in_channels=1,
+    encoder_depth=3,
+    decoder_channels=(8, 8, 8),
+)
+TINY_CLS = models.ModelSpec(
+    arch="Classifier", encoder="tu-mobilenetv3_small_050", in_channels=1, encoder_depth=3
+)
+
+
+def _entry(name="a", role="seg", **kw) -> dict:
+    return {
+        "name": name,
+        "role": role,
+        "dir": name,
+        "sha256": "ab" * 32,
+        "weight": 1.0,
+        "tta": ["none"],
+        **kw,
+    }
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    models.save(models.build_model(TINY), TINY, root / "seg-a")
+    models.save(models.build_model(TINY), TINY, root / "seg-b")
+    models.save(models.build_model(TINY_CLS), TINY_CLS, root / "cls")
+    return root
+
+
+def test_round_trip_through_json(tmp_path):
+    d = {
+        "models": [_entry("a", tta=["none", "h"]), _entry("c", role="cls")],
+        "drop_order": ["tta:h"],
+        "budget_s": 1200,
+    }
+    manifest = Manifest.from_dict(d)
+    assert manifest.models[0] == ModelEntry("a", "seg", "a", "ab" * 32, 1.0, ("none", "h"))
+    assert manifest.budget_s == 1200.0
+    path = manifest.save(tmp_path / "manifest.json")
+    assert Manifest.load(path) == manifest
+    assert json.loads(path.read_text()) == {**d, "budget_s": 1200.0}
+
+
+def test_budget_defaults_when_absent_or_null():
+    assert Manifest.from_dict({"models": [_entry()]}).budget_s == DEFAULT_BUDGET_S
+    assert Manifest.from_dict({"models": [_entry()], "budget_s": None}).budget_s == DEFAULT_BUDGET_S
+
+
+@pytest.mark.parametrize(
+    ("d", "message"),
+    [
+        ({"models": [_entry(role="segmenter")]}, "role 'segmenter'"),
+        ({"models": [_entry(tta=["none", "d"])]}, "tta"),
+        ({"models": [_entry(tta=[])]}, "tta"),
+        ({"models": [_entry(weight=0)]}, "weight"),
+        ({"models": [_entry(), _entry()]}, "unique"),
+        ({"models": [_entry(role="cls")]}, "at least one model with role 'seg'"),
+        ({"models": [_entry()], "drop_order": ["model:zzz"]}, "drop_order step 'model:zzz'"),
+        ({"models": [_entry()], "drop_order": ["tta:x"]}, "drop_order step 'tta:x'"),
+        ({"models": [_entry()], "budget_s": -5}, "budget_s"),
+    ],
+)
+def test_invalid_manifests_say_what_is_wrong(d, message):
+    with pytest.raises(ManifestError, match=message):
+        Manifest.from_dict(d)
+
+
+def test_load_names_the_file(tmp_path):
+    path = tmp_path / "manifest.json"
+    with pytest.raises(ManifestError, match="manifest not found"):
+        Manifest.load(path)
+    path.write_text('{"models": [{"name": "a"}]}')
+    with pytest.raises(ManifestError, match=f"{path}: invalid manifest: 'role'"):
+        Manifest.load(path)
+    path.write_text("{not json")
+    with pytest.raises(ManifestError, match=str(path)):
+        Manifest.load(path)
+
+
+def test_sha256_file_matches_hashlib(tmp_path):
+    path = tmp_path / "blob"
+    data = bytes(range(256)) * 5000
+    path.write_bytes(data)
+    assert sha256_file(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_build_manifest_from_model_dirs(weights_dir):
+    manifest = build_manifest(
+        weights_dir,
+        ["seg-a", weights_dir / "seg-b", "cls"],
+        tta=("none", "h", "v"),
+        weights=(1.0, 2.0, 1.0),
+        budget_s=1000,
+    )
+    a, b, c = manifest.models
+    assert (a.name, a.role, a.dir, a.tta) == ("seg-a", "seg", "seg-a", ("none", "h", "v"))
+    assert (b.dir, b.weight) == ("seg-b", 2.0)
+    assert (c.role, c.tta) == ("cls", ("none",))
+    assert a.sha256 == hashlib.sha256((weights_dir / "seg-a" / "model.safetensors").read_bytes()).hexdigest()
+    assert manifest.drop_order == ("tta:v", "tta:h", "model:seg-b")
+    assert manifest.budget_s == 1000
+
+
+def test_write_manifest_writes_a_loadable_file(weights_dir):
+    path = write_manifest(weights_dir, ["seg-a"])
+    assert path == weights_dir / "manifest.json"
+    assert Manifest.load(path).models[0].name == "seg-a"
+
+
+def test_build_manifest_rejects_dirs_outside_or_incomplete(weights_dir, tmp_path):
+    with pytest.raises(ManifestError, match="not inside the weights dir"):
+        build_manifest(weights_dir, [tmp_path])
+    (weights_dir / "empty").mkdir(exist_ok=True)
+    with pytest.raises(ManifestError, match="spec.json: missing"):
+        build_manifest(weights_dir, ["empty"])
+
+
+def test_check_model_dir_names_the_file(weights_dir):
+    entry = build_manifest(weights_dir, ["seg-a"]).models[0]
+    assert check_model_dir(weights_dir, entry) == weights_dir / "seg-a"
+    wrong = ModelEntry(entry.name, "seg", entry.dir, "0" * 64)
+    with pytest.raises(ManifestError, match=r"seg-a/model.safetensors: sha256 .* does not match"):
+        check_model_dir(weights_dir, wrong)
+    missing = ModelEntry("gone", "seg", "gone", "0" * 64)
+    with pytest.raises(ManifestError, match=r"gone/spec.json: missing \(model 'gone'\)"):
+        check_model_dir(weights_dir, missing)

@@ -1,0 +1,127 @@
+"""`steel-seg oof`: a training run's held-out fold predicted through the engine into an OOF directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from steel_seg import models
+from steel_seg.cli import main as cli_main
+from steel_seg.ensemble import Ensemble, Member
+from steel_seg.oof import quantise, read_oof
+from steel_seg.predict import PredictSettings, iter_probs
+
+SPEC = models.ModelSpec(
+    arch="Unet",
+    encoder="tu-mobilenetv3_small_050",
+    in_channels=1,
+    encoder_depth=3,
+    decoder_channels=(8, 8, 8),
+    aux_head=True,
+)
+HELDOUT = ["000a4bcdd.jpg", "03db6bbc3.jpg"]  # fold 1: class 1; classes 3 and 4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread: on a small shared CPU, more threads spin against each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def run_dir(sample_dir, tmp_path) -> Path:
+    """A run dir as `steel-seg train` writes it: run.json, folds.csv and best/ (a real saved smp model)."""
+    run = tmp_path / "runs" / "unet-f1"
+    torch.manual_seed(0)
+    models.save(models.build_model(SPEC), SPEC, run / "best")
+    ids = sorted(p.name for p in (sample_dir / "train_images").glob("*.jpg"))
+    folds = pd.DataFrame({"ImageId": ids, "fold": [1 if i in HELDOUT else 0 for i in ids]})
+    folds.to_csv(tmp_path / "folds.csv", index=False)
+    info = {
+        "name": "unet-f1",
+        "fold": 1,
+        "folds_csv": str(tmp_path / "folds.csv"),
+        "train_csv": str(sample_dir / "train.csv"),
+        "images_dir": str(sample_dir / "train_images"),
+        "model_dir": "best",
+    }
+    (run / "run.json").write_text(json.dumps(info))
+    return run
+
+
+@pytest.mark.slow
+def test_oof_writes_the_heldout_fold(run_dir, tmp_path, capsys):
+    out = tmp_path / "oof" / "unet-f1"
+    code = cli_main(
+        [
+            "oof",
+            "--run",
+            str(run_dir),
+            "--out",
+            str(out),
+            "--tta",
+            "none,h",
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+        ]
+    )
+    assert code == 0
+    assert str(out) in capsys.readouterr().out
+    oof = read_oof(out)
+    assert oof.image_ids == HELDOUT
+    assert oof.has_cls and oof.cls is not None
+    meta = json.loads((out / "meta.json").read_text())
+    assert (meta["fold"], meta["source"]) == (1, str(run_dir))
+    truth = oof.truth.table
+    assert sorted(zip(truth["ImageId"], truth["ClassId"], strict=True)) == [
+        ("000a4bcdd.jpg", 1),
+        ("03db6bbc3.jpg", 3),
+        ("03db6bbc3.jpg", 4),
+    ]
+    # The stored probabilities are the engine's, through the same TTA: checked on one image.
+    model, spec = models.load(run_dir / "best")
+    ensemble = Ensemble([Member("unet-f1", "seg", model, spec, views=("none", "h"))])
+    settings = PredictSettings(workers=0, progress=False)
+    [(image_id, probs, cls)] = iter_probs(
+        ensemble, [Path(json.loads((run_dir / "run.json").read_text())["images_dir"]) / HELDOUT[1]], settings
+    )
+    np.testing.assert_array_equal(oof.probs_u8(HELDOUT[1]), quantise(probs))
+    np.testing.assert_allclose(oof.cls_of(HELDOUT[1]), cls, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_oof_limit_and_default_out(run_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["oof", "--run", str(run_dir), "--device", "cpu", "--workers", "0", "--limit", "1"]) == 0
+    assert read_oof(tmp_path / "oof" / "unet-f1").image_ids == HELDOUT[:1]
+
+
+def test_oof_reports_a_bad_run(run_dir, capsys):
+    info = json.loads((run_dir / "run.json").read_text())
+    del info["folds_csv"]
+    (run_dir / "run.json").write_text(json.dumps(info))
+    assert cli_main(["oof", "--run", str(run_dir), "--device", "cpu"]) == 2
+    assert f"{run_dir / 'run.json'}: missing keys ['folds_csv']" in capsys.readouterr().err
+
+
+def test_oof_reports_an_empty_fold(run_dir, capsys):
+    info = json.loads((run_dir / "run.json").read_text())
+    info["fold"] = 7
+    (run_dir / "run.json").write_text(json.dumps(info))
+    assert cli_main(["oof", "--run", str(run_dir), "--device", "cpu"]) == 2
+    assert "no image in fold 7" in capsys.readouterr().err
+
+
+def test_oof_rejects_unknown_views(run_dir):
+    with pytest.raises(SystemExit):
+        cli_main(["oof", "--run", str(run_dir), "--tta", "none,diagonal"])

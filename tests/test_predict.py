@@ -1,0 +1,416 @@
+"""The inference engine on real (tiny, random-weight) smp models, real JPEGs and real sample CSVs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from steel_seg import models, postprocess, rle, submission
+from steel_seg.cli import main as cli_main
+from steel_seg.data import to_tensor
+from steel_seg.ensemble import flip
+from steel_seg.images import read_grey
+from steel_seg.manifest import Manifest, ManifestError, write_manifest
+from steel_seg.predict import (
+    Ensemble,
+    Member,
+    PredictSettings,
+    iter_probs,
+    predict_submission,
+    threshold_on_device,
+)
+
+ENCODER = "tu-mobilenetv3_small_050"
+SEG = models.ModelSpec(
+    arch="Unet", encoder=ENCODER, in_channels=1, encoder_depth=3, decoder_channels=(8, 8, 8)
+)
+SEG_AUX = models.ModelSpec(
+    arch="Unet",
+    encoder=ENCODER,
+    in_channels=1,
+    encoder_depth=3,
+    decoder_channels=(8, 8, 8),
+    aux_head=True,
+    mean=0.4,
+    std=0.2,
+)
+CLS = models.ModelSpec(arch="Classifier", encoder=ENCODER, in_channels=3, encoder_depth=3)
+FAST = {"workers": 0, "progress": False, "batch_size": 2}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread: on a small shared CPU, more threads spin against each other (10x slower here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _member(name: str, spec: models.ModelSpec, seed: int, **kw) -> Member:
+    torch.manual_seed(seed)
+    return Member(
+        name, "cls" if spec.arch == "Classifier" else "seg", models.build_model(spec).eval(), spec, **kw
+    )
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory) -> Path:
+    """Two real segmenters (one with an aux head) saved with `models.save`, a manifest and thresholds."""
+    root = tmp_path_factory.mktemp("weights")
+    for name, spec, seed in (("aux", SEG_AUX, 0), ("plain", SEG, 1)):
+        torch.manual_seed(seed)
+        models.save(models.build_model(spec), spec, root / name)
+    write_manifest(root, ["aux", "plain"], tta=("none",))
+    postprocess.Rules().save(root / "thresholds.json")
+    return root
+
+
+def _sample_csv(path: Path, image_ids: list[str], layout: submission.Layout) -> Path:
+    if layout is submission.Layout.STAGE1:
+        rows = [f"{i}_{c},1 1\n" for i in image_ids for c in range(1, 5)]
+    else:
+        rows = [f"{i},1 409600,0\n" for i in image_ids]
+    path.write_text(layout.value + "\n" + "".join(rows))
+    return path
+
+
+def _rows(csv: Path) -> dict[str, list[str]]:
+    """ImageId -> 4 RLE strings (class 1..4) of a submission in either layout."""
+    table = submission.read_predictions(csv)
+    out: dict[str, list[str]] = {}
+    for image_id, class_id, encoded in table[["ImageId", "ClassId", "EncodedPixels"]].itertuples(index=False):
+        out.setdefault(image_id, ["", "", "", ""])[int(class_id) - 1] = encoded
+    return out
+
+
+# --- TTA and ensemble maths -------------------------------------------------------------------------------
+
+
+def test_tta_views_are_unflipped_exactly():
+    member = _member("m", SEG, 0, views=("none", "h", "v", "hv"))
+    ensemble = Ensemble([member])
+    grey = torch.randint(0, 256, (2, 64, 320), dtype=torch.uint8)
+    with torch.inference_mode():
+        seg, cls = ensemble.forward(grey, ensemble.plan())
+        x = to_tensor(grey, SEG)
+        per_view = {v: flip(models.forward_probs(member.model, SEG, flip(x, v))[0], v) for v in member.views}
+    assert cls is None
+    torch.testing.assert_close(seg, sum(per_view.values()) / 4, atol=1e-6, rtol=1e-5)
+    # The model is not flip-invariant, so a view left flipped (or un-flipped twice) would show.
+    assert (per_view["h"] - per_view["none"]).abs().max() > 1e-3
+    assert (flip(per_view["h"], "h") - per_view["none"]).abs().max() > 1e-3
+
+
+def test_ensemble_weighted_average_and_gate_sources():
+    aux, plain = _member("aux", SEG_AUX, 0, weight=1.0), _member("plain", SEG, 1, weight=3.0)
+    clf = _member("clf", CLS, 2, weight=2.0)
+    grey = torch.randint(0, 256, (2, 64, 320), dtype=torch.uint8)
+    with torch.inference_mode():
+        seg_a, cls_a = models.forward_probs(aux.model, SEG_AUX, to_tensor(grey, SEG_AUX))
+        seg_p, _ = models.forward_probs(plain.model, SEG, to_tensor(grey, SEG))
+        _, cls_c = models.forward_probs(clf.model, CLS, to_tensor(grey, CLS))
+        seg, cls = Ensemble([aux, plain]).forward(grey, {"aux": ("none",), "plain": ("none",)})
+        torch.testing.assert_close(seg, (seg_a + 3 * seg_p) / 4)
+        torch.testing.assert_close(cls, cls_a)  # the aux head gates when there is no classifier
+        three = Ensemble([aux, plain, clf])
+        seg3, cls3 = three.forward(grey, three.plan())
+        torch.testing.assert_close(seg3, seg)  # a classifier adds no pixels
+        torch.testing.assert_close(cls3, cls_c)  # a classifier beats the aux head
+        assert Ensemble([plain]).forward(grey, {"plain": ("none",)})[1] is None
+
+
+def test_ensemble_rejects_a_role_that_does_not_fit_the_spec():
+    with pytest.raises(ValueError, match="role 'cls' does not fit"):
+        Ensemble([_member("p", SEG, 0), Member("x", "cls", nn.Identity(), SEG)])
+    with pytest.raises(ValueError, match="at least one segmenter"):
+        Ensemble([_member("clf", CLS, 0)])
+
+
+@pytest.mark.parametrize("one_class", [False, True])
+def test_device_threshold_matches_postprocess(one_class):
+    rng = np.random.default_rng(0)
+    probs = rng.random((3, 4, 40, 60), dtype=np.float32)
+    probs[:, 1, :5] = probs[:, 2, :5]  # ties go to the first class in both
+    rules = postprocess.Rules(
+        tuple(postprocess.ClassRule(k + 1, pixel_threshold=t) for k, t in enumerate((0.3, 0.5, 0.5, 0.9))),
+        one_class_per_pixel=one_class,
+    )
+    cls = rng.random((3, 4), dtype=np.float32)
+    masks, gates = threshold_on_device(torch.from_numpy(probs), None, rules)
+    np.testing.assert_array_equal(masks.numpy(), postprocess.threshold(probs, rules))
+    np.testing.assert_array_equal(gates.numpy(), postprocess.gate_scores(probs))
+    _, gates = threshold_on_device(torch.from_numpy(probs), torch.from_numpy(cls), rules)
+    np.testing.assert_array_equal(gates.numpy(), cls)
+
+
+# --- loading: fail fast with the file named ---------------------------------------------------------------
+
+
+def test_load_builds_the_manifest_ensemble(weights_dir):
+    manifest = Manifest.load(weights_dir / "manifest.json")
+    ensemble = Ensemble.load(weights_dir, manifest)
+    assert list(ensemble.members) == ["aux", "plain"]
+    assert ensemble.members["aux"].spec == SEG_AUX
+    assert (ensemble.drop_order, ensemble.budget_s) == (manifest.drop_order, manifest.budget_s)
+
+
+def test_load_checks_every_sha256_before_building_any_model(weights_dir, tmp_path):
+    broken = tmp_path / "w"
+    shutil.copytree(weights_dir, broken)
+    (broken / "aux" / "spec.json").write_text("{broken")  # would fail if "aux" were loaded first
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["models"][1]["sha256"] = "0" * 64
+    with pytest.raises(ManifestError, match=r"plain/model.safetensors: sha256 [0-9a-f]{64} does not match"):
+        Ensemble.load(broken, Manifest.from_dict(manifest))
+
+
+def test_load_rejects_a_spec_that_does_not_fit_the_weights(weights_dir, tmp_path):
+    broken = tmp_path / "w"
+    shutil.copytree(weights_dir, broken)
+    spec = json.loads((broken / "plain" / "spec.json").read_text())
+    spec["decoder_channels"] = [16, 8, 8]
+    (broken / "plain" / "spec.json").write_text(json.dumps(spec))
+    with pytest.raises(ManifestError, match=r"model 'plain': .*plain \(spec.json vs model.safetensors\)"):
+        Ensemble.load(broken, Manifest.load(broken / "manifest.json"))
+
+
+def test_load_rejects_missing_files_and_wrong_roles(weights_dir, tmp_path):
+    broken = tmp_path / "w"
+    shutil.copytree(weights_dir, broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["models"][0]["role"] = "cls"
+    with pytest.raises(
+        ManifestError, match=r"aux/spec.json: arch Unet does not fit the manifest's role 'cls'"
+    ):
+        Ensemble.load(broken, Manifest.from_dict(manifest))
+    (broken / "plain" / "model.safetensors").unlink()
+    with pytest.raises(ManifestError, match=r"plain/model.safetensors: missing"):
+        Ensemble.load(broken, Manifest.load(broken / "manifest.json"))
+
+
+# --- end to end on real JPEGs -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def messy_images(sample_dir, tmp_path) -> tuple[Path, list[str]]:
+    """2 real JPEGs plus a corrupt, a truncated, a missing, a 1-channel and a wrongly sized one."""
+    real = sorted((sample_dir / "train_images").glob("*.jpg"))
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in real[:2]:
+        shutil.copy(path, images / path.name)
+    grey = read_grey(real[0])
+    (images / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg" * 10)
+    data = real[1].read_bytes()
+    (images / "truncated.jpg").write_bytes(data[:-2000])
+    cv2.imwrite(str(images / "grey1.jpg"), grey)
+    cv2.imwrite(str(images / "grey3.jpg"), np.repeat(grey[:, :, None], 3, axis=2))
+    cv2.imwrite(str(images / "small.jpg"), cv2.resize(grey, (800, 128)))
+    ids = [
+        real[0].name,
+        "corrupt.jpg",
+        "truncated.jpg",
+        "missing.jpg",
+        "grey1.jpg",
+        "grey3.jpg",
+        "small.jpg",
+        real[1].name,
+    ]
+    return images, ids
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("layout", "workers"), [(submission.Layout.FINAL, 0), (submission.Layout.STAGE1, 2)])
+def test_bad_images_are_logged_and_predicted_empty(
+    weights_dir, messy_images, tmp_path, caplog, layout, workers
+):
+    images, ids = messy_images
+    sample = _sample_csv(tmp_path / "sample.csv", ids, layout)
+    rules = postprocess.Rules(tuple(postprocess.ClassRule(k + 1, pixel_threshold=0.0) for k in range(4)))
+    ensemble = Ensemble([_member("plain", SEG, 1)])
+    out = tmp_path / "sub.csv"
+    with caplog.at_level(logging.WARNING, logger="steel_seg.predict"):
+        summary = predict_submission(
+            ensemble, rules, images, sample, out, PredictSettings(**{**FAST, "workers": workers})
+        )
+    assert submission.validate(out, sample) == []
+    assert submission.detect_layout(out) is layout
+    reasons = {b.image_id: (b.reason, b.action) for b in summary.bad}
+    assert set(reasons) == {"corrupt.jpg", "truncated.jpg", "missing.jpg", "small.jpg"}
+    assert reasons["missing.jpg"] == ("file not found", "predicted empty")
+    assert reasons["truncated.jpg"] == reasons["corrupt.jpg"] == ("not a decodable image", "predicted empty")
+    assert reasons["small.jpg"] == ("size 800x128, resized to 1600x256", "predicted after resizing")
+    for b in summary.bad:
+        assert f"{images / b.image_id}: {b.reason}" in caplog.text
+    rows = _rows(out)
+    # Threshold 0 turns every pixel of a readable image on; a bad image stays empty.
+    full = rle.encode(np.ones((256, 1600), np.uint8))
+    for image_id in ids:
+        bad = reasons.get(image_id, ("", ""))[1] == "predicted empty"
+        assert rows.get(image_id, ["", "", "", ""]) == (["", "", "", ""] if bad else [full] * 4), image_id
+    assert summary.images == len(ids)
+    assert "bad image" in summary.text()
+
+
+@pytest.mark.slow
+def test_one_channel_jpeg_predicts_like_its_three_channel_twin(weights_dir, messy_images):
+    images, _ = messy_images
+    ensemble = Ensemble([_member("plain", SEG, 1)])
+    (_, one, _), (_, three, _) = iter_probs(
+        ensemble, [images / "grey1.jpg", images / "grey3.jpg"], PredictSettings(**FAST)
+    )
+    np.testing.assert_array_equal(one, three)
+    assert one.std() > 0
+
+
+@pytest.mark.slow
+def test_iter_probs_matches_predict_submission(sample_dir, tmp_path):
+    """One implementation: the probabilities of `iter_probs` post-processed on the CPU give the same rows."""
+    ids = ["0002cc93b.jpg", "0007a71bf.jpg", "000a4bcdd.jpg"]
+    images = sample_dir / "train_images"
+    ensemble = Ensemble([_member("aux", SEG_AUX, 0, views=("none", "h"))])
+    settings = PredictSettings(**FAST)
+    probs = list(iter_probs(ensemble, [images / i for i in ids], settings))
+    assert [p[0] for p in probs] == ids
+    assert all(
+        p[1].shape == (4, 256, 1600) and p[1].dtype == np.float32 and p[2].shape == (4,) for p in probs
+    )
+    # Rules that make every step matter: thresholds inside the probability range, components, a gate.
+    stack = np.stack([p[1] for p in probs])
+    gates = np.stack([p[2] for p in probs])
+    rules = postprocess.Rules(
+        tuple(
+            postprocess.ClassRule(
+                k + 1,
+                pixel_threshold=float(np.quantile(stack[:, k], 0.8)),
+                min_component=30,
+                min_area=100,
+                gate=float(np.median(gates[:, k])),
+            )
+            for k in range(4)
+        ),
+        one_class_per_pixel=True,
+    )
+    expected = {i: rle.encode_many(postprocess.apply(p, rules, c)) for i, p, c in probs}
+    assert any(any(r) for r in expected.values()) and not all(all(r) for r in expected.values())
+    sample = _sample_csv(tmp_path / "sample.csv", ids, submission.Layout.FINAL)
+    predict_submission(ensemble, rules, images, sample, tmp_path / "sub.csv", settings)
+    rows = _rows(tmp_path / "sub.csv")
+    assert {i: rows.get(i, ["", "", "", ""]) for i in ids} == expected
+
+
+# --- the time budget with a deliberately slow model -------------------------------------------------------
+
+
+class SlowSegmenter(nn.Module):
+    """A real module whose forward sleeps `seconds` per image-view: a model of known cost."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+        self.head = nn.Conv2d(1, 4, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.seconds * x.shape[0])
+        return self.head(x)
+
+
+@pytest.mark.slow
+def test_budget_drops_views_then_models_and_finishes_in_time(tmp_path, caplog):
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "0.jpg"), np.full((256, 1600), 128, np.uint8))
+    ids = [f"{i:03d}.jpg" for i in range(12)]
+    for image_id in ids:
+        shutil.copy(images / "0.jpg", images / image_id)
+    sample = _sample_csv(tmp_path / "sample.csv", ids, submission.Layout.STAGE1)
+    members = [
+        Member("a", "seg", SlowSegmenter(0.02), SEG, views=("none", "h")),
+        Member("b", "seg", SlowSegmenter(0.5), SEG, views=("none", "h")),
+    ]
+    # Sleeps alone: 1.04 s per image in full, 0.52 without h, 0.02 without b. The projection after 3 images
+    # (1 warm-up + 2 measured) is ~15 s in full, ~10 s without h and ~5 s without b: 8.5 s sits between.
+    ensemble = Ensemble(members, drop_order=["tta:h", "model:b"], budget_s=8.5)
+    with caplog.at_level(logging.WARNING, logger="steel_seg.predict"):
+        summary = predict_submission(
+            ensemble,
+            postprocess.Rules(),
+            images,
+            sample,
+            tmp_path / "sub.csv",
+            PredictSettings(**{**FAST, "batch_size": 1}),
+        )
+    assert [(d.step, d.action, d.images_done) for d in summary.decisions] == [
+        ("tta:h", "dropped", 3),
+        ("model:b", "dropped", 3),
+    ]
+    assert all(d.projected_s > 8.5 for d in summary.decisions)
+    assert summary.decisions[-1].projected_after_s <= 8.5
+    assert summary.plan == {"a": ("none",)}
+    assert summary.seconds <= 8.5
+    assert summary.images == 12 and submission.validate(tmp_path / "sub.csv", sample) == []
+    for decision in summary.decisions:
+        assert decision.text() in caplog.text
+
+
+# --- the CLI ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cli_predict_writes_a_valid_submission(weights_dir, sample_dir, tmp_path, capsys):
+    ids = ["0002cc93b.jpg", "0007a71bf.jpg", "000a4bcdd.jpg"]
+    sample = _sample_csv(tmp_path / "sample.csv", ids, submission.Layout.STAGE1)
+    out = tmp_path / "sub.csv"
+    code = cli_main(
+        [
+            "predict",
+            "--weights-dir",
+            str(weights_dir),
+            "--images",
+            str(sample_dir / "train_images"),
+            "--sample",
+            str(sample),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--workers",
+            "0",
+            "--limit",
+            "1",
+        ]
+    )
+    assert code == 0
+    assert submission.validate(out, sample) == []
+    printed = capsys.readouterr().out
+    assert "predicted 1 images" in printed and "aux: none, plain: none" in printed
+
+
+def test_cli_predict_reports_a_bad_weights_dir(tmp_path, capsys):
+    code = cli_main(
+        [
+            "predict",
+            "--weights-dir",
+            str(tmp_path),
+            "--images",
+            str(tmp_path),
+            "--sample",
+            str(tmp_path / "s.csv"),
+            "--out",
+            str(tmp_path / "o.csv"),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 2
+    assert f"{tmp_path / 'manifest.json'}: manifest not found" in capsys.readouterr().err
