@@ -1,0 +1,46 @@
+"""Build ONE offline Kaggle kernel script and the Kaggle CLI metadata; the logic is steel_seg.bundle."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from steel_seg.bundle import KaggleIds, build, summary
+
+ROOT = Path(__file__).resolve().parent
+TEMPLATE = ROOT / "kernel" / "bootstrap.py.tmpl"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    defaults = KaggleIds()
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--weights-dir",
+        type=Path,
+        default=ROOT / "weights",
+        help="holds manifest.json, thresholds.json and the model dirs (default: weights)",
+    )
+    parser.add_argument("--out", type=Path, default=ROOT / "kernel", help="output dir (default: kernel)")
+    parser.add_argument("--kaggle-user", help="Kaggle user of the metadata ids (none written without it)")
+    parser.add_argument("--kernel-slug", default=defaults.kernel_slug)
+    parser.add_argument("--weights-dataset", default=defaults.weights_slug, help="weights dataset slug")
+    parser.add_argument("--competition", default=defaults.competition)
+    parser.add_argument("--license", default=defaults.license, help="license of the weights dataset")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    ids = KaggleIds(args.kaggle_user, args.kernel_slug, args.weights_dataset, args.competition, args.license)
+    try:
+        result = build(args.weights_dir, args.out, TEMPLATE, ids)
+    except ValueError as exc:
+        print(f"build_kernel: error: {exc}", file=sys.stderr)
+        return 2
+    print(summary(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

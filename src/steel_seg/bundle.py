@@ -1,0 +1,311 @@
+"""The kernel builder: ONE self-contained offline Kaggle script from the package, the manifest and the rules.
+
+The script (`kernel/kernel.py`) carries every file of `steel_seg` and of the vendored pure-python packages
+(`segmentation_models_pytorch` with its LICENSE), each gzip-compressed (mtime 0) and base64-encoded in sorted
+order, plus the weights manifest and the post-processing rules as JSON. At start it unpacks them into a
+content-addressed temp dir, puts that dir FIRST on `sys.path` and calls `steel_seg.kernel.main`.
+Same inputs give byte-identical output: no timestamps, sorted files, canonical JSON.
+
+Vendored: only smp. Its other imports are `timm`, `huggingface_hub` and `safetensors`; Kaggle's image has
+timm, and timm itself requires huggingface_hub and safetensors (a compiled package), so wherever timm is
+installed those two are too; the kernel logs their versions at start.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import gzip
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import string
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import steel_seg
+from steel_seg.manifest import MANIFEST_FILE, Manifest, check_model_dir
+from steel_seg.postprocess import Rules
+
+THRESHOLDS_FILE = "thresholds.json"
+SCRIPT_FILE = "kernel.py"
+KERNEL_METADATA_FILE = "kernel-metadata.json"
+DATASET_METADATA_FILE = "dataset-metadata.json"
+VENDORED = ("segmentation_models_pytorch",)
+COMPILED_SUFFIXES = (".so", ".pyd", ".dylib", ".dll")
+LICENSE_PREFIXES = ("LICENSE", "LICENCE", "COPYING", "NOTICE")
+
+
+class BuildError(ValueError):
+    """The kernel cannot be built; the message names the file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class KaggleIds:
+    """Where the kernel lives on Kaggle: `user/kernel_slug`, reading `user/weights_slug` and the competition.
+
+    Without `user` the script is still built (it needs only the slugs), but no Kaggle metadata is written.
+    """
+
+    user: str | None = None
+    kernel_slug: str = "steel-seg-kernel"
+    weights_slug: str = "steel-seg-weights"
+    competition: str = "severstal-steel-defect-detection"
+    license: str = "CC0-1.0"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What `build` wrote and from what."""
+
+    script: Path
+    kernel_metadata: Path | None
+    dataset_metadata: Path | None
+    files: tuple[str, ...]
+    size: int
+    sha256: str
+    manifest: Manifest
+    rules: Rules
+
+
+def package_files(package_dir: Path, prefix: str) -> dict[str, bytes]:
+    """Every file under `package_dir` as `{prefix/relative posix path: bytes}`, without caches and dotfiles.
+
+    Raises BuildError on a compiled extension: the kernel can only carry pure python.
+    """
+    files = {}
+    for path in sorted(package_dir.rglob("*")):
+        rel = path.relative_to(package_dir)
+        if not path.is_file() or "__pycache__" in rel.parts or any(p.startswith(".") for p in rel.parts):
+            continue
+        if path.suffix in (".pyc", ".pyo"):
+            continue
+        if path.name.endswith(COMPILED_SUFFIXES) or ".so." in path.name:
+            raise BuildError(f"{path}: compiled extension; only pure-python packages can be bundled")
+        files[f"{prefix}/{rel.as_posix()}"] = path.read_bytes()
+    return files
+
+
+def vendored_files(name: str) -> dict[str, bytes]:
+    """The installed package `name` (import name) plus its distribution's license file(s) inside it."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise BuildError(f"{name}: not installed as a package in this environment; cannot vendor it")
+    files = package_files(Path(next(iter(spec.submodule_search_locations))), name)
+    licenses = _license_files(name)
+    if not licenses:
+        raise BuildError(f"{name}: no LICENSE file in its installed dist-info; not vendoring it unlicensed")
+    for path in licenses:
+        files[f"{name}/{path.name}"] = path.read_bytes()
+    return files
+
+
+def _license_files(name: str) -> list[Path]:
+    dist = _distribution(name)
+    entries = [] if dist is None else dist.files or ()
+    return sorted(
+        Path(dist.locate_file(e))
+        for e in entries
+        if ".dist-info" in str(e) and e.name.upper().startswith(LICENSE_PREFIXES)
+    )
+
+
+@functools.cache
+def _distribution(name: str) -> importlib.metadata.Distribution | None:
+    """The installed distribution providing the import package `name` (top_level.txt, else its name)."""
+    wanted = name.replace("_", "-").lower()
+    for dist in importlib.metadata.distributions():
+        tops = (dist.read_text("top_level.txt") or "").split()
+        if name in tops or (dist.metadata["Name"] or "").replace("_", "-").lower() == wanted:
+            return dist
+    return None
+
+
+def bundled_files(vendored: tuple[str, ...] = VENDORED) -> dict[str, bytes]:
+    """`steel_seg` (the running package's source) and the vendored packages, keyed by path, sorted."""
+    files = package_files(Path(steel_seg.__file__).parent, "steel_seg")
+    for name in vendored:
+        files.update(vendored_files(name))
+    return dict(sorted(files.items()))
+
+
+def encode(data: bytes) -> str:
+    """gzip (level 9, mtime 0: deterministic) then base64, as one ASCII string."""
+    return base64.b64encode(gzip.compress(data, compresslevel=9, mtime=0)).decode("ascii")
+
+
+def decode(blob: str) -> bytes:
+    """The inverse of `encode` (the bootstrap template does the same with the stdlib)."""
+    return gzip.decompress(base64.b64decode(blob))
+
+
+def load_inputs(weights_dir: Path) -> tuple[Manifest, Rules]:
+    """Read and check `manifest.json` and `thresholds.json`; every listed model dir must exist and match."""
+    manifest_path, rules_path = weights_dir / MANIFEST_FILE, weights_dir / THRESHOLDS_FILE
+    hints = {
+        manifest_path: "weights manifest not found (write it with steel_seg.manifest.write_manifest "
+        "over the model dirs copied into the weights dir)",
+        rules_path: "post-processing rules not found (write them with `steel-seg tune --out`)",
+    }
+    for path, hint in hints.items():
+        if not path.is_file():
+            raise BuildError(f"{path}: {hint}")
+    manifest = Manifest.load(manifest_path)
+    rules = Rules.load(rules_path)
+    for entry in manifest.models:
+        if not (weights_dir / entry.dir).is_dir():
+            raise BuildError(
+                f"{weights_dir / entry.dir}: model dir of {entry.name!r} (listed in "
+                f"{manifest_path}) is missing"
+            )
+        check_model_dir(weights_dir, entry)
+    return manifest, rules
+
+
+def render(template: str, files: dict[str, bytes], manifest: Manifest, rules: Rules, ids: KaggleIds) -> str:
+    """The kernel script: `template` with the encoded files, the manifest, the rules and the Kaggle slugs."""
+    blobs = {path: encode(data) for path, data in sorted(files.items())}
+    bundle_id = hashlib.sha256(json.dumps(blobs, sort_keys=True).encode()).hexdigest()[:16]
+    rules_dict = Rules(rules.classes, rules.one_class_per_pixel).to_dict()
+    defaults = ["--competition", ids.competition, "--weights-dataset", ids.weights_slug]
+    try:
+        return string.Template(template).substitute(
+            header=_header(files, manifest, rules),
+            bundle_id=bundle_id,
+            default_args=repr(defaults),
+            manifest=repr(_canonical(manifest.to_dict())),
+            rules=repr(_canonical(rules_dict)),
+            sources="\n".join(f"    {path!r}: {blob!r}," for path, blob in blobs.items()),
+        )
+    except (KeyError, ValueError) as exc:
+        raise BuildError(f"kernel template: bad placeholder {exc}") from exc
+
+
+def _canonical(obj: object) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def _header(files: dict[str, bytes], manifest: Manifest, rules: Rules) -> str:
+    tops = sorted({path.split("/")[0] for path in files})
+    lines = [f"Bundled: {', '.join(f'{t} {_version(t)}' for t in tops)} ({len(files)} files)."]
+    lines += [
+        f"Model {m.name}: role {m.role}, dir {m.dir}, views {'/'.join(m.tta)}, weight {m.weight:g}"
+        for m in manifest.models
+    ]
+    lines += [
+        f"Class {c.class_id}: pixel > {c.pixel_threshold:g}, component >= {c.min_component}, "
+        f"area >= {c.min_area}, gate >= {c.gate:g}"
+        for c in rules.classes
+    ]
+    return "\n".join(lines)
+
+
+def _version(top: str) -> str:
+    if top == "steel_seg":
+        return steel_seg.__version__
+    dist = _distribution(top)
+    return "?" if dist is None else dist.version
+
+
+def kernel_metadata(ids: KaggleIds) -> dict:
+    """`kernel-metadata.json` for `kaggle kernels push -p kernel`: private GPU script, internet off."""
+    return {
+        "id": f"{ids.user}/{ids.kernel_slug}",
+        "title": ids.kernel_slug.replace("-", " "),
+        "code_file": SCRIPT_FILE,
+        "language": "python",
+        "kernel_type": "script",
+        "is_private": True,
+        "enable_gpu": True,
+        "enable_tpu": False,
+        "enable_internet": False,
+        "dataset_sources": [f"{ids.user}/{ids.weights_slug}"],
+        "competition_sources": [ids.competition],
+        "kernel_sources": [],
+        "model_sources": [],
+    }
+
+
+def dataset_metadata(ids: KaggleIds) -> dict:
+    """`dataset-metadata.json` for `kaggle datasets create -p weights --dir-mode zip`."""
+    return {
+        "title": ids.weights_slug.replace("-", " "),
+        "id": f"{ids.user}/{ids.weights_slug}",
+        "licenses": [{"name": ids.license}],
+    }
+
+
+def build(
+    weights_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    template: str | os.PathLike,
+    ids: KaggleIds = KaggleIds(),
+    vendored: tuple[str, ...] = VENDORED,
+) -> BuildResult:
+    """Check the inputs, write `out_dir/kernel.py` and (with `ids.user`) the two Kaggle metadata files."""
+    weights_dir, out_dir, template = Path(weights_dir), Path(out_dir), Path(template)
+    if not template.is_file():
+        raise BuildError(f"{template}: kernel template not found")
+    manifest, rules = load_inputs(weights_dir)
+    files = bundled_files(vendored)
+    script = render(template.read_text(), files, manifest, rules, ids).encode()
+    script_path = _write(out_dir / SCRIPT_FILE, script)
+    kernel_meta = dataset_meta = None
+    if ids.user:
+        kernel_meta = _write(out_dir / KERNEL_METADATA_FILE, _json_bytes(kernel_metadata(ids)))
+        dataset_meta = _write(weights_dir / DATASET_METADATA_FILE, _json_bytes(dataset_metadata(ids)))
+    return BuildResult(
+        script_path,
+        kernel_meta,
+        dataset_meta,
+        tuple(files),
+        len(script),
+        hashlib.sha256(script).hexdigest(),
+        manifest,
+        rules,
+    )
+
+
+def _json_bytes(obj: dict) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _write(path: Path, data: bytes) -> Path:
+    """Write atomically (temp file in the same dir + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+    return path
+
+
+def summary(result: BuildResult) -> str:
+    """What was built, for the console: size, models, thresholds, budget and the next commands."""
+    lines = [
+        f"{result.script}: {result.size / 1e6:.2f} MB, {len(result.files)} bundled files, "
+        f"sha256 {result.sha256[:16]}"
+    ]
+    lines += [
+        f"  model {m.name:<20} role {m.role:<3}  views {'/'.join(m.tta):<10} weight {m.weight:g}"
+        for m in result.manifest.models
+    ]
+    lines += [
+        f"  class {c.class_id}: pixel > {c.pixel_threshold:g}  component >= {c.min_component}  "
+        f"area >= {c.min_area}  gate >= {c.gate:g}"
+        for c in result.rules.classes
+    ]
+    lines.append(f"  one class per pixel: {result.rules.one_class_per_pixel}")
+    drop = ", ".join(result.manifest.drop_order) or "nothing"
+    lines.append(f"  budget {result.manifest.budget_s:g} s; when short, drop in order: {drop}")
+    if result.kernel_metadata is None:
+        lines.append("  no Kaggle metadata written: pass --kaggle-user USER to write it")
+    else:
+        weights = result.dataset_metadata.parent
+        lines.append(f"  upload weights: kaggle datasets create -p {weights} --dir-mode zip")
+        lines.append(f"  push kernel:    kaggle kernels push -p {result.script.parent}")
+    return "\n".join(lines)

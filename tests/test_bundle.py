@@ -1,0 +1,177 @@
+"""The kernel builder: inputs checked, files collected and encoded, one deterministic script plus metadata."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from pathlib import Path
+
+import pytest
+import torch
+
+import steel_seg
+from steel_seg import bundle, models
+from steel_seg.manifest import ManifestError, write_manifest
+from steel_seg.postprocess import ClassRule, Rules
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = ROOT / "kernel" / "bootstrap.py.tmpl"
+TINY = models.ModelSpec(
+    arch="Unet", encoder="tu-mobilenetv3_small_050", encoder_depth=3, decoder_channels=(8, 8, 8)
+)
+
+
+def make_weights(weights_dir: Path) -> Path:
+    """A real tiny smp model dir, its manifest and a thresholds.json, as `steel-seg tune` would leave them."""
+    torch.manual_seed(0)
+    models.save(models.build_model(TINY), TINY, weights_dir / "tiny")
+    write_manifest(weights_dir, ["tiny"], tta=("none", "h"))
+    classes = tuple(ClassRule(k, 0.6, 10 * k, 100 * k, 0.1) for k in range(1, 5))
+    rules = Rules(classes, tuning={"grid": [1, 2]})
+    rules.save(weights_dir / bundle.THRESHOLDS_FILE)
+    return weights_dir
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> Path:
+    return make_weights(tmp_path_factory.mktemp("weights"))
+
+
+IDS = bundle.KaggleIds(user="someone", weights_slug="my-weights")
+
+
+def test_package_files_skips_caches_and_keeps_data(tmp_path):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub" / "__pycache__").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("x = 1\n")
+    (pkg / "sub" / "stats.json").write_text("{}")
+    (pkg / "sub" / "__pycache__" / "m.cpython-311.pyc").write_bytes(b"\0")
+    (pkg / "old.pyc").write_bytes(b"\0")
+    (pkg / ".hidden").write_text("")
+    assert bundle.package_files(pkg, "pkg") == {"pkg/__init__.py": b"x = 1\n", "pkg/sub/stats.json": b"{}"}
+
+
+def test_package_files_refuses_compiled_extensions(tmp_path):
+    (tmp_path / "fast.cpython-311-x86_64-linux-gnu.so").write_bytes(b"\x7fELF")
+    with pytest.raises(bundle.BuildError, match=r"fast\.cpython.*compiled extension"):
+        bundle.package_files(tmp_path, "pkg")
+
+
+def test_vendored_smp_is_complete_with_its_license():
+    import segmentation_models_pytorch as smp
+
+    files = bundle.vendored_files("segmentation_models_pytorch")
+    source = Path(smp.__file__).parent
+    expected = {
+        f"segmentation_models_pytorch/{p.relative_to(source).as_posix()}"
+        for p in source.rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
+    assert expected <= set(files)
+    assert b"MIT License" in files["segmentation_models_pytorch/LICENSE"]
+
+
+def test_vendoring_a_compiled_package_fails_clearly():
+    with pytest.raises(bundle.BuildError, match="safetensors.*compiled extension"):
+        bundle.vendored_files("safetensors")
+    with pytest.raises(bundle.BuildError, match="no_such_package_xyz: not installed"):
+        bundle.vendored_files("no_such_package_xyz")
+
+
+def test_encode_is_deterministic_and_reversible():
+    data = bytes(range(256)) * 50
+    assert bundle.encode(data) == bundle.encode(data)
+    assert bundle.decode(bundle.encode(data)) == data
+
+
+def test_build_writes_one_script_and_kaggle_metadata(weights, tmp_path):
+    result = bundle.build(weights, tmp_path / "kernel", TEMPLATE, IDS)
+    assert result.script == tmp_path / "kernel" / "kernel.py"
+    kernel_meta = json.loads(result.kernel_metadata.read_text())
+    assert kernel_meta["id"] == "someone/steel-seg-kernel"
+    assert kernel_meta["code_file"] == "kernel.py" and kernel_meta["kernel_type"] == "script"
+    assert kernel_meta["enable_gpu"] is True and kernel_meta["enable_internet"] is False
+    assert kernel_meta["is_private"] is True
+    assert kernel_meta["dataset_sources"] == ["someone/my-weights"]
+    assert kernel_meta["competition_sources"] == ["severstal-steel-defect-detection"]
+    dataset_meta = json.loads((weights / "dataset-metadata.json").read_text())
+    assert dataset_meta["id"] == "someone/my-weights" and dataset_meta["licenses"] == [{"name": "CC0-1.0"}]
+    text = bundle.summary(result)
+    assert "tiny" in text and "none/h" in text and "class 4: pixel > 0.6" in text and "budget 3300" in text
+
+
+def test_script_carries_the_package_manifest_and_rules(weights, tmp_path):
+    result = bundle.build(weights, tmp_path, TEMPLATE, IDS)
+    namespace = runpy.run_path(str(result.script), run_name="not_main")
+    sources = {path: bundle.decode(blob) for path, blob in namespace["SOURCES"].items()}
+    assert sources == bundle.bundled_files()
+    assert list(sources) == sorted(sources)
+    package = Path(steel_seg.__file__).parent
+    assert sources["steel_seg/kernel.py"] == (package / "kernel.py").read_bytes()
+    assert namespace["MANIFEST"]["models"][0]["sha256"] == result.manifest.models[0].sha256
+    assert Rules.from_dict(namespace["RULES"]) == Rules.load(weights / "thresholds.json")
+    assert "tuning" not in namespace["RULES"]
+    assert namespace["DEFAULT_ARGS"] == [
+        "--competition",
+        "severstal-steel-defect-detection",
+        "--weights-dataset",
+        "my-weights",
+    ]
+
+
+def test_build_is_byte_identical(weights, tmp_path):
+    first = bundle.build(weights, tmp_path / "a", TEMPLATE, IDS)
+    second = bundle.build(weights, tmp_path / "b", TEMPLATE, IDS)
+    assert first.script.read_bytes() == second.script.read_bytes()
+    assert first.kernel_metadata.read_bytes() == second.kernel_metadata.read_bytes()
+    assert first.sha256 == second.sha256
+
+
+def test_without_a_user_only_the_script_is_built(tmp_path):
+    weights = make_weights(tmp_path / "w")
+    result = bundle.build(weights, tmp_path / "k", TEMPLATE, bundle.KaggleIds())
+    assert result.kernel_metadata is None and not (tmp_path / "k" / "kernel-metadata.json").exists()
+    assert not (weights / "dataset-metadata.json").exists()
+    assert "--kaggle-user" in bundle.summary(result)
+
+
+@pytest.mark.parametrize("missing", ["manifest.json", "thresholds.json"])
+def test_missing_inputs_are_named(tmp_path, missing):
+    weights = make_weights(tmp_path / "w")
+    (weights / missing).unlink()
+    with pytest.raises(bundle.BuildError, match=rf"{missing}: .* not found"):
+        bundle.build(weights, tmp_path / "k", TEMPLATE, IDS)
+    assert not (tmp_path / "k" / "kernel.py").exists()
+
+
+def test_missing_model_dir_is_named(tmp_path):
+    weights = make_weights(tmp_path / "w")
+    (weights / "tiny" / "model.safetensors").unlink()
+    (weights / "tiny" / "spec.json").unlink()
+    (weights / "tiny").rmdir()
+    with pytest.raises(bundle.BuildError, match=r"tiny: model dir of 'tiny' .* is missing"):
+        bundle.build(weights, tmp_path / "k", TEMPLATE, IDS)
+
+
+def test_weights_that_do_not_match_the_manifest_fail_the_build(tmp_path):
+    weights = make_weights(tmp_path / "w")
+    path = weights / "tiny" / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(ManifestError, match=r"model\.safetensors: sha256 .* does not match"):
+        bundle.build(weights, tmp_path / "k", TEMPLATE, IDS)
+
+
+def test_bad_template_placeholder_is_reported(weights, tmp_path):
+    template = tmp_path / "t.tmpl"
+    template.write_text("x = $unknown_placeholder\n")
+    with pytest.raises(bundle.BuildError, match="unknown_placeholder"):
+        bundle.build(weights, tmp_path / "k", template, IDS)
+
+
+def test_build_kernel_entry_point(weights, tmp_path, capsys):
+    main = runpy.run_path(str(ROOT / "build_kernel.py"), run_name="build_kernel")["main"]
+    assert main(["--weights-dir", str(weights), "--out", str(tmp_path), "--kaggle-user", "u"]) == 0
+    out = capsys.readouterr().out
+    assert "kernel.py" in out and "kaggle kernels push" in out
+    assert main(["--weights-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2
+    assert "manifest.json: weights manifest not found" in capsys.readouterr().err
