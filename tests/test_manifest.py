@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from steel_seg import models
+from steel_seg import cli, models
 from steel_seg.manifest import (
     DEFAULT_BUDGET_S,
     Manifest,
@@ -16,6 +16,7 @@ from steel_seg.manifest import (
     ModelEntry,
     build_manifest,
     check_model_dir,
+    parse_views,
     sha256_file,
     write_manifest,
 )
@@ -151,3 +152,40 @@ def test_check_model_dir_names_the_file(weights_dir):
     missing = ModelEntry("gone", "seg", "gone", "0" * 64)
     with pytest.raises(ManifestError, match=r"gone/spec.json: missing \(model 'gone'\)"):
         check_model_dir(weights_dir, missing)
+
+
+def test_parse_views():
+    assert parse_views("none, h,v") == ("none", "h", "v")
+    with pytest.raises(ValueError, match="'none,x'"):
+        parse_views("none,x")
+
+
+def test_manifest_command_copies_models_and_writes_a_loadable_manifest(weights_dir, tmp_path):
+    out = tmp_path / "upload"
+    code = cli.main(
+        [
+            "manifest",
+            "--weights-dir",
+            str(out),
+            "--model",
+            f"unet-f0={weights_dir / 'seg-a'}",
+            "--model",
+            f"cls={weights_dir / 'cls'}",
+            "--tta",
+            "none,h",
+        ]
+    )
+    assert code == 0
+    manifest = Manifest.load(out / "manifest.json")
+    assert [(m.name, m.role, m.tta) for m in manifest.models] == [
+        ("unet-f0", "seg", ("none", "h")),
+        ("cls", "cls", ("none",)),
+    ]
+    assert manifest.models[0].sha256 == sha256_file(weights_dir / "seg-a" / "model.safetensors")
+    assert check_model_dir(out, manifest.models[1]) == out / "cls"
+
+
+def test_manifest_command_names_a_missing_model_dir(tmp_path, capsys):
+    code = cli.main(["manifest", "--weights-dir", str(tmp_path / "w"), "--model", f"a={tmp_path / 'nope'}"])
+    assert code == 2
+    assert "nope/spec.json: missing" in capsys.readouterr().err

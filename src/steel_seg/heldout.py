@@ -85,4 +85,4 @@ def predict_heldout(
     writer = OOFWriter(Path(out_dir or Path("oof") / info.name), str(info.run_dir), info.fold, spec.has_cls)
     for image_id, probs, cls in iter_probs(ensemble, [info.images_dir / i for i in ids], settings):
         writer.add(image_id, probs, cls)
-    return writer.close(Labels.from_csv(info.train_csv))
+    return writer.close(Labels.from_csv(info.train_csv, info.images_dir))

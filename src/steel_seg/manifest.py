@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -179,6 +180,30 @@ def build_manifest(
         segs = [e.name for e in entries if e.role == "seg"]
         drop_order = [f"tta:{v}" for v in reversed(tta) if v != "none"] + [f"model:{n}" for n in segs[:0:-1]]
     return Manifest(models=tuple(entries), drop_order=tuple(drop_order), budget_s=budget_s)
+
+
+def parse_views(text: str) -> tuple[str, ...]:
+    """A comma list of TTA views ("none,h,v") as a tuple; ValueError naming the bad ones."""
+    views = tuple(v.strip() for v in text.split(",") if v.strip())
+    bad = [v for v in views if v not in TTA_VIEWS]
+    if bad or not views:
+        raise ValueError(f"views {text!r}: use a comma list of {', '.join(TTA_VIEWS)}")
+    return views
+
+
+def copy_model_dir(source: str | os.PathLike, weights_dir: str | os.PathLike, name: str) -> Path:
+    """Copy a model dir (spec + weights, e.g. a run's `best/`) to `weights_dir/name`, the upload layout."""
+    source, target = Path(source), Path(weights_dir) / name
+    files = [source / SPEC_FILE, source / WEIGHTS_FILE]
+    for path in files:
+        if not path.is_file():
+            raise ManifestError(f"{path}: missing (a model dir holds {SPEC_FILE} and {WEIGHTS_FILE})")
+    target.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        tmp = target / (path.name + ".tmp")
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, target / path.name)
+    return target
 
 
 def write_manifest(

@@ -17,6 +17,7 @@ COMMANDS = {
     "oof": "predict the held-out fold of a training run",
     "tune": "grid-search post-processing rules on OOF predictions",
     "report": "EDA and evaluation reports (PNG figures + one HTML page)",
+    "manifest": "collect trained model dirs into the weights dir and its manifest.json",
     "predict": "predict a submission with the inference engine",
     "score": "the competition's mean Dice of a submission against truth",
     "validate": "check a submission against a sample_submission.csv",

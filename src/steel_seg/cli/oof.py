@@ -9,16 +9,15 @@ from pathlib import Path
 
 from steel_seg.heldout import predict_heldout
 from steel_seg.locations import default_device
-from steel_seg.manifest import TTA_VIEWS
+from steel_seg.manifest import parse_views
 from steel_seg.predict import PredictSettings
 
 
 def _views(text: str) -> tuple[str, ...]:
-    views = tuple(v.strip() for v in text.split(",") if v.strip())
-    bad = [v for v in views if v not in TTA_VIEWS]
-    if bad or not views:
-        raise argparse.ArgumentTypeError(f"views {text!r}: use a comma list of {', '.join(TTA_VIEWS)}")
-    return views
+    try:
+        return parse_views(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -1,0 +1,63 @@
+"""`steel-seg manifest`: gather trained model dirs into the weights dir and write its manifest.json."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from steel_seg.manifest import DEFAULT_BUDGET_S, ManifestError, copy_model_dir, parse_views, write_manifest
+
+
+def _model(text: str) -> tuple[str, Path]:
+    name, sep, source = text.partition("=")
+    if not sep or not name or not source or "/" in name:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=MODEL_DIR (e.g. unet-f0=runs/unet-f0/best), got {text!r}"
+        )
+    return name, Path(source)
+
+
+def _views(text: str) -> tuple[str, ...]:
+    try:
+        return parse_views(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "manifest", help="collect model dirs into a weights dir + manifest.json", description=__doc__
+    )
+    p.add_argument(
+        "--weights-dir", type=Path, required=True, help="the folder uploaded as the weights dataset"
+    )
+    p.add_argument(
+        "--model",
+        type=_model,
+        action="append",
+        required=True,
+        metavar="NAME=MODEL_DIR",
+        help="a model dir (spec.json + model.safetensors) copied to WEIGHTS_DIR/NAME (repeatable)",
+    )
+    p.add_argument(
+        "--tta", type=_views, default=("none", "h", "v"), help="segmenters' views (default none,h,v)"
+    )
+    p.add_argument(
+        "--weight", type=float, action="append", help="ensemble weight per --model (default 1 each)"
+    )
+    p.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, help="kernel time budget in seconds")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        dirs = [copy_model_dir(source, args.weights_dir, name) for name, source in args.model]
+        path = write_manifest(
+            args.weights_dir, dirs, tta=args.tta, weights=args.weight, budget_s=args.budget_s
+        )
+    except (ManifestError, ValueError, OSError) as exc:
+        print(f"steel-seg manifest: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}: {', '.join(name for name, _ in args.model)}; views {','.join(args.tta)}")
+    return 0
