@@ -1,0 +1,50 @@
+"""`steel-seg train`: fit one fold of a YAML config (one process, or one per GPU under `torchrun`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from steel_seg.train import summary, train
+from steel_seg.trainer_config import TrainConfig
+
+
+def _override(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. optim.lr=1e-3), got {text!r}")
+    return key, yaml.safe_load(value)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train a model on one fold", description=__doc__)
+    p.add_argument("--config", type=Path, required=True, help="YAML config (see configs/)")
+    p.add_argument("--fold", type=int, help="validation fold (overrides data.fold)")
+    p.add_argument("--out", type=Path, help="run dir (default runs/<config name>-f<fold>)")
+    p.add_argument("--resume", action="store_true", help="continue from <run dir>/checkpoint.pt")
+    p.add_argument(
+        "--set",
+        type=_override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set optim.lr=1e-3 (repeatable)",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = dict(args.set) | ({"data.fold": args.fold} if args.fold is not None else {})
+    try:
+        cfg = TrainConfig.from_yaml(args.config, overrides)
+        out = args.out or Path("runs") / f"{args.config.stem}-f{cfg.data.fold}"
+        result = train(cfg, out, resume=args.resume)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"steel-seg train: {exc}", file=sys.stderr)
+        return 2
+    if result.main:
+        print(summary(result))
+    return 0

@@ -1,0 +1,175 @@
+"""Model input and training data: the one normalisation, a crop-and-augment Dataset, a resumable sampler.
+
+Every random choice of a training sample (its crop, its augmentation) is drawn from a per-sample seed that the
+sampler derives from `(seed, epoch, position in the epoch)`: an epoch is the same whatever the number of
+loader workers, and a resumed run replays it exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import albumentations as A
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Sampler
+
+from steel_seg.augment import augment
+from steel_seg.images import read_grey
+from steel_seg.models import ModelSpec
+
+if TYPE_CHECKING:
+    from steel_seg.labels import Labels
+
+
+def to_tensor(grey: np.ndarray | Tensor, spec: ModelSpec) -> Tensor:
+    """The model input of a grey batch: `(grey / 255 - mean) / std`, repeated to `spec.in_channels`.
+
+    Args:
+        grey: (N, H, W) uint8, numpy or a torch tensor on any device (normalised there).
+
+    Returns:
+        (N, spec.in_channels, H, W) float32 on the input's device.
+    """
+    t = torch.from_numpy(np.ascontiguousarray(grey)) if isinstance(grey, np.ndarray) else grey
+    if t.ndim != 3:
+        raise ValueError(f"to_tensor expects (N, H, W) grey, got shape {tuple(t.shape)}")
+    x = (t.float() / 255.0 - spec.mean) / spec.std
+    return x.unsqueeze(1).expand(-1, spec.in_channels, -1, -1).contiguous()
+
+
+def choose_crop(
+    masks: np.ndarray, crop: tuple[int, int], defect_p: float, rng: np.random.Generator
+) -> tuple[int, int]:
+    """Top-left `(y0, x0)` of a `crop (h, w)` window in `masks (C, H, W)`.
+
+    With probability `defect_p` (and when the image has a defect) the window contains a random defect pixel;
+    otherwise it is uniform.
+    """
+    (h, w), (height, width) = crop, masks.shape[1:]
+    if h > height or w > width:
+        raise ValueError(f"crop {h}x{w} is larger than the image {height}x{width}")
+    if defect_p > 0 and rng.random() < defect_p:
+        ys, xs = np.nonzero(masks.any(axis=0))
+        if ys.size:
+            k = rng.integers(ys.size)
+            y0 = rng.integers(max(0, ys[k] - h + 1), min(ys[k], height - h) + 1)
+            x0 = rng.integers(max(0, xs[k] - w + 1), min(xs[k], width - w) + 1)
+            return int(y0), int(x0)
+    return int(rng.integers(height - h + 1)), int(rng.integers(width - w + 1))
+
+
+class SteelDataset(Dataset):
+    """Images with their class masks, optionally cropped and augmented.
+
+    An item is a dict: `image (C, h, w) float32` (normalised per the spec), `mask (4, h, w) float32` 0/1,
+    `presence (4,) float32` (class present in the item's mask: the classifier target), `index` (int).
+    A key is an index, or `(index, sample_seed)` as `EpochSampler` yields for random crops and augmentation.
+    """
+
+    def __init__(
+        self,
+        images_dir: str | Path,
+        image_ids: Sequence[str],
+        labels: Labels,
+        spec: ModelSpec,
+        crop: tuple[int, int] | None = None,
+        defect_crop_p: float = 0.0,
+        pipeline: A.Compose | None = None,
+    ):
+        self.images_dir = Path(images_dir)
+        self.image_ids = list(image_ids)
+        self.labels = labels
+        self.spec = spec
+        self.crop = tuple(crop) if crop else None
+        self.defect_crop_p = defect_crop_p
+        self.pipeline = pipeline
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, sample_seed = key if isinstance(key, tuple) else (key, 0)
+        grey, masks = self.read(index)
+        rng = np.random.default_rng(sample_seed)
+        if self.crop:
+            y0, x0 = choose_crop(masks, self.crop, self.defect_crop_p, rng)
+            h, w = self.crop
+            grey, masks = grey[y0 : y0 + h, x0 : x0 + w], masks[:, y0 : y0 + h, x0 : x0 + w]
+        if self.pipeline is not None:
+            self.pipeline.set_random_seed(int(rng.integers(2**31)))
+            grey, masks = augment(self.pipeline, np.ascontiguousarray(grey), np.ascontiguousarray(masks))
+        mask = torch.from_numpy(np.ascontiguousarray(masks)).float()
+        return {
+            "image": to_tensor(grey[None], self.spec)[0],
+            "mask": mask,
+            "presence": mask.flatten(1).amax(dim=1),
+            "index": index,
+        }
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Full-size grey `(H, W) uint8` and masks `(4, H, W) uint8` of image `index`."""
+        image_id = self.image_ids[index]
+        return read_grey(self.images_dir / image_id), self.labels.masks(image_id)
+
+
+def balanced_weights(presence: np.ndarray) -> np.ndarray:
+    """Sampling weights that balance the classes: `presence (N, 4) bool` -> `(N,) float64`, summing to 1.
+
+    "No defect" counts as a fifth class; an image weighs as its rarest class, so each class is drawn about
+    equally often.
+    """
+    groups = np.concatenate([presence, ~presence.any(axis=1, keepdims=True)], axis=1)
+    counts = groups.sum(axis=0)
+    inverse = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
+    weights = (groups * inverse).max(axis=1)
+    return weights / weights.sum()
+
+
+class EpochSampler(Sampler):
+    """Yields `(index, sample_seed)` for one epoch of one rank; deterministic in `(seed, epoch)`.
+
+    Shuffles (or draws with replacement by `weights`, the class-balanced option), pads the epoch to a
+    multiple of `num_replicas` and strides it by `rank`, as `DistributedSampler` does. `start` skips the
+    first positions of this rank's share (a resumed epoch).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        shuffle: bool = True,
+        weights: np.ndarray | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ):
+        self.n, self.seed, self.shuffle, self.weights = n, seed, shuffle, weights
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def _epoch_order(self) -> tuple[np.ndarray, np.ndarray]:
+        seq = np.random.SeedSequence([self.seed, self.epoch])
+        rng = np.random.default_rng(seq)
+        if self.weights is not None:
+            order = rng.choice(self.n, size=self.n, replace=True, p=self.weights)
+        else:
+            order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        total = -(-self.n // self.num_replicas) * self.num_replicas
+        order = np.resize(order, total)
+        seeds = seq.spawn(1)[0].generate_state(total)
+        return order, seeds
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order, seeds = self._epoch_order()
+        mine = slice(self.rank, None, self.num_replicas)
+        pairs = list(zip(order[mine].tolist(), seeds[mine].tolist(), strict=True))
+        return iter(pairs[self.start :])
+
+    def __len__(self) -> int:
+        return -(-self.n // self.num_replicas) - self.start

@@ -1,0 +1,97 @@
+"""steel_seg.data: the one normalisation, crops, the Dataset on real JPEGs, balanced weights, the sampler."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from steel_seg.augment import AugmentConfig, build_pipeline
+from steel_seg.data import EpochSampler, SteelDataset, balanced_weights, choose_crop, to_tensor
+from steel_seg.labels import Labels
+from steel_seg.models import ModelSpec
+
+SPEC1 = ModelSpec("Unet", "resnet18", in_channels=1, mean=0.4, std=0.2)
+SPEC3 = ModelSpec("Unet", "resnet18", in_channels=3, mean=0.4, std=0.2)
+
+
+def test_to_tensor_normalises_and_repeats_channels():
+    grey = np.array([[[0, 102, 255]]], np.uint8)
+    x1 = to_tensor(grey, SPEC1)
+    assert x1.shape == (1, 1, 1, 3) and x1.dtype == torch.float32
+    torch.testing.assert_close(x1[0, 0, 0], torch.tensor([-2.0, 0.0, 3.0]))
+    x3 = to_tensor(torch.from_numpy(grey), SPEC3)
+    assert x3.shape == (1, 3, 1, 3)
+    torch.testing.assert_close(x3[:, 1], x1[:, 0])
+    with pytest.raises(ValueError, match="expects"):
+        to_tensor(grey[0], SPEC1)
+
+
+def test_defect_biased_crops_contain_a_defect_and_stay_inside():
+    masks = np.zeros((4, 64, 400), np.uint8)
+    masks[3, 10:12, 380:390] = 1
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        y0, x0 = choose_crop(masks, (32, 64), 1.0, rng)
+        assert 0 <= y0 <= 32 and 0 <= x0 <= 336
+        assert masks[:, y0 : y0 + 32, x0 : x0 + 64].any()
+    uniform = [choose_crop(masks, (32, 64), 0.0, rng)[1] for _ in range(50)]
+    assert min(uniform) < 300
+    with pytest.raises(ValueError, match="larger than the image"):
+        choose_crop(masks, (65, 64), 0.0, rng)
+
+
+@pytest.fixture(scope="module")
+def labels(sample_dir):
+    return Labels.from_csv(sample_dir / "train.csv", sample_dir / "train_images")
+
+
+def test_dataset_items_on_the_real_sample(sample_dir, labels):
+    ids = labels.image_ids
+    full = SteelDataset(sample_dir / "train_images", ids, labels, SPEC3)
+    item = full[ids.index("0c6720401.jpg")]
+    assert item["image"].shape == (3, 256, 1600) and item["mask"].shape == (4, 256, 1600)
+    torch.testing.assert_close(item["mask"], torch.from_numpy(labels.masks("0c6720401.jpg")).float())
+    torch.testing.assert_close(item["presence"], torch.tensor([0.0, 1.0, 0.0, 0.0]))
+
+    pipeline = build_pipeline(AugmentConfig(affine=0.5, mask_dropout=0.2), seed=0)
+    crops = SteelDataset(sample_dir / "train_images", ids, labels, SPEC1, (256, 512), 1.0, pipeline)
+    a, b = crops[(3, 1234)], crops[(3, 1234)]
+    assert a["image"].shape == (1, 256, 512) and a["mask"].shape == (4, 256, 512)
+    torch.testing.assert_close(a["image"], b["image"])
+    torch.testing.assert_close(a["presence"], a["mask"].flatten(1).amax(1))
+
+
+def test_dataset_names_an_unreadable_image(tmp_path, labels):
+    ids = labels.image_ids[:1]
+    (tmp_path / ids[0]).write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match=ids[0]):
+        SteelDataset(tmp_path, ids, labels, SPEC1)[0]
+
+
+def test_balanced_weights_favour_rare_classes():
+    presence = np.zeros((10, 4), bool)
+    presence[0, 1] = True
+    presence[1:7, 2] = True
+    w = balanced_weights(presence)
+    assert w.sum() == pytest.approx(1.0)
+    assert w[0] > w[1] and w[0] > w[9]
+    groups_total = [w[0], w[1:7].sum(), w[7:].sum()]
+    np.testing.assert_allclose(groups_total, groups_total[0])
+
+
+def test_epoch_sampler_is_deterministic_and_shards_by_rank():
+    one = EpochSampler(11, seed=5)
+    first = list(one)
+    assert list(one) == first and len(first) == 11
+    assert sorted(i for i, _ in first) == list(range(11))
+    one.set_epoch(1)
+    assert list(one) != first
+    one.set_epoch(0, start=4)
+    assert list(one) == first[4:] and len(one) == 7
+    ranks = [EpochSampler(11, seed=5, num_replicas=2, rank=r) for r in (0, 1)]
+    shares = [list(s) for s in ranks]
+    assert [len(s) for s in shares] == [6, 6]
+    assert {i for i, _ in shares[0] + shares[1]} == set(range(11))
+    weighted = EpochSampler(4, seed=0, weights=np.array([0.0, 0.0, 1.0, 0.0]))
+    assert [i for i, _ in weighted] == [2, 2, 2, 2]

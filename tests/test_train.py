@@ -1,0 +1,192 @@
+"""steel_seg.train: the run directory, exact resume, the loss falling, DDP on 2 CPU processes, the configs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from steel_seg import models
+from steel_seg.checkpoint import load_state
+from steel_seg.labels import Labels
+from steel_seg.run_log import RunLog, read_log
+from steel_seg.train import Trainer, init_dist, resolve_folds, train
+from steel_seg.trainer_config import DataConfig, TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+VAL_IDS = ["0c6720401.jpg", "0a058fcb6.jpg"]
+TRAIN_IDS = [
+    "000a4bcdd.jpg", "03db6bbc3.jpg", "0a21ce787.jpg", "0a4ad45a5.jpg", "0a122ef42.jpg", "0a1cade03.jpg",
+]  # fmt: skip
+
+
+def tiny_config(sample_dir: Path, folds_csv: Path, **sections) -> dict:
+    """A seconds-long run on 6 real train images (2 batches of 2 crops an epoch), validated on 2."""
+    config = {
+        "data": {"train_csv": str(sample_dir / "train.csv"), "images_dir": str(sample_dir / "train_images"),
+                 "folds_csv": str(folds_csv), "fold": 0, "crop": [64, 128], "defect_crop_p": 0.8,
+                 "batch_size": 2, "val_batch_size": 2, "workers": 0, "batches_per_epoch": 2,
+                 "augment": {"affine": 0.3, "mask_dropout": 0.2}},
+        "model": {"arch": "FPN", "encoder": "tu-mobilenetv3_small_050", "in_channels": 1,
+                  "decoder_channels": [32, 32], "aux_head": True},
+        "optim": {"lr": 0.003},
+        "schedule": {"epochs": 2, "warmup_steps": 1},
+        "train": {"seed": 3, "device": "cpu", "progress": False},
+    }  # fmt: skip
+    for name, values in sections.items():
+        config[name] = {**config.get(name, {}), **values}
+    return config
+
+
+@pytest.fixture(scope="module")
+def folds_csv(sample_dir, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("folds") / "folds.csv"
+    rows = [(i, 0) for i in VAL_IDS] + [(i, 1 + n % 2) for n, i in enumerate(TRAIN_IDS)]
+    pd.DataFrame(rows, columns=["ImageId", "fold"]).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def straight_run(sample_dir, folds_csv, tmp_path_factory):
+    cfg = TrainConfig.from_dict(tiny_config(sample_dir, folds_csv, train={"ema_decay": 0.5}))
+    run_dir = tmp_path_factory.mktemp("runs") / "straight"
+    return cfg, train(cfg, run_dir)
+
+
+def test_run_directory_layout(straight_run, sample_dir):
+    cfg, result = straight_run
+    run = result.run_dir
+    info = json.loads((run / "run.json").read_text())
+    assert {"name", "fold", "folds_csv", "train_csv", "images_dir", "model_dir"} <= set(info)
+    assert info["model_dir"] == "best" and info["fold"] == 0 and Path(info["images_dir"]).is_dir()
+    assert TrainConfig.from_yaml(run / "config.yaml") == cfg
+    for name in ("best", "last"):
+        model, spec = models.load(run / name)
+        assert spec == cfg.model.spec
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["batch"] == 0 and state["step"] == 4
+    records = read_log(run / "log.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert 0.0 <= records[-1]["val_dice"] <= 1.0 and records[-1]["cls_accuracy"] is not None
+    assert len(pd.read_csv(run / "metrics.csv")) == 2
+    assert any((run / "tb").iterdir())
+    last = load_file(str(run / "last" / "model.safetensors"))
+    assert any(not torch.equal(last[k], v) for k, v in state["model"].items() if v.is_floating_point())
+
+
+def test_resume_after_one_epoch_matches_the_unbroken_run(straight_run, tmp_path):
+    """Epoch 1 by hand (as `train` does it), a 'kill', then `train(resume=True)`: identical weights."""
+    cfg, straight = straight_run
+    run = tmp_path / "resumed"
+    run.mkdir()
+    trainer = Trainer(cfg, run, init_dist("cpu"))
+    log = RunLog(run)
+    trainer.end_epoch(trainer.train_epoch(), 0.0, log)
+    log.close()
+    del trainer
+    resumed = train(cfg, run, resume=True)
+    assert resumed.epochs == 2
+    for name in ("last/model.safetensors", "best/model.safetensors"):
+        a, b = load_file(str(straight.run_dir / name)), load_file(str(run / name))
+        for key in a:
+            assert torch.equal(a[key], b[key]), f"{name}: {key} differs after resume"
+    sa, sb = load_state(straight.run_dir / "checkpoint.pt"), load_state(run / "checkpoint.pt")
+    for key, value in sa["optimizer"]["state"].items():
+        torch.testing.assert_close(value, sb["optimizer"]["state"][key], rtol=0, atol=0)
+    assert [r["epoch"] for r in read_log(run / "log.jsonl")] == [1, 2]
+
+
+def test_resume_from_a_mid_epoch_checkpoint_matches_the_unbroken_run(straight_run, tmp_path):
+    """A checkpoint after the first of two steps of epoch 1 (sampler position 1 batch), then resume."""
+    cfg, straight = straight_run
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, checkpoint_every=1))
+    run = tmp_path / "mid"
+    run.mkdir()
+    Trainer(cfg, run, init_dist("cpu")).train_epoch()
+    state = load_state(run / "checkpoint.pt")
+    assert (state["epoch"], state["batch"], state["step"]) == (0, 1, 1)
+    train(cfg, run, resume=True)
+    a, b = (load_file(str(d / "last" / "model.safetensors")) for d in (straight.run_dir, run))
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs after a mid-epoch resume"
+
+
+def test_random_folds_are_written_for_the_oof_step(sample_dir, tmp_path):
+    labels = Labels.from_csv(sample_dir / "train.csv", sample_dir / "train_images")
+    folds, path = resolve_folds(DataConfig(folds="random 3"), labels, tmp_path, seed=0)
+    written = pd.read_csv(path)
+    assert list(written.columns) == ["ImageId", "fold"] and sorted(written["ImageId"]) == labels.image_ids
+    assert sorted(folds.value_counts()) == [9, 9, 9]
+    with pytest.raises(ValueError, match="random K"):
+        resolve_folds(DataConfig(folds="stratified"), labels, tmp_path, seed=0)
+
+
+def test_loss_falls_over_a_short_run(sample_dir, folds_csv, tmp_path):
+    config = tiny_config(sample_dir, folds_csv, schedule={"epochs": 4}, data={"augment": {"affine": 0.0}},
+                         loss={"dice_weight": 0.0}, train={"accumulate": 2})  # fmt: skip
+    result = train(TrainConfig.from_dict(config), tmp_path / "run")
+    losses = [r["train_loss"] for r in result.records]
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_config_errors_name_the_file_and_key(tmp_path, sample_dir, folds_csv):
+    config = tiny_config(sample_dir, folds_csv, optim={"learning_rate": 1.0})
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match=r"bad\.yaml.*optim.*learning_rate"):
+        TrainConfig.from_yaml(path)
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(tiny_config(sample_dir, folds_csv)))
+    cfg = TrainConfig.from_yaml(good, {"optim.lr": 0.1, "data.fold": 1, "data.crop": [32, 64]})
+    assert cfg.optim.lr == 0.1 and cfg.data.fold == 1 and cfg.data.crop == (32, 64)
+
+
+def test_bad_folds_csv_names_the_file(tmp_path, sample_dir):
+    folds = tmp_path / "folds.csv"
+    folds.write_text("ImageId,fold\nnot_an_image.jpg,0\n")
+    cfg = TrainConfig.from_dict(tiny_config(sample_dir, folds))
+    with pytest.raises(ValueError, match=r"folds\.csv: 1 image\(s\) not in the train labels"):
+        train(cfg, tmp_path / "run")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_parse_and_build(path):
+    cfg = TrainConfig.from_yaml(path)
+    model = models.build_model(cfg.model.spec)
+    x = torch.zeros(1, cfg.model.spec.in_channels, 64, 64)
+    seg, cls = models.forward_probs(model.eval(), cfg.model.spec, x)
+    assert (seg is not None) == cfg.model.spec.has_seg and (cls is not None) == cfg.model.spec.has_cls
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_agree_with_single_process(straight_run, tmp_path):
+    cfg, single = straight_run
+    config_path = tmp_path / "ddp.yaml"
+    config_path.write_text(yaml.safe_dump(cfg.to_dict()))
+    cli = Path(sys.executable).parent / "steel-seg"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(cli), "train", "--config", str(config_path), "--out", str(tmp_path / "ddp")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    ddp_model, spec = models.load(tmp_path / "ddp" / "best")
+    single_model, _ = models.load(single.run_dir / "best")
+    a, b = ddp_model.state_dict(), single_model.state_dict()
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+    x = torch.randn(1, 1, 256, 1600)
+    with torch.no_grad():
+        for p, q in zip(models.forward_probs(ddp_model, spec, x), models.forward_probs(single_model, spec, x),
+                        strict=True):  # fmt: skip
+            assert p.shape == q.shape and torch.isfinite(p).all()
+    records = read_log(tmp_path / "ddp" / "log.jsonl")
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert records[-1]["step"] == 2  # 6 images over 2 ranks: one batch of 2 per rank and epoch
