@@ -285,14 +285,23 @@ def test_failure_mid_run_still_leaves_a_complete_submission(setup, tmp_path, mon
             raise RuntimeError("CUDA out of memory (injected)")
         return forward(self, *args, **kwargs)
 
+    full = tmp_path / "full.csv"
+    assert run_in_process(setup, full, "--batch-size", "1") == kernel.OK
+    calls.clear()
     monkeypatch.setattr(Ensemble, "forward", failing_forward)
     out = tmp_path / "submission.csv"
     out.write_text("stale output of an earlier run\n")
-    assert run_in_process(setup, out) == kernel.RUN_FAILED
+    assert run_in_process(setup, out, "--batch-size", "1", "--strict") == kernel.RUN_FAILED
     assert "prediction failed mid-run" in caplog.text and "CUDA out of memory (injected)" in caplog.text
     assert submission.validate(out, setup["samples"][submission.Layout.STAGE1]) == []
-    assert tidy(out).empty
     assert len(calls) == 2
+    # The first image's rows are kept exactly; every later image is written empty.
+    first = setup["ids"][0]
+    kept, expected = tidy(out), tidy(full)
+    assert kept.equals(expected[expected["ImageId"] == first].reset_index(drop=True))
+    calls.clear()
+    assert run_in_process(setup, out, "--batch-size", "1") == kernel.OK  # not strict: Kaggle still scores it
+    assert "DEGRADED RUN" in caplog.text
 
 
 def test_default_paths_are_kaggle_inputs(tmp_path):

@@ -336,10 +336,11 @@ def test_budget_drops_views_then_models_and_finishes_in_time(tmp_path, caplog):
     sample = _sample_csv(tmp_path / "sample.csv", ids, submission.Layout.STAGE1)
     members = [
         Member("a", "seg", SlowSegmenter(0.02), SEG, views=("none", "h")),
-        Member("b", "seg", SlowSegmenter(0.5), SEG, views=("none", "h")),
+        Member("b", "seg", SlowSegmenter(0.8), SEG, views=("none", "h")),
     ]
-    # Sleeps alone: 1.04 s per image in full, 0.52 without h, 0.02 without b. The projection after 3 images
-    # (1 warm-up + 2 measured) is ~15 s in full, ~10 s without h and ~5 s without b: 8.5 s sits between.
+    # Sleeps alone: 1.64 s per image in full, 0.82 without h, 0.02 without b. The projection after 3 images
+    # (~4.9 s spent) is ~20 s in full, ~12 s without h and ~5 s without b: 8.5 s sits between with margins
+    # of several seconds, so a loaded machine cannot change the decisions.
     ensemble = Ensemble(members, drop_order=["tta:h", "model:b"], budget_s=8.5)
     with caplog.at_level(logging.WARNING, logger="steel_seg.predict"):
         summary = predict_submission(

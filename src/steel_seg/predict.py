@@ -10,6 +10,7 @@ A `Budget` may drop views/models mid-run to finish in time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import deque
@@ -319,11 +320,20 @@ def predict_submission(
         tqdm(total=len(paths), desc="predict", unit="img", disable=not settings.progress) as bar,
     ):
         pending: deque[tuple[str, Future | None]] = deque()
-        for batch in runner.batches():
-            _submit(runner, batch, rules, pool, pending, ids)
-            _drain(runner, writer, pending, keep=2 * settings.batch_size)
-            bar.update(len(batch.index))
-        _drain(runner, writer, pending, keep=0)
+        try:
+            for batch in runner.batches():
+                _submit(runner, batch, rules, pool, pending, ids)
+                _drain(runner, writer, pending, keep=2 * settings.batch_size)
+                bar.update(len(batch.index))
+            _drain(runner, writer, pending, keep=0)
+        except BaseException:
+            # Keep every row already predicted (the batches in the post-processing pool too): the rest are
+            # written empty, so the file stays a complete, valid submission; the caller still sees the error.
+            with contextlib.suppress(Exception):
+                _drain(runner, writer, pending, keep=0)
+            missing = writer.close()
+            log.error("run stopped: %d of %d images written empty in %s", len(missing), len(ids), out_csv)
+            raise
     summary = RunSummary(
         len(ids),
         time.perf_counter() - start,
