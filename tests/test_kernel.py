@@ -343,3 +343,13 @@ def test_a_missing_package_stops_the_kernel_with_its_name(setup, tmp_path, monke
     assert run_in_process(setup, out) == kernel.STARTUP_FAILED
     assert "timm: cannot be imported: ModuleNotFoundError" in caplog.text
     assert not out.exists()
+
+
+def test_inference_path_needs_no_training_only_packages():
+    """The kernel imports neither albumentations nor scikit-learn: Kaggle's versions cannot break it."""
+    code = (
+        "import sys, steel_seg.kernel, steel_seg.predict, steel_seg.postprocess, steel_seg.submission;"
+        "print(sorted(m for m in ('albumentations', 'sklearn', 'iterstrat') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -16,10 +16,10 @@ from torch import nn
 
 from steel_seg import models, postprocess, rle, submission
 from steel_seg.cli import main as cli_main
-from steel_seg.data import to_tensor
 from steel_seg.ensemble import flip
 from steel_seg.images import read_grey
 from steel_seg.manifest import Manifest, ManifestError, write_manifest
+from steel_seg.models import to_tensor
 from steel_seg.predict import (
     Ensemble,
     Member,

@@ -1,4 +1,4 @@
-"""Model input and training data: the one normalisation, a crop-and-augment Dataset, a resumable sampler.
+"""Training data: a crop-and-augment Dataset (model input via `models.to_tensor`), a resumable sampler.
 
 Every random choice of a training sample (its crop, its augmentation) is drawn from a per-sample seed that the
 sampler derives from `(seed, epoch, position in the epoch)`: an epoch is the same whatever the number of
@@ -14,31 +14,14 @@ from typing import TYPE_CHECKING
 import albumentations as A
 import numpy as np
 import torch
-from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from steel_seg.augment import augment
 from steel_seg.images import read_grey
-from steel_seg.models import ModelSpec
+from steel_seg.models import ModelSpec, to_tensor
 
 if TYPE_CHECKING:
     from steel_seg.labels import Labels
-
-
-def to_tensor(grey: np.ndarray | Tensor, spec: ModelSpec) -> Tensor:
-    """The model input of a grey batch: `(grey / 255 - mean) / std`, repeated to `spec.in_channels`.
-
-    Args:
-        grey: (N, H, W) uint8, numpy or a torch tensor on any device (normalised there).
-
-    Returns:
-        (N, spec.in_channels, H, W) float32 on the input's device.
-    """
-    t = torch.from_numpy(np.ascontiguousarray(grey)) if isinstance(grey, np.ndarray) else grey
-    if t.ndim != 3:
-        raise ValueError(f"to_tensor expects (N, H, W) grey, got shape {tuple(t.shape)}")
-    x = (t.float() / 255.0 - spec.mean) / spec.std
-    return x.unsqueeze(1).expand(-1, spec.in_channels, -1, -1).contiguous()
 
 
 def choose_crop(

@@ -1,7 +1,7 @@
 """The loaded ensemble: models, their TTA views and weights, and one batched forward pass on the device.
 
 `Ensemble.forward` takes a `(B, H, W) uint8` grey batch already on the device, normalises it per model
-(`data.to_tensor`), stacks the model's TTA views into ONE batch, un-flips them on the device and averages
+(`models.to_tensor`), stacks the model's TTA views into ONE batch, un-flips them on the device and averages
 views and models (ensemble weights) on the device. Image-level probabilities come from the classifiers
 (role "cls"), else from the segmenters' aux heads, else None (the caller then uses the max pixel probability).
 """
@@ -19,7 +19,6 @@ from torch import Tensor, nn
 
 from steel_seg import models
 from steel_seg.budget import Plan
-from steel_seg.data import to_tensor
 from steel_seg.manifest import DEFAULT_BUDGET_S, TTA_VIEWS, Manifest, ManifestError, check_model_dir
 
 _FLIP_DIMS = {"none": (), "h": (-1,), "v": (-2,), "hv": (-2, -1)}
@@ -153,7 +152,7 @@ class Ensemble:
         self, member: Member, grey: Tensor, views: Sequence[str], amp: torch.dtype | None
     ) -> tuple[Tensor | None, Tensor | None]:
         """One model, its views stacked into one batch: seg `(B, 4, H, W)`, cls `(B, 4)` float32 (or None)."""
-        x = to_tensor(grey, member.spec)
+        x = models.to_tensor(grey, member.spec)
         stacked = torch.cat([flip(x, v) for v in views])
         if self.device.type == "cuda":
             stacked = stacked.contiguous(memory_format=torch.channels_last)

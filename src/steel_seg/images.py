@@ -22,9 +22,9 @@ class ImageError(ValueError):
 def read_grey(path: str | Path, shape: tuple[int, int] | None = IMAGE_SHAPE) -> np.ndarray:
     """Read an image as (H, W) uint8 grey.
 
-    The competition's JPEGs hold three identical channels, so one grey decode is exact and a third of the work.
-    A 1-channel JPEG reads the same way. With `shape`, an image of another size raises `ImageError`
-    (callers that can recover resize it themselves via `fit_shape`).
+    The competition's JPEGs hold three identical channels, so one grey decode is exact and a third of
+    the work. A 1-channel JPEG reads the same way. With `shape`, an image of another size raises
+    `ImageError` (callers that can recover resize it themselves via `fit_shape`).
     """
     path = Path(path)
     if not path.is_file():

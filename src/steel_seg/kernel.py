@@ -39,7 +39,6 @@ LOGGED_PACKAGES = (
     "timm",
     "huggingface_hub",
     "safetensors",
-    "albumentations",
     "numpy",
     "pandas",
     "cv2",

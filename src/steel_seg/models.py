@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 from safetensors.torch import load_file, save_file
@@ -33,7 +34,7 @@ class ModelSpec:
 
     `decoder_channels` (empty = smp's default) means per-stage channels for Unet/UnetPlusPlus (one per encoder
     stage) and `(pyramid, segmentation)` channels for FPN; other architectures take smp's default only.
-    Model input is `(grey / 255 - mean) / std`, repeated to `in_channels` (see `steel_seg.data.to_tensor`).
+    Model input is `(grey / 255 - mean) / std`, repeated to `in_channels` (see `to_tensor`).
     """
 
     arch: str
@@ -302,3 +303,19 @@ def forward_probs(model: nn.Module, spec: ModelSpec, x: Tensor) -> tuple[Tensor 
     """Sigmoid probabilities: (seg (N, classes, H, W) or None, cls (N, classes) or None); `x` normalised."""
     seg, cls = forward_logits(model, spec, x)
     return (None if seg is None else seg.sigmoid()), (None if cls is None else cls.sigmoid())
+
+
+def to_tensor(grey: np.ndarray | Tensor, spec: ModelSpec) -> Tensor:
+    """The model input of a grey batch: `(grey / 255 - mean) / std`, repeated to `spec.in_channels`.
+
+    Args:
+        grey: (N, H, W) uint8, numpy or a torch tensor on any device (normalised there).
+
+    Returns:
+        (N, spec.in_channels, H, W) float32 on the input's device.
+    """
+    t = torch.from_numpy(np.ascontiguousarray(grey)) if isinstance(grey, np.ndarray) else grey
+    if t.ndim != 3:
+        raise ValueError(f"to_tensor expects (N, H, W) grey, got shape {tuple(t.shape)}")
+    x = (t.float() / 255.0 - spec.mean) / spec.std
+    return x.unsqueeze(1).expand(-1, spec.in_channels, -1, -1).contiguous()
