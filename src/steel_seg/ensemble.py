@@ -146,14 +146,14 @@ class Ensemble:
             elif cls is not None:
                 aux_sum, aux_w = _accumulate(aux_sum, cls, w), aux_w + w
         image = cls_sum / cls_w if cls_sum is not None else (aux_sum / aux_w if aux_sum is not None else None)
-        return seg_sum / seg_w, image
+        return (seg_sum if seg_w == 1.0 else seg_sum / seg_w), image
 
     def _member_probs(
         self, member: Member, grey: Tensor, views: Sequence[str], amp: torch.dtype | None
     ) -> tuple[Tensor | None, Tensor | None]:
         """One model, its views stacked into one batch: seg `(B, 4, H, W)`, cls `(B, 4)` float32 (or None)."""
         x = models.to_tensor(grey, member.spec)
-        stacked = torch.cat([flip(x, v) for v in views])
+        stacked = flip(x, views[0]) if len(views) == 1 else torch.cat([flip(x, v) for v in views])
         if self.device.type == "cuda":
             stacked = stacked.contiguous(memory_format=torch.channels_last)
         context = torch.autocast(self.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
@@ -161,15 +161,25 @@ class Ensemble:
             seg, cls = models.forward_probs(member.model, member.spec, stacked)
         n_views, batch = len(views), grey.shape[0]
         if seg is not None:
-            seg = seg.float().unflatten(0, (n_views, batch))
-            seg = torch.stack([flip(seg[i], v) for i, v in enumerate(views)]).mean(0)
+            seg = _unflip_mean(seg.float().unflatten(0, (n_views, batch)), views)
         if cls is not None:
             cls = cls.float().unflatten(0, (n_views, batch)).mean(0)
         return seg, cls
 
 
+def _unflip_mean(seg: Tensor, views: Sequence[str]) -> Tensor:
+    """`(V, B, 4, H, W)` view outputs -> `(B, 4, H, W)`: un-flipped, averaged in place (no stacked copy)."""
+    total = flip(seg[0], views[0]).clone() if len(views) > 1 else flip(seg[0], views[0])
+    for i in range(1, len(views)):
+        total.add_(flip(seg[i], views[i]))
+    return total.div_(len(views)) if len(views) > 1 else total
+
+
 def _accumulate(total: Tensor | None, value: Tensor, weight: float) -> Tensor:
-    return value * weight if total is None else total.add_(value, alpha=weight)
+    """Weighted running sum; the first value is taken as it is when its weight is 1 (it is ours to modify)."""
+    if total is None:
+        return value if weight == 1.0 else value * weight
+    return total.add_(value, alpha=weight)
 
 
 def views_text(plan: Mapping[str, Sequence[str]]) -> str:

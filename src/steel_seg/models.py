@@ -317,5 +317,6 @@ def to_tensor(grey: np.ndarray | Tensor, spec: ModelSpec) -> Tensor:
     t = torch.from_numpy(np.ascontiguousarray(grey)) if isinstance(grey, np.ndarray) else grey
     if t.ndim != 3:
         raise ValueError(f"to_tensor expects (N, H, W) grey, got shape {tuple(t.shape)}")
-    x = (t.float() / 255.0 - spec.mean) / spec.std
-    return x.unsqueeze(1).expand(-1, spec.in_channels, -1, -1).contiguous()
+    x = t.float().div_(255.0).sub_(spec.mean).div_(spec.std)  # in place: one float copy of the batch
+    x = x.unsqueeze(1)
+    return x if spec.in_channels == 1 else x.expand(-1, spec.in_channels, -1, -1).contiguous()
