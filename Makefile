@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 demo: $(STAMP)
-	$(PY) -m steel_seg.demo
+	$(PY) scripts/demo.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
