@@ -22,11 +22,11 @@ import importlib.util
 import json
 import os
 import string
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import steel_seg
+from steel_seg import atomic
 from steel_seg.manifest import MANIFEST_FILE, Manifest, check_model_dir
 from steel_seg.postprocess import Rules
 
@@ -252,11 +252,13 @@ def build(
     manifest, rules = load_inputs(weights_dir)
     files = bundled_files(vendored)
     script = render(template.read_text(), files, manifest, rules, ids).encode()
-    script_path = _write(out_dir / SCRIPT_FILE, script)
+    script_path = atomic.write_bytes(out_dir / SCRIPT_FILE, script)
     kernel_meta = dataset_meta = None
     if ids.user:
-        kernel_meta = _write(out_dir / KERNEL_METADATA_FILE, _json_bytes(kernel_metadata(ids)))
-        dataset_meta = _write(weights_dir / DATASET_METADATA_FILE, _json_bytes(dataset_metadata(ids)))
+        kernel_meta = atomic.write_bytes(out_dir / KERNEL_METADATA_FILE, _json_bytes(kernel_metadata(ids)))
+        dataset_meta = atomic.write_bytes(
+            weights_dir / DATASET_METADATA_FILE, _json_bytes(dataset_metadata(ids))
+        )
     return BuildResult(
         script_path,
         kernel_meta,
@@ -271,17 +273,6 @@ def build(
 
 def _json_bytes(obj: dict) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
-
-
-def _write(path: Path, data: bytes) -> Path:
-    """Write atomically (temp file in the same dir + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-    return path
 
 
 def summary(result: BuildResult) -> str:

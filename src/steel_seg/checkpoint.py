@@ -8,26 +8,18 @@ kill never leaves a half-written checkpoint.
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from steel_seg import atomic
+
 
 def save_state(state: dict[str, Any], path: str | Path) -> None:
     """Write `state` to `path` atomically (temp file in the same dir + os.replace)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_with(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_state(path: str | Path) -> dict[str, Any]:

@@ -11,11 +11,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from steel_seg import atomic
 
 TTA_VIEWS = ("none", "h", "v", "hv")
 ROLES = ("seg", "cls")
@@ -125,14 +126,7 @@ class Manifest:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the manifest as JSON atomically (temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-        return path
+        return atomic.write_json(path, self.to_dict())
 
 
 def sha256_file(path: str | os.PathLike) -> str:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,8 @@ from safetensors.torch import load_file, save_file
 from segmentation_models_pytorch.base.heads import ClassificationHead
 from segmentation_models_pytorch.encoders import get_encoder
 from torch import Tensor, nn
+
+from steel_seg import atomic
 
 SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -249,25 +249,14 @@ def check_state_dict(module: nn.Module, state: Mapping[str, Tensor], where: str,
         raise ValueError(f"{where}: weights do not match the model: " + "; ".join(problems))
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save(model: nn.Module, spec: ModelSpec, directory: str | Path) -> Path:
     """Write `directory/model.safetensors` then `directory/spec.json`, each atomically (temp + os.replace)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
+    atomic.write_with(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
     text = json.dumps(spec.to_dict(), indent=2) + "\n"
-    _atomic_write(directory / SPEC_FILE, lambda p: p.write_text(text))
+    atomic.write_with(directory / SPEC_FILE, lambda p: p.write_text(text))
     return directory
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from steel_seg import atomic
 from steel_seg.labels import Labels, read_train_csv
 
 N_CLASSES = 4
@@ -40,13 +40,6 @@ def quantise(probs: np.ndarray) -> np.ndarray:
 def dequantise(values: np.ndarray) -> np.ndarray:
     """`values: uint8` -> float32 probabilities `value / 255` (exactly what every reader sees)."""
     return values.astype(np.float32) / np.float32(PROB_SCALE)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def _stem(image_id: str) -> str:
@@ -113,10 +106,10 @@ class OOFWriter:
         if self.has_cls:
             table = pd.DataFrame(self._cls_rows, columns=CLS_COLUMNS)
             table.insert(0, "ImageId", self.image_ids)
-            _atomic_write_text(self.dir / "cls.csv", table.to_csv(index=False, float_format="%.9g"))
+            atomic.write_text(self.dir / "cls.csv", table.to_csv(index=False, float_format="%.9g"))
         rows = truth.table[truth.table["ImageId"].isin(set(self.image_ids))]
         rows = rows[["ImageId", "ClassId", "EncodedPixels"]].sort_values(["ImageId", "ClassId"])
-        _atomic_write_text(self.dir / "truth.csv", rows.to_csv(index=False))
+        atomic.write_text(self.dir / "truth.csv", rows.to_csv(index=False))
         meta = {
             "image_ids": self.image_ids,
             "shape": list(self._shape or (256, 1600)),
@@ -126,7 +119,7 @@ class OOFWriter:
             "source": self.source,
             "fold": self.fold,
         }
-        _atomic_write_text(self.dir / "meta.json", json.dumps(meta))
+        atomic.write_text(self.dir / "meta.json", json.dumps(meta))
         return self.dir
 
 
@@ -231,8 +224,15 @@ def read_oof(dir: str | os.PathLike) -> OOF:
     shape = (int(meta["shape"][0]), int(meta["shape"][1]))
     cls = _read_cls(dir / "cls.csv", image_ids) if meta["has_cls"] else None
     truth = _read_truth(dir / "truth.csv", image_ids, shape)
-    return OOF((dir,), image_ids, shape, bool(meta["has_cls"]), cls, Labels(truth, sorted(image_ids), shape),
-               _png_paths(dir, image_ids))
+    return OOF(
+        (dir,),
+        image_ids,
+        shape,
+        bool(meta["has_cls"]),
+        cls,
+        Labels(truth, sorted(image_ids), shape),
+        _png_paths(dir, image_ids),
+    )
 
 
 def read_oofs(dirs: Sequence[str | os.PathLike]) -> OOF:
@@ -256,5 +256,6 @@ def read_oofs(dirs: Sequence[str | os.PathLike]) -> OOF:
     table = pd.concat([p.truth.table for p in parts], ignore_index=True)
     truth = Labels(table, sorted(owner), first.shape)
     paths = {k: v for p in parts for k, v in p.png_paths.items()}
-    return OOF(tuple(d for p in parts for d in p.dirs), list(owner), first.shape, first.has_cls, cls, truth,
-               paths)
+    return OOF(
+        tuple(d for p in parts for d in p.dirs), list(owner), first.shape, first.has_cls, cls, truth, paths
+    )

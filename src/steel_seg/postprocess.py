@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+
+from steel_seg import atomic
 
 N_CLASSES = 4
 
@@ -110,14 +111,7 @@ class Rules:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the rules as JSON atomically (temp file + rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.to_dict(), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-        return path
+        return atomic.write_json(path, self.to_dict())
 
 
 def threshold(probs: np.ndarray, rules: Rules) -> np.ndarray:

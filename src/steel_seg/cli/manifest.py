@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from steel_seg.manifest import DEFAULT_BUDGET_S, ManifestError, copy_model_dir, parse_views, write_manifest
+from steel_seg.cli._engine_args import views
+from steel_seg.manifest import DEFAULT_BUDGET_S, ManifestError, copy_model_dir, write_manifest
 
 
 def _model(text: str) -> tuple[str, Path]:
@@ -16,13 +17,6 @@ def _model(text: str) -> tuple[str, Path]:
             f"expected NAME=MODEL_DIR (e.g. unet-f0=runs/unet-f0/best), got {text!r}"
         )
     return name, Path(source)
-
-
-def _views(text: str) -> tuple[str, ...]:
-    try:
-        return parse_views(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="a model dir (spec.json + model.safetensors) copied to WEIGHTS_DIR/NAME (repeatable)",
     )
     p.add_argument(
-        "--tta", type=_views, default=("none", "h", "v"), help="segmenters' views (default none,h,v)"
+        "--tta", type=views, default=("none", "h", "v"), help="segmenters' views (default none,h,v)"
     )
     p.add_argument(
         "--weight", type=float, action="append", help="ensemble weight per --model (default 1 each)"

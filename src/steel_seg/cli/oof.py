@@ -7,28 +7,18 @@ import logging
 import sys
 from pathlib import Path
 
+from steel_seg.cli._engine_args import add_engine_options, views
 from steel_seg.heldout import predict_heldout
 from steel_seg.locations import default_device
-from steel_seg.manifest import parse_views
 from steel_seg.predict import PredictSettings
-
-
-def _views(text: str) -> tuple[str, ...]:
-    try:
-        return parse_views(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("oof", help="out-of-fold probabilities of a training run", description=__doc__)
     p.add_argument("--run", type=Path, required=True, help="the run dir (holds run.json)")
     p.add_argument("--out", type=Path, default=None, help="OOF dir to write (default: oof/<run name>)")
-    p.add_argument("--tta", type=_views, default=("none",), help="comma list of views, e.g. none,h")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--workers", type=int, default=2, help="JPEG decoding processes (0: in the main process)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N held-out images")
+    p.add_argument("--tta", type=views, default=("none",), help="comma list of views, e.g. none,h")
+    add_engine_options(p, limit_help="only the first N held-out images")
     p.set_defaults(func=run)
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from steel_seg import submission
+from steel_seg.cli._engine_args import add_engine_options
 from steel_seg.locations import default_device
 from steel_seg.manifest import MANIFEST_FILE, Manifest
 from steel_seg.postprocess import Rules
@@ -22,12 +23,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--images", type=Path, required=True, help="folder of the test JPEGs")
     p.add_argument("--sample", type=Path, required=True, help="sample_submission.csv (either layout)")
     p.add_argument("--out", type=Path, required=True, help="submission CSV to write")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--workers", type=int, default=2, help="JPEG decoding processes (0: in the main process)")
+    add_engine_options(p, limit_help="predict only the first N images (others empty)")
     p.add_argument("--amp", choices=("auto", "fp16", "bf16", "off"), default="auto")
     p.add_argument("--budget-s", type=float, default=None, help="time limit (default: the manifest's)")
-    p.add_argument("--limit", type=int, default=None, help="predict only the first N images (others empty)")
     p.set_defaults(func=run)
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import base64
 import html
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from steel_seg import atomic
 
 _STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -115,11 +116,4 @@ class HtmlPage:
 
     def write(self, path: str | os.PathLike) -> Path:
         """Write the page atomically (temp file + rename) and return its path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(self.render())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-        return path
+        return atomic.write_text(path, self.render())
