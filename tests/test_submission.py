@@ -145,3 +145,16 @@ def test_read_predictions_reads_train_layouts(tmp_path, sample_dir):
     original = read_predictions(tmp_path / "train.csv")
     pd.testing.assert_frame_equal(original, read_predictions(sample_dir / "train_new_format.csv"))
     assert len(original) == 13
+
+
+def test_writer_without_rle_check_trusts_encoded_strings(tmp_path):
+    """`check_rle=False` (for the engine's own `rle.encode` output) skips the parse; `validate` does not."""
+    sample_csv = tmp_path / "sample.csv"
+    with SubmissionWriter(sample_csv, Sample(Layout.FINAL, IMAGES)):
+        pass
+    path = tmp_path / "s.csv"
+    with SubmissionWriter(path, Sample(Layout.FINAL, IMAGES), check_rle=False) as writer:
+        writer.write("a.jpg", ["", "1", "", ""])
+        with pytest.raises(ValueError, match="a.jpg written twice"):
+            writer.write("a.jpg", [""] * 4)
+    assert any("a.jpg class 2" in problem for problem in validate(path, sample_csv))

@@ -315,7 +315,7 @@ def predict_submission(
     runner = _Runner(ensemble, paths, settings, budget)
     pool_cls = ProcessPoolExecutor if settings.post_pool == "process" else ThreadPoolExecutor
     with (
-        submission.SubmissionWriter(out_csv, sample) as writer,
+        submission.SubmissionWriter(out_csv, sample, check_rle=False) as writer,
         pool_cls(max_workers=max(1, settings.post_workers)) as pool,
         tqdm(total=len(paths), desc="predict", unit="img", disable=not settings.progress) as bar,
     ):
