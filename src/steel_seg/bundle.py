@@ -146,8 +146,8 @@ def load_inputs(weights_dir: Path) -> tuple[Manifest, Rules]:
     """Read and check `manifest.json` and `thresholds.json`; every listed model dir must exist and match."""
     manifest_path, rules_path = weights_dir / MANIFEST_FILE, weights_dir / THRESHOLDS_FILE
     hints = {
-        manifest_path: "weights manifest not found (write it with steel_seg.manifest.write_manifest "
-        "over the model dirs copied into the weights dir)",
+        manifest_path: "weights manifest not found (write it with `steel-seg manifest --weights-dir DIR "
+        "--model NAME=runs/<run>/best ...`)",
         rules_path: "post-processing rules not found (write them with `steel-seg tune --out`)",
     }
     for path, hint in hints.items():
