@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
-from steel_seg.cli._engine_args import add_engine_options, views
+from steel_seg.cli._engine_args import add_engine_options, engine_settings, views
 from steel_seg.heldout import predict_heldout
-from steel_seg.locations import default_device
-from steel_seg.predict import PredictSettings
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -23,14 +20,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    settings = PredictSettings(
-        device=args.device or default_device(),
-        batch_size=args.batch_size,
-        workers=args.workers,
-        tta=args.tta,
-        limit=args.limit,
-    )
+    settings = engine_settings(args, tta=args.tta)
     try:
         out = predict_heldout(args.run, args.out, settings)
     except (OSError, ValueError) as exc:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
 from steel_seg import submission
-from steel_seg.cli._engine_args import add_engine_options
-from steel_seg.locations import default_device
+from steel_seg.cli._engine_args import add_engine_options, engine_settings
 from steel_seg.manifest import MANIFEST_FILE, Manifest
 from steel_seg.postprocess import Rules
-from steel_seg.predict import Ensemble, PredictSettings, predict_submission
+from steel_seg.predict import Ensemble, predict_submission
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -30,15 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    settings = PredictSettings(
-        device=args.device or default_device(),
-        batch_size=args.batch_size,
-        workers=args.workers,
-        amp=args.amp,
-        budget_s=args.budget_s,
-        limit=args.limit,
-    )
+    settings = engine_settings(args, amp=args.amp, budget_s=args.budget_s)
     try:
         manifest = Manifest.load(args.weights_dir / MANIFEST_FILE)
         rules = Rules.load(args.weights_dir / "thresholds.json")
