@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -20,3 +21,12 @@ def sample_dir() -> Path:
     if not (SAMPLE_DIR / "train.csv").is_file():
         pytest.skip(f"real Severstal sample not found at {SAMPLE_DIR}")
     return SAMPLE_DIR
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread: on a small shared CPU, more threads spin against each other (10x slower here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -27,13 +27,7 @@ SPEC = models.ModelSpec(
 HELDOUT = ["000a4bcdd.jpg", "03db6bbc3.jpg"]  # fold 1: class 1; classes 3 and 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a small shared CPU, more threads spin against each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -47,13 +47,7 @@ CLS = models.ModelSpec(arch="Classifier", encoder=ENCODER, in_channels=3, encode
 FAST = {"workers": 0, "progress": False, "batch_size": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: on a small shared CPU, more threads spin against each other (10x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _member(name: str, spec: models.ModelSpec, seed: int, **kw) -> Member:

@@ -167,7 +167,7 @@ class Ensemble:
 
 def _unflip_mean(seg: Tensor, views: Sequence[str]) -> Tensor:
     """`(V, B, 4, H, W)` view outputs -> `(B, 4, H, W)`: un-flipped, averaged in place (no stacked copy)."""
-    total = flip(seg[0], views[0]).clone() if len(views) > 1 else flip(seg[0], views[0])
+    total = flip(seg[0], views[0])  # seg is this call's own output: summing into its first view is safe
     for i in range(1, len(views)):
         total.add_(flip(seg[i], views[i]))
     return total.div_(len(views)) if len(views) > 1 else total

@@ -192,11 +192,8 @@ def copy_model_dir(source: str | os.PathLike, weights_dir: str | os.PathLike, na
     for path in files:
         if not path.is_file():
             raise ManifestError(f"{path}: missing (a model dir holds {SPEC_FILE} and {WEIGHTS_FILE})")
-    target.mkdir(parents=True, exist_ok=True)
     for path in files:
-        tmp = target / (path.name + ".tmp")
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, target / path.name)
+        atomic.write_with(target / path.name, lambda tmp, path=path: shutil.copyfile(path, tmp))
     return target
 
 

@@ -90,10 +90,10 @@ class OOFWriter:
 
     def _write_png(self, image_id: str, values: np.ndarray) -> None:
         path = self.dir / "probs" / f"{_stem(image_id)}.png"
-        tmp = path.with_name(f".{path.stem}.tmp.png")
-        if not cv2.imwrite(str(tmp), np.ascontiguousarray(values.transpose(1, 2, 0))):
-            raise OSError(f"{tmp}: cv2 could not write the PNG")
-        os.replace(tmp, path)
+        ok, png = cv2.imencode(".png", np.ascontiguousarray(values.transpose(1, 2, 0)))
+        if not ok:
+            raise OSError(f"{path}: cv2 could not encode the PNG")
+        atomic.write_bytes(path, png.tobytes())
 
     def close(self, truth: Labels) -> Path:
         """Write cls.csv, truth.csv (these images' defect rows) and meta.json; returns the directory."""
