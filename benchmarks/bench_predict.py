@@ -26,9 +26,9 @@ import pandas as pd
 import torch
 
 from steel_seg import models, postprocess, rle, submission
-from steel_seg.ensemble import flip
+from steel_seg.ensemble import Ensemble, flip
 from steel_seg.manifest import Manifest, write_manifest
-from steel_seg.predict import Ensemble, PredictSettings, iter_probs, predict_submission
+from steel_seg.predict import PredictSettings, iter_probs, predict_submission
 
 
 def make_test_set(src: Path, n: int, root: Path) -> tuple[Path, Path, list[str]]:

@@ -28,10 +28,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from steel_seg import metric, rle
+from steel_seg.competition import IMAGE_SHAPE, Layout
 from steel_seg.labels import read_label_file
-from steel_seg.submission import Layout, Sample, SubmissionWriter
+from steel_seg.submission import Sample, SubmissionWriter
 
-H, W = rle.SHAPE
+H, W = IMAGE_SHAPE
 CLASS_SHARE = (0.071, 0.020, 0.410, 0.064)
 MEDIAN_AREA = (3326, 2944, 11954, 25357)
 N_IMAGES = 5506

@@ -25,7 +25,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 from steel_seg.checkpoint import Ema  # noqa: E402
 from steel_seg.losses import ModelLoss  # noqa: E402
 from steel_seg.models import build_model, forward_logits  # noqa: E402
-from steel_seg.train import make_optimizer  # noqa: E402
+from steel_seg.optim import make_optimizer  # noqa: E402
 from steel_seg.trainer_config import TrainConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

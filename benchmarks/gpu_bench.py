@@ -72,8 +72,8 @@ def make_weights(root: Path, args: argparse.Namespace, n_models: int):
     import torch
 
     from steel_seg import models
+    from steel_seg.ensemble import Ensemble
     from steel_seg.manifest import Manifest, write_manifest
-    from steel_seg.predict import Ensemble
 
     spec = models.ModelSpec(arch=args.arch, encoder=args.encoder)
     for i in range(n_models):

@@ -23,10 +23,12 @@ import torch
 
 from steel_seg import bundle, kernel, models, submission
 from steel_seg.cli import main as steel_seg_cli
+from steel_seg.competition import SAMPLE_LAYOUTS, Layout
 from steel_seg.ensemble import Ensemble
 from steel_seg.locations import Locations
 from steel_seg.manifest import write_manifest
 from steel_seg.postprocess import ClassRule, Rules
+from steel_seg.submit import Inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "kernel" / "bootstrap.py.tmpl"
@@ -78,13 +80,13 @@ def make_test_folder(sample_dir: Path, root: Path) -> list[str]:
     ]
 
 
-def write_sample(path: Path, image_ids: list[str], layout: submission.Layout) -> Path:
+def write_sample(path: Path, image_ids: list[str], layout: Layout) -> Path:
     """A sample_submission.csv in Kaggle's own style: final `id,1 409600,0`; stage 1 `id_c,1 1` x 4."""
-    if layout is submission.Layout.FINAL:
+    if layout is Layout.FINAL:
         rows = [f"{i},1 409600,0" for i in image_ids]
     else:
         rows = [f"{i}_{c},1 1" for i in image_ids for c in range(1, 5)]
-    path.write_text("\n".join([layout.value, *rows]) + "\n")
+    path.write_text("\n".join([layout.header, *rows]) + "\n")
     return path
 
 
@@ -97,7 +99,7 @@ def setup(sample_dir, tmp_path_factory):
     data = root / "data"
     ids = make_test_folder(sample_dir, data)
     samples = {
-        layout: write_sample(data / f"sample_{layout.name}.csv", ids, layout) for layout in submission.Layout
+        layout: write_sample(data / f"sample_{layout.name}.csv", ids, layout) for layout in SAMPLE_LAYOUTS
     }
     return {
         "root": root,
@@ -163,7 +165,7 @@ def tidy(path: Path) -> pd.DataFrame:
 def reference(setup) -> Path:
     """`steel-seg predict` (in this process, the installed package) on the final-layout sample."""
     out = setup["root"] / "reference.csv"
-    sample = setup["samples"][submission.Layout.FINAL]
+    sample = setup["samples"][Layout.FINAL]
     code = steel_seg_cli(
         [
             "predict",
@@ -196,7 +198,7 @@ def test_isolated_interpreter_cannot_import_the_package(setup, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", list(submission.Layout))
+@pytest.mark.parametrize("layout", list(SAMPLE_LAYOUTS))
 def test_kernel_runs_from_its_embedded_copies(setup, reference, tmp_path, layout):
     sample, out = setup["samples"][layout], tmp_path / "out" / "submission.csv"
     result = run_isolated(setup, [*kernel_args(setup, sample, out), "--workers", "1"], tmp_path)
@@ -206,7 +208,7 @@ def test_kernel_runs_from_its_embedded_copies(setup, reference, tmp_path, layout
         where = rf"{re.escape(str(tmp_path))}/steel_seg_kernel_\w+/{name}"
         assert re.search(rf"INFO {name} \S+ from {where}\n", log)
     assert submission.validate(out, sample) == []
-    assert out.read_text().splitlines()[0] == layout.value
+    assert out.read_text().splitlines()[0] == layout.header
     for name, reason in BAD.items():
         assert f"{name}: {reason} (predicted empty)" in log
     assert "small_800x128.jpg: size 800x128, resized to 1600x256 (predicted after resizing)" in log
@@ -214,7 +216,7 @@ def test_kernel_runs_from_its_embedded_copies(setup, reference, tmp_path, layout
     assert set(predicted["ImageId"]).isdisjoint(BAD)
     assert set(ODD) <= set(predicted["ImageId"])
     pd.testing.assert_frame_equal(predicted, tidy(reference))
-    if layout is submission.Layout.FINAL:
+    if layout is Layout.FINAL:
         assert out.read_bytes() == reference.read_bytes()
 
 
@@ -225,7 +227,7 @@ def run_in_process(
     weights = weights or setup["weights"]
     manifest = manifest or json.loads((weights / "manifest.json").read_text())
     rules = json.loads((weights / "thresholds.json").read_text())
-    args = kernel_args(setup, setup["samples"][submission.Layout.STAGE1], out, weights)[1:]
+    args = kernel_args(setup, setup["samples"][Layout.ORIGINAL], out, weights)[1:]
     return kernel.main([*args, "--workers", "0", *extra], manifest, rules)
 
 
@@ -270,7 +272,7 @@ def test_missing_inputs_stop_the_kernel(setup, tmp_path, caplog):
 def test_limit_predicts_the_first_images_and_writes_the_rest_empty(setup, tmp_path):
     out = tmp_path / "submission.csv"
     assert run_in_process(setup, out, "--limit", "1") == kernel.OK
-    sample = setup["samples"][submission.Layout.STAGE1]
+    sample = setup["samples"][Layout.ORIGINAL]
     assert submission.validate(out, sample) == []
     assert set(tidy(out)["ImageId"]) <= {setup["ids"][0]}
 
@@ -293,7 +295,7 @@ def test_failure_mid_run_still_leaves_a_complete_submission(setup, tmp_path, mon
     out.write_text("stale output of an earlier run\n")
     assert run_in_process(setup, out, "--batch-size", "1", "--strict") == kernel.RUN_FAILED
     assert "prediction failed mid-run" in caplog.text and "CUDA out of memory (injected)" in caplog.text
-    assert submission.validate(out, setup["samples"][submission.Layout.STAGE1]) == []
+    assert submission.validate(out, setup["samples"][Layout.ORIGINAL]) == []
     assert len(calls) == 2
     # The first image's rows are kept exactly; every later image is written empty.
     first = setup["ids"][0]
@@ -312,7 +314,7 @@ def test_default_paths_are_kaggle_inputs(tmp_path):
     (tmp_path / "input" / "w").mkdir()
     (tmp_path / "input" / "w" / "manifest.json").write_text("{}")
     args = kernel.parse_args(["--competition", "severstal-steel-defect-detection", "--weights-dataset", "w"])
-    assert kernel.resolve_paths(args, where) == kernel.Paths(
+    assert kernel.resolve_inputs(args, where) == Inputs(
         competition / "test_images",
         competition / "sample_submission.csv",
         tmp_path / "input" / "w",
@@ -329,12 +331,12 @@ def test_inputs_mounted_elsewhere_are_found_by_their_marker(tmp_path):
     weights.mkdir(parents=True)
     (weights / "manifest.json").write_text("{}")
     args = kernel.parse_args(["--weights-dataset", "steel-seg-weights"])
-    paths = kernel.resolve_paths(args, where)
-    assert (paths.images_dir, paths.weights_dir) == (competition / "test_images", weights)
+    inputs = kernel.resolve_inputs(args, where)
+    assert (inputs.images_dir, inputs.weights_dir) == (competition / "test_images", weights)
     (tmp_path / "input" / "other").mkdir()
     (tmp_path / "input" / "other" / "manifest.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match=r"steel-seg-weights/manifest\.json not found; expected one"):
-        kernel.resolve_paths(args, where)
+        kernel.resolve_inputs(args, where)
 
 
 def test_a_missing_package_stops_the_kernel_with_its_name(setup, tmp_path, monkeypatch, caplog):

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from steel_seg import rle
+from steel_seg.competition import Layout
 from steel_seg.labels import Labels, read_label_file, read_train_csv
 
 
@@ -55,9 +56,11 @@ def test_read_train_csv_is_the_tidy_table(sample_dir):
 
 def test_submission_layouts_read_too(sample_dir):
     final = read_label_file(sample_dir / "sample_submission.csv", class_zero=True)
-    assert final.layout == "final submission" and len(final.image_ids) == 5506 and final.table.empty
+    assert final.layout is Layout.FINAL and len(final.image_ids) == 5506 and final.table.empty
     stage1 = read_label_file(sample_dir / "sample_submission_stage1.csv")
-    assert stage1.layout == "original" and len(stage1.image_ids) == 1801 and len(stage1.table) == 4 * 1801
+    assert (
+        stage1.layout is Layout.ORIGINAL and len(stage1.image_ids) == 1801 and len(stage1.table) == 4 * 1801
+    )
 
 
 def write(tmp_path, text: str):

@@ -7,14 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from steel_seg.locations import COMPETITION, Locations, default_device, locate
+from steel_seg.competition import SLUG
+from steel_seg.locations import Locations, default_device, locate
 
 
 def test_kaggle_when_the_run_type_is_set():
     where = locate({"KAGGLE_KERNEL_RUN_TYPE": "Batch"})
     assert where.on_kaggle
-    assert where.test_images == Path("/kaggle/input") / COMPETITION / "test_images"
-    assert where.sample_submission == Path(f"/kaggle/input/{COMPETITION}/sample_submission.csv")
+    assert where.test_images == Path("/kaggle/input") / SLUG / "test_images"
+    assert where.sample_submission == Path(f"/kaggle/input/{SLUG}/sample_submission.csv")
     assert where.submission_csv == Path("/kaggle/working/submission.csv")
     assert where.dataset_dir("w") == Path("/kaggle/input/w")
 
@@ -32,21 +33,20 @@ def test_local_roots(tmp_path, monkeypatch):
     )
 
 
-def test_find_weights_dir(tmp_path):
+def test_find_input(tmp_path):
     where = Locations(True, tmp_path, tmp_path / "out")
-    (tmp_path / COMPETITION).mkdir()
+    (tmp_path / SLUG).mkdir()
     with pytest.raises(FileNotFoundError, match=r"expected one folder holding manifest.json, found \[\]"):
-        where.find_weights_dir()
+        where.find_input("manifest.json")
     (tmp_path / "weights-v1").mkdir()
     (tmp_path / "weights-v1" / "manifest.json").write_text("{}")
-    assert where.find_weights_dir() == tmp_path / "weights-v1"
-    assert where.find_weights_dir("weights-v1") == tmp_path / "weights-v1"
-    with pytest.raises(FileNotFoundError, match="weights dataset 'other'"):
-        where.find_weights_dir("other")
+    assert where.find_input("manifest.json") == tmp_path / "weights-v1"
+    assert where.find_input("manifest.json", "weights-v1") == tmp_path / "weights-v1"
+    assert where.find_input("manifest.json", "other") == tmp_path / "weights-v1"  # found by its marker
     (tmp_path / "nested" / "inner").mkdir(parents=True)
     (tmp_path / "nested" / "inner" / "manifest.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match="inner"):
-        where.find_weights_dir()
+    with pytest.raises(FileNotFoundError, match=r"other/manifest.json not found; .*inner"):
+        where.find_input("manifest.json", "other")
 
 
 def test_default_device():

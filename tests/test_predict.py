@@ -16,13 +16,12 @@ from torch import nn
 
 from steel_seg import models, postprocess, rle, submission
 from steel_seg.cli import main as cli_main
-from steel_seg.ensemble import flip
+from steel_seg.competition import Layout
+from steel_seg.ensemble import Ensemble, Member, flip
 from steel_seg.images import read_grey
 from steel_seg.manifest import Manifest, ManifestError, write_manifest
 from steel_seg.models import to_tensor
 from steel_seg.predict import (
-    Ensemble,
-    Member,
     PredictSettings,
     iter_probs,
     predict_submission,
@@ -69,12 +68,12 @@ def weights_dir(tmp_path_factory) -> Path:
     return root
 
 
-def _sample_csv(path: Path, image_ids: list[str], layout: submission.Layout) -> Path:
-    if layout is submission.Layout.STAGE1:
+def _sample_csv(path: Path, image_ids: list[str], layout: Layout) -> Path:
+    if layout is Layout.ORIGINAL:
         rows = [f"{i}_{c},1 1\n" for i in image_ids for c in range(1, 5)]
     else:
         rows = [f"{i},1 409600,0\n" for i in image_ids]
-    path.write_text(layout.value + "\n" + "".join(rows))
+    path.write_text(layout.header + "\n" + "".join(rows))
     return path
 
 
@@ -224,7 +223,7 @@ def messy_images(sample_dir, tmp_path) -> tuple[Path, list[str]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("layout", "workers"), [(submission.Layout.FINAL, 0), (submission.Layout.STAGE1, 2)])
+@pytest.mark.parametrize(("layout", "workers"), [(Layout.FINAL, 0), (Layout.ORIGINAL, 2)])
 def test_bad_images_are_logged_and_predicted_empty(
     weights_dir, messy_images, tmp_path, caplog, layout, workers
 ):
@@ -297,7 +296,7 @@ def test_iter_probs_matches_predict_submission(sample_dir, tmp_path):
     )
     expected = {i: rle.encode_many(postprocess.apply(p, rules, c)) for i, p, c in probs}
     assert any(any(r) for r in expected.values()) and not all(all(r) for r in expected.values())
-    sample = _sample_csv(tmp_path / "sample.csv", ids, submission.Layout.FINAL)
+    sample = _sample_csv(tmp_path / "sample.csv", ids, Layout.FINAL)
     predict_submission(ensemble, rules, images, sample, tmp_path / "sub.csv", settings)
     rows = _rows(tmp_path / "sub.csv")
     assert {i: rows.get(i, ["", "", "", ""]) for i in ids} == expected
@@ -327,7 +326,7 @@ def test_budget_drops_views_then_models_and_finishes_in_time(tmp_path, caplog):
     ids = [f"{i:03d}.jpg" for i in range(12)]
     for image_id in ids:
         shutil.copy(images / "0.jpg", images / image_id)
-    sample = _sample_csv(tmp_path / "sample.csv", ids, submission.Layout.STAGE1)
+    sample = _sample_csv(tmp_path / "sample.csv", ids, Layout.ORIGINAL)
     members = [
         Member("a", "seg", SlowSegmenter(0.02), SEG, views=("none", "h")),
         Member("b", "seg", SlowSegmenter(0.8), SEG, views=("none", "h")),
@@ -364,7 +363,7 @@ def test_budget_drops_views_then_models_and_finishes_in_time(tmp_path, caplog):
 @pytest.mark.slow
 def test_cli_predict_writes_a_valid_submission(weights_dir, sample_dir, tmp_path, capsys):
     ids = ["0002cc93b.jpg", "0007a71bf.jpg", "000a4bcdd.jpg"]
-    sample = _sample_csv(tmp_path / "sample.csv", ids, submission.Layout.STAGE1)
+    sample = _sample_csv(tmp_path / "sample.csv", ids, Layout.ORIGINAL)
     out = tmp_path / "sub.csv"
     code = cli_main(
         [

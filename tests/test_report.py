@@ -20,6 +20,7 @@ import pytest
 from steel_seg import metric, postprocess, rle
 from steel_seg.cli import COMMANDS
 from steel_seg.cli import report as report_cli
+from steel_seg.competition import CLASSES
 from steel_seg.images import read_grey
 from steel_seg.labels import Labels
 from steel_seg.oof import OOFWriter, read_oofs
@@ -220,7 +221,7 @@ def test_eda_statistics_match_the_real_sample(sample_dir):
     assert stats.classes_per_image().loc["0 classes", "images"] == 15
     assert stats.cooccurrence()[2, 3] == 1 and stats.cooccurrence()[0, 1] == 0
     index = pd.read_csv(sample_dir / "train_index_full_12568.csv").set_index("image_id")
-    for c in eda.CLASS_IDS:
+    for c in CLASSES:
         ids = labels.table.loc[labels.table["ClassId"] == c, "ImageId"]
         assert sorted(stats.areas[c].tolist()) == sorted(index.loc[ids, f"area_class_{c}"].tolist())
         assert np.all(stats.components[c] >= 1)

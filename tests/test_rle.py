@@ -74,17 +74,6 @@ def test_many_round_trip():
     np.testing.assert_array_equal(rle.decode_many(encoded, (16, 20)), masks)
 
 
-def test_fortran_order_gives_the_same_masks(sample_dir):
-    encoded = [e for e, _ in real_masks(sample_dir)][:4]
-    c_masks, f_masks = rle.decode_many(encoded), rle.decode_many(encoded, order="F")
-    assert c_masks.flags.c_contiguous and not f_masks.flags.c_contiguous
-    np.testing.assert_array_equal(c_masks, f_masks)
-    for text, mask in zip(encoded, c_masks, strict=True):
-        np.testing.assert_array_equal(rle.decode(text, order="F"), mask)
-    with pytest.raises(ValueError, match="order"):
-        rle.decode("1 1", order="K")
-
-
 def test_decode_many_names_the_bad_string():
     with pytest.raises(ValueError, match="RLE #1: .*odd"):
         rle.decode_many(["1 2", "3"], (4, 4))
@@ -171,7 +160,6 @@ def test_round_trip_matches_textbook(mask):
     encoded = rle.encode(mask)
     assert encoded == textbook_encode(mask)
     np.testing.assert_array_equal(rle.decode(encoded, mask.shape), mask)
-    np.testing.assert_array_equal(rle.decode(encoded, mask.shape, order="F"), mask)
 
 
 @settings(max_examples=100, deadline=None)

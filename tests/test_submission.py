@@ -7,8 +7,8 @@ import shutil
 import pandas as pd
 import pytest
 
+from steel_seg.competition import SAMPLE_LAYOUTS, Layout
 from steel_seg.submission import (
-    Layout,
     Sample,
     SubmissionWriter,
     detect_layout,
@@ -25,7 +25,7 @@ def test_real_sample_layouts(sample_dir):
     assert final.layout is Layout.FINAL and len(final.image_ids) == 5506
     assert final.image_ids[:2] == ["0000f269f.jpg", "000ccc2ac.jpg"]
     stage1 = read_sample(sample_dir / "sample_submission_stage1.csv")
-    assert stage1.layout is Layout.STAGE1 and len(stage1.image_ids) == 1801
+    assert stage1.layout is Layout.ORIGINAL and len(stage1.image_ids) == 1801
     assert set(stage1.image_ids) <= set(final.image_ids)
 
 
@@ -34,7 +34,7 @@ def test_detect_layout_rejects_train_csv(sample_dir):
         detect_layout(sample_dir / "train_new_format.csv")
 
 
-@pytest.mark.parametrize("layout", list(Layout))
+@pytest.mark.parametrize("layout", list(SAMPLE_LAYOUTS))
 def test_writer_keeps_sample_order_and_fills_missing(tmp_path, layout):
     path = tmp_path / "submission.csv"
     writer = SubmissionWriter(path, Sample(layout, IMAGES))
@@ -44,8 +44,8 @@ def test_writer_keeps_sample_order_and_fills_missing(tmp_path, layout):
     assert writer.n_written == 1
     assert writer.close() == ["a.jpg"]
     lines = path.read_text().splitlines()
-    assert lines[0] == layout.value and len(lines) == 1 + 4 * 3
-    if layout is Layout.STAGE1:
+    assert lines[0] == layout.header and len(lines) == 1 + 4 * 3
+    if layout is Layout.ORIGINAL:
         assert lines[1:5] == ["c.jpg_1,3 1", "c.jpg_2,", "c.jpg_3,", "c.jpg_4,5 2"]
         assert lines[10] == "b.jpg_2,1 2"
     else:
@@ -77,7 +77,7 @@ def test_writer_rejects_unknown_twice_and_bad_rows(tmp_path):
 
 def test_writer_exception_leaves_no_file(tmp_path):
     path = tmp_path / "s.csv"
-    with pytest.raises(RuntimeError), SubmissionWriter(path, Sample(Layout.STAGE1, IMAGES)) as writer:
+    with pytest.raises(RuntimeError), SubmissionWriter(path, Sample(Layout.ORIGINAL, IMAGES)) as writer:
         writer.write("c.jpg", [""] * 4)
         raise RuntimeError("inference failed")
     assert list(tmp_path.iterdir()) == []
@@ -126,7 +126,7 @@ def test_validate_lists_every_problem(tmp_path):
 
 def test_validate_reports_header_of_another_layout(tmp_path, sample_dir):
     stage1 = tmp_path / "stage1.csv"
-    write_full(stage1, Sample(Layout.STAGE1, read_sample(sample_dir / "sample_submission.csv").image_ids))
+    write_full(stage1, Sample(Layout.ORIGINAL, read_sample(sample_dir / "sample_submission.csv").image_ids))
     problems = validate(stage1, sample_dir / "sample_submission.csv")
     assert problems == [
         "header is the original layout; the sample's is FINAL ('ImageId,EncodedPixels,ClassId')"

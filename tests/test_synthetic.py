@@ -14,8 +14,9 @@ import pytest
 
 from steel_seg import synthetic
 from steel_seg.cli import synth as synth_cli
+from steel_seg.competition import Layout
 from steel_seg.labels import Labels
-from steel_seg.submission import Layout, read_sample
+from steel_seg.submission import read_sample
 from steel_seg.synthetic import CLASSES, SyntheticStats, derive_stats, read_index, write_dataset
 
 INDEX_NAME = "train_index_full_12568.csv"
@@ -63,7 +64,7 @@ def test_sample_submission_matches_the_layout_like_kaggles(small_sets):
     test_ids = sorted(p.name for p in (small_sets["a"] / "test_images").glob("*.jpg"))
     final = read_sample(small_sets["a"] / "sample_submission.csv")
     stage1 = read_sample(small_sets["original"] / "sample_submission.csv")
-    assert final.layout is Layout.FINAL and stage1.layout is Layout.STAGE1
+    assert final.layout is Layout.FINAL and stage1.layout is Layout.ORIGINAL
     assert final.image_ids == stage1.image_ids == test_ids
     with open(small_sets["a"] / "sample_submission.csv", newline="") as f:
         assert {(r["EncodedPixels"], r["ClassId"]) for r in csv.DictReader(f)} == {("1 409600", "0")}

@@ -17,9 +17,11 @@ from safetensors.torch import load_file
 
 from steel_seg import models
 from steel_seg.checkpoint import load_state
+from steel_seg.distributed import init_dist
 from steel_seg.labels import Labels
 from steel_seg.run_log import RunLog, read_log
-from steel_seg.train import Trainer, init_dist, resolve_folds, train
+from steel_seg.runs import RunDir
+from steel_seg.train import Trainer, resolve_folds, train
 from steel_seg.trainer_config import DataConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,8 +90,8 @@ def test_resume_after_one_epoch_matches_the_unbroken_run(straight_run, tmp_path)
     cfg, straight = straight_run
     run = tmp_path / "resumed"
     run.mkdir()
-    trainer = Trainer(cfg, run, init_dist("cpu"))
-    log = RunLog(run)
+    trainer = Trainer(cfg, RunDir(run), init_dist("cpu"))
+    log = RunLog(RunDir(run))
     trainer.end_epoch(trainer.train_epoch(), 0.0, log)
     log.close()
     del trainer
@@ -111,7 +113,7 @@ def test_resume_from_a_mid_epoch_checkpoint_matches_the_unbroken_run(straight_ru
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, checkpoint_every=1))
     run = tmp_path / "mid"
     run.mkdir()
-    Trainer(cfg, run, init_dist("cpu")).train_epoch()
+    Trainer(cfg, RunDir(run), init_dist("cpu")).train_epoch()
     state = load_state(run / "checkpoint.pt")
     assert (state["epoch"], state["batch"], state["step"]) == (0, 1, 1)
     train(cfg, run, resume=True)
@@ -122,12 +124,12 @@ def test_resume_from_a_mid_epoch_checkpoint_matches_the_unbroken_run(straight_ru
 
 def test_random_folds_are_written_for_the_oof_step(sample_dir, tmp_path):
     labels = Labels.from_csv(sample_dir / "train.csv", sample_dir / "train_images")
-    folds, path = resolve_folds(DataConfig(folds="random 3"), labels, tmp_path, seed=0)
+    folds, path = resolve_folds(DataConfig(folds="random 3"), labels, RunDir(tmp_path), seed=0)
     written = pd.read_csv(path)
     assert list(written.columns) == ["ImageId", "fold"] and sorted(written["ImageId"]) == labels.image_ids
     assert sorted(folds.value_counts()) == [9, 9, 9]
     with pytest.raises(ValueError, match="random K"):
-        resolve_folds(DataConfig(folds="stratified"), labels, tmp_path, seed=0)
+        resolve_folds(DataConfig(folds="stratified"), labels, RunDir(tmp_path), seed=0)
 
 
 def test_loss_falls_over_a_short_run(sample_dir, folds_csv, tmp_path):

@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import steel_seg
-from steel_seg import atomic
+from steel_seg import fileio
+from steel_seg.competition import SLUG
 from steel_seg.manifest import MANIFEST_FILE, Manifest, check_model_dir
-from steel_seg.postprocess import Rules
+from steel_seg.postprocess import THRESHOLDS_FILE, Rules
 
-THRESHOLDS_FILE = "thresholds.json"
 SCRIPT_FILE = "kernel.py"
 KERNEL_METADATA_FILE = "kernel-metadata.json"
 DATASET_METADATA_FILE = "dataset-metadata.json"
@@ -53,7 +53,7 @@ class KaggleIds:
     user: str | None = None
     kernel_slug: str = "steel-seg-kernel"
     weights_slug: str = "steel-seg-weights"
-    competition: str = "severstal-steel-defect-detection"
+    competition: str = SLUG
     license: str = "CC0-1.0"
 
 
@@ -252,11 +252,11 @@ def build(
     manifest, rules = load_inputs(weights_dir)
     files = bundled_files(vendored)
     script = render(template.read_text(), files, manifest, rules, ids).encode()
-    script_path = atomic.write_bytes(out_dir / SCRIPT_FILE, script)
+    script_path = fileio.write_bytes(out_dir / SCRIPT_FILE, script)
     kernel_meta = dataset_meta = None
     if ids.user:
-        kernel_meta = atomic.write_bytes(out_dir / KERNEL_METADATA_FILE, _json_bytes(kernel_metadata(ids)))
-        dataset_meta = atomic.write_bytes(
+        kernel_meta = fileio.write_bytes(out_dir / KERNEL_METADATA_FILE, _json_bytes(kernel_metadata(ids)))
+        dataset_meta = fileio.write_bytes(
             weights_dir / DATASET_METADATA_FILE, _json_bytes(dataset_metadata(ids))
         )
     return BuildResult(

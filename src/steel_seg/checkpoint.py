@@ -14,12 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from steel_seg import atomic
+from steel_seg import fileio
 
 
 def save_state(state: dict[str, Any], path: str | Path) -> None:
     """Write `state` to `path` atomically (temp file in the same dir + os.replace)."""
-    atomic.write_with(path, lambda tmp: torch.save(state, tmp))
+    fileio.write_with(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_state(path: str | Path) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Training data: a crop-and-augment Dataset (model input via `models.to_tensor`), a resumable sampler.
+"""Training data: a crop-and-augment Dataset (model input via `models.to_tensor`), a resumable sampler, and
+the training and validation loaders of a config's `data` section.
 
 Every random choice of a training sample (its crop, its augmentation) is drawn from a per-sample seed that the
 sampler derives from `(seed, epoch, position in the epoch)`: an epoch is the same whatever the number of
@@ -14,14 +15,15 @@ from typing import TYPE_CHECKING
 import albumentations as A
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-from steel_seg.augment import augment
+from steel_seg.augment import augment, build_pipeline
 from steel_seg.images import read_grey
 from steel_seg.models import ModelSpec, to_tensor
 
 if TYPE_CHECKING:
     from steel_seg.labels import Labels
+    from steel_seg.trainer_config import DataConfig
 
 
 def choose_crop(
@@ -156,3 +158,40 @@ class EpochSampler(Sampler):
 
     def __len__(self) -> int:
         return -(-self.n // self.num_replicas) - self.start
+
+
+def train_loader(
+    cfg: DataConfig,
+    spec: ModelSpec,
+    labels: Labels,
+    ids: list[str],
+    seed: int,
+    rank: int = 0,
+    world: int = 1,
+    pin_memory: bool = False,
+) -> tuple[DataLoader, EpochSampler, int]:
+    """The training loader of `ids` for process `rank` of `world`, its sampler, and its batches per epoch."""
+    dataset = SteelDataset(
+        cfg.images_dir, ids, labels, spec, cfg.crop, cfg.defect_crop_p, build_pipeline(cfg.augment, seed)
+    )
+    weights = balanced_weights(labels.presence().loc[ids].to_numpy()) if cfg.balanced else None
+    sampler = EpochSampler(len(ids), seed, weights=weights, num_replicas=world, rank=rank)
+    drop_last = len(sampler) >= cfg.batch_size
+    batches = len(sampler) // cfg.batch_size if drop_last else 1
+    if cfg.batches_per_epoch:
+        batches = min(batches, cfg.batches_per_epoch)
+    loader = DataLoader(
+        dataset, cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=drop_last,
+        pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed),
+    )  # fmt: skip
+    return loader, sampler, batches
+
+
+def val_loader(
+    cfg: DataConfig, spec: ModelSpec, labels: Labels, ids: list[str], pin_memory: bool = False
+) -> DataLoader:
+    """Full-size validation images of `ids`, in order, unaugmented."""
+    dataset = SteelDataset(cfg.images_dir, ids, labels, spec)
+    return DataLoader(
+        dataset, cfg.val_batch_size, shuffle=False, num_workers=cfg.workers, pin_memory=pin_memory
+    )

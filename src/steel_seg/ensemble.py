@@ -63,6 +63,7 @@ class Ensemble:
                 raise ValueError(
                     f"model {m.name!r}: role {m.role!r} does not fit its spec (arch {m.spec.arch})"
                 )
+            m.spec.check_classes(f"model {m.name!r}")
             if not m.views or any(v not in TTA_VIEWS for v in m.views):
                 raise ValueError(
                     f"model {m.name!r}: views {m.views} must be a non-empty subset of {TTA_VIEWS}"

@@ -1,15 +1,18 @@
-"""Multilabel-stratified folds that keep near-duplicate images together.
+"""Folds: multilabel-stratified folds that keep near-duplicate images together, and the folds.csv format.
 
 The public train set holds clusters of near-identical images; folds that split a cluster leak it into
 validation and flatter the score. So: a 64-bit DCT perceptual hash per image, clusters of images whose hashes
 are within a Hamming distance (union-find over a chunked, vectorised pairwise popcount), then
 `iterstrat.MultilabelStratifiedKFold` over the clusters (a cluster's label is the union of its members'
 labels: classes 1..4 and "no defect"), mapped back to the images.
+
+`folds.csv` (`ImageId,fold[,cluster]`, one row per train image) is written by `Folds.save`/`write_folds` and
+read by `read_folds`, here only; `random_folds` makes the quick (leaky) kind.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,14 +22,15 @@ import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from tqdm import tqdm
 
+from steel_seg import fileio
+from steel_seg.competition import CLASSES
 from steel_seg.images import read_grey
 from steel_seg.labels import Labels
 
-CLASSES = (1, 2, 3, 4)
 HASH_SIZE = (128, 32)  # (W, H) of the shrunk image
 HASH_BLOCK = (4, 16)  # (vertical, horizontal) low frequencies kept: 64 bits
 HASH_THRESHOLD = 10  # largest Hamming distance between near-duplicates
-LABEL_COLUMNS = ("1", "2", "3", "4", "none")
+LABEL_COLUMNS = (*map(str, CLASSES), "none")
 
 
 def phash(grey: np.ndarray) -> np.uint64:
@@ -159,7 +163,7 @@ class Folds:
         return counts
 
     def save(self, path: str | Path) -> None:
-        self.table.to_csv(path, index=False, lineterminator="\n")
+        write_folds(self.table, path)
 
 
 def make_folds(
@@ -175,3 +179,48 @@ def make_folds(
     hashes = hash_images([Path(images_dir) / image_id for image_id in presence.index], progress)
     clusters = cluster_ids(len(hashes), near_pairs(hashes, threshold))
     return Folds(assign_folds(presence, k, seed, clusters), presence, hashes)
+
+
+def write_folds(table: pd.DataFrame, path: str | Path) -> Path:
+    """Write a folds table (columns ImageId, fold, maybe cluster) as folds.csv, atomically."""
+    return fileio.write_text(path, table.to_csv(index=False, lineterminator="\n"))
+
+
+def read_folds(path: str | Path, known: Collection[str] | None = None) -> pd.Series:
+    """`folds.csv` -> fold (int) by ImageId; ValueError naming the file and the row on bad content.
+
+    With `known` (the train set's ImageIds), an image it does not hold is an error too.
+    """
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, dtype={"ImageId": str})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ValueError(f"{path}: cannot read folds: {exc}") from exc
+    if not {"ImageId", "fold"} <= set(table.columns):
+        found = ",".join(map(str, table.columns))
+        raise ValueError(f"{path}: columns must include ImageId,fold; got {found}")
+    folds = pd.to_numeric(table["fold"], errors="coerce")
+    bad = np.flatnonzero(folds.isna().to_numpy() | table["ImageId"].duplicated().to_numpy())
+    if bad.size:
+        raise ValueError(f"{path}: row {bad[0] + 2}: bad or repeated entry {table.iloc[bad[0]].to_dict()}")
+    unknown = sorted(set(table["ImageId"]) - set(known)) if known is not None else []
+    if unknown:
+        raise ValueError(f"{path}: {len(unknown)} image(s) not in the train labels, e.g. {unknown[:3]}")
+    return pd.Series(folds.astype(int).to_numpy(), index=table["ImageId"].to_numpy(), name="fold")
+
+
+def random_folds(image_ids: Sequence[str], k: int, seed: int) -> pd.Series:
+    """`k` random folds of equal size (quick use only: random folds leak across near-duplicate clusters)."""
+    order = np.random.default_rng(seed).permutation(len(image_ids))
+    folds = np.empty(len(image_ids), int)
+    folds[order] = np.arange(len(image_ids)) % k
+    return pd.Series(folds, index=list(image_ids), name="fold")
+
+
+def fold_ids(folds: pd.Series, fold: int, where: str | Path) -> tuple[list[str], list[str]]:
+    """(train ids, validation ids), each sorted: every fold but `fold`, and `fold`; ValueError naming `where`
+    when `fold` holds no image."""
+    val = sorted(folds.index[folds == fold])
+    if not val:
+        raise ValueError(f"{where}: no image in fold {fold}; the folds are {sorted(set(folds))}")
+    return sorted(folds.index[folds != fold]), val

@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-IMAGE_SHAPE = (256, 1600)
+from steel_seg.competition import IMAGE_SHAPE
 
 
 class ImageError(ValueError):

@@ -1,9 +1,8 @@
 """Severstal label CSVs in every Kaggle layout -> one tidy table; the masks of an image.
 
-Layouts (told apart by the header):
-- original train and stage-1 submission: `ImageId_ClassId,EncodedPixels`, 4 rows per image, empty = no defect;
-- re-release train: `ImageId,ClassId,EncodedPixels`, defect rows only;
-- final submission: `ImageId,EncodedPixels,ClassId` (read here for `submission.read_predictions`).
+The layouts (`competition.Layout`, told apart by the header): ORIGINAL (the 2019 train.csv and the stage-1
+submission, 4 rows per image, empty = no defect), RERELEASE (train.csv, defect rows only) and FINAL (the final
+submission, read here for `submission.read_predictions`).
 
 The tidy table has columns ImageId (str, with `.jpg`), ClassId (int 1..4), EncodedPixels (non-empty RLE),
 one row per defect mask, sorted by image then class. Errors name the file and the 1-based line number in it.
@@ -18,15 +17,9 @@ import numpy as np
 import pandas as pd
 
 from steel_seg import rle
+from steel_seg.competition import CLASSES, IMAGE_SHAPE, TIDY_COLUMNS, Layout
 
-SHAPE = rle.SHAPE
-CLASSES = (1, 2, 3, 4)
-COLUMNS = ["ImageId", "ClassId", "EncodedPixels"]
-LAYOUTS = {
-    ("ImageId_ClassId", "EncodedPixels"): "original",
-    ("ImageId", "ClassId", "EncodedPixels"): "re-release",
-    ("ImageId", "EncodedPixels", "ClassId"): "final submission",
-}
+COLUMNS = list(TIDY_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -36,12 +29,12 @@ class LabelFile:
     Attributes:
         table: the tidy defect rows (COLUMNS).
         image_ids: every image the file names (also those with only empty rows), unique, in file order.
-        layout: "original", "re-release" or "final submission".
+        layout: the file's layout.
     """
 
     table: pd.DataFrame
     image_ids: list[str]
-    layout: str
+    layout: Layout
 
 
 @dataclass(frozen=True)
@@ -49,13 +42,13 @@ class Rows:
     """The cells of a label CSV, unchecked, one entry per non-blank data row.
 
     Attributes:
-        layout: "original", "re-release" or "final submission".
+        layout: the file's layout.
         lines: (R,) int, the 1-based line number of each row in the file.
         image_ids, class_ids, rles: (R,) object arrays of str, as written (class_ids "" where the original
             layout's `ImageId_ClassId` has no `_`).
     """
 
-    layout: str
+    layout: Layout
     lines: np.ndarray
     image_ids: np.ndarray
     class_ids: np.ndarray
@@ -70,7 +63,9 @@ def read_rows(path: str | Path) -> Rows:
     return Rows(layout, raw.index.to_numpy() + 2, image_ids, class_ids, rles)
 
 
-def read_label_file(path: str | Path, shape: tuple[int, int] = SHAPE, class_zero: bool = False) -> LabelFile:
+def read_label_file(
+    path: str | Path, shape: tuple[int, int] = IMAGE_SHAPE, class_zero: bool = False
+) -> LabelFile:
     """Read a label CSV in any layout (see the module docstring), checking every row.
 
     Args:
@@ -95,7 +90,7 @@ def read_label_file(path: str | Path, shape: tuple[int, int] = SHAPE, class_zero
     return LabelFile(table, list(dict.fromkeys(image_ids.tolist())), rows.layout)
 
 
-def _read_raw(path: Path) -> tuple[pd.DataFrame, str]:
+def _read_raw(path: Path) -> tuple[pd.DataFrame, Layout]:
     """All cells as str, blank lines kept as rows (so the index maps to line numbers) and then dropped."""
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, skip_blank_lines=False)
@@ -103,17 +98,17 @@ def _read_raw(path: Path) -> tuple[pd.DataFrame, str]:
         raise ValueError(f"{path}: no such file") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not a readable CSV ({err})") from None
-    layout = LAYOUTS.get(tuple(raw.columns))
+    layout = Layout.of_columns(raw.columns)
     if layout is None:
-        known = "; ".join(",".join(cols) for cols in LAYOUTS)
+        known = "; ".join(layout.header for layout in Layout)
         found = ",".join(map(str, raw.columns))
         raise ValueError(f"{path}: unknown columns {found}; expected one of: {known}")
     return raw[(raw != "").any(axis=1)], layout
 
 
-def _split_ids(raw: pd.DataFrame, layout: str) -> tuple[np.ndarray, np.ndarray]:
+def _split_ids(raw: pd.DataFrame, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
     """(ImageId, ClassId) as str arrays; the original layout's `ImageId_ClassId` split at its last `_`."""
-    if layout == "original":
+    if layout is Layout.ORIGINAL:
         parts = raw["ImageId_ClassId"].str.rpartition("_")
         no_underscore = (parts[1] == "").to_numpy()
         image_ids, class_ids = parts[0].to_numpy(dtype=object), parts[2].to_numpy(dtype=object)
@@ -150,7 +145,7 @@ def _check_rles(path: Path, lines: np.ndarray, rles: np.ndarray, shape: tuple[in
         raise ValueError(f"{path}: line {lines[i]}: {problems[i]}")
 
 
-def read_train_csv(path: str | Path, shape: tuple[int, int] = SHAPE) -> pd.DataFrame:
+def read_train_csv(path: str | Path, shape: tuple[int, int] = IMAGE_SHAPE) -> pd.DataFrame:
     """The tidy table of a train.csv in either layout (ValueError with the file and line on bad input)."""
     return read_label_file(path, shape).table
 
@@ -167,7 +162,7 @@ class Labels:
 
     table: pd.DataFrame
     image_ids: list[str]
-    shape: tuple[int, int] = SHAPE
+    shape: tuple[int, int] = IMAGE_SHAPE
     _by_image: dict[str, list[tuple[int, str]]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -179,7 +174,7 @@ class Labels:
 
     @classmethod
     def from_csv(
-        cls, path: str | Path, images_dir: str | Path | None = None, shape: tuple[int, int] = SHAPE
+        cls, path: str | Path, images_dir: str | Path | None = None, shape: tuple[int, int] = IMAGE_SHAPE
     ) -> Labels:
         """Labels of a train.csv in either layout.
 

@@ -2,7 +2,8 @@
 
 On Kaggle (`KAGGLE_KERNEL_RUN_TYPE` set, or `/kaggle/input` present) attached datasets sit under
 `/kaggle/input/<slug>` and outputs go to `/kaggle/working`. Locally the input root is `$STEEL_SEG_INPUT`
-(else `./data`) and outputs go to the current directory.
+(else `./data`) and outputs go to the current directory. Inputs are found by their marker files when they are
+not where their slug says (Kaggle has mounted inputs at other depths before).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from pathlib import Path
 
 import torch
 
-COMPETITION = "severstal-steel-defect-detection"
+from steel_seg.competition import SAMPLE_SUBMISSION, SLUG, SUBMISSION, TEST_IMAGES
+
 KAGGLE_INPUT = Path("/kaggle/input")
 KAGGLE_WORKING = Path("/kaggle/working")
-MANIFEST_FILE = "manifest.json"
+SEARCH_DEPTH = 3  # folder levels under the input root searched for a marker file
 
 
 @dataclass(frozen=True)
@@ -30,43 +32,46 @@ class Locations:
 
     @property
     def competition_dir(self) -> Path:
-        return self.input_root / COMPETITION
+        return self.input_root / SLUG
 
     @property
     def test_images(self) -> Path:
-        return self.competition_dir / "test_images"
+        return self.competition_dir / TEST_IMAGES
 
     @property
     def sample_submission(self) -> Path:
-        return self.competition_dir / "sample_submission.csv"
+        return self.competition_dir / SAMPLE_SUBMISSION
 
     @property
     def submission_csv(self) -> Path:
-        return self.working_dir / "submission.csv"
+        return self.working_dir / SUBMISSION
 
     def dataset_dir(self, slug: str) -> Path:
         """An attached dataset's folder: `input_root/slug`."""
         return self.input_root / slug
 
-    def find_weights_dir(self, slug: str | None = None) -> Path:
-        """The weights folder: `slug`'s dataset, else the one folder under `input_root` holding manifest.json.
+    def find_input(self, marker: str, slug: str | None = None) -> Path:
+        """The folder holding `marker`: `slug`'s dataset when it does, else the one folder up to SEARCH_DEPTH
+        levels under the input root that does.
 
         Raises:
-            FileNotFoundError: no (or more than one) candidate; the message lists what was found.
+            FileNotFoundError: none or several candidates; the message lists what was found.
         """
-        if slug is not None:
-            path = self.dataset_dir(slug)
-            if not (path / MANIFEST_FILE).is_file():
-                raise FileNotFoundError(f"{path / MANIFEST_FILE}: not found (weights dataset {slug!r})")
-            return path
-        found = sorted(p.parent for p in self.input_root.glob(f"*/{MANIFEST_FILE}"))
-        found += sorted(p.parent for p in self.input_root.glob(f"*/*/{MANIFEST_FILE}"))
+        preferred = self.dataset_dir(slug) if slug else None
+        if preferred is not None and (preferred / marker).is_file():
+            return preferred
+        levels = range(1, SEARCH_DEPTH + 1)
+        found = sorted({p.parent for depth in levels for p in self.input_root.glob("*/" * depth + marker)})
         if len(found) != 1:
+            missing = f"{preferred / marker} not found; " if preferred is not None else ""
             names = [str(p) for p in found]
-            raise FileNotFoundError(
-                f"{self.input_root}: expected one folder holding {MANIFEST_FILE}, found {names}"
-            )
+            raise FileNotFoundError(f"{missing}expected one folder holding {marker}, found {names} "
+                                    f"under {self.input_root}")  # fmt: skip
         return found[0]
+
+    def find_competition_dir(self, slug: str = SLUG) -> Path:
+        """The competition's data folder (it holds the sample submission)."""
+        return self.find_input(SAMPLE_SUBMISSION, slug)
 
 
 def locate(environ: Mapping[str, str] | None = None, kaggle_input: Path = KAGGLE_INPUT) -> Locations:

@@ -8,7 +8,6 @@ views. `drop_order` says what the time budget may drop first; `budget_s` is the 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from collections.abc import Sequence
@@ -16,13 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steel_seg import atomic
+from steel_seg import fileio
+from steel_seg.models import SPEC_FILE, WEIGHTS_FILE, ModelSpec
 
 TTA_VIEWS = ("none", "h", "v", "hv")
 ROLES = ("seg", "cls")
 DEFAULT_BUDGET_S = 3300.0
-WEIGHTS_FILE = "model.safetensors"
-SPEC_FILE = "spec.json"
 MANIFEST_FILE = "manifest.json"
 
 
@@ -116,17 +114,18 @@ class Manifest:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Manifest:
         """Read a manifest.json; ManifestError naming the file on bad content."""
-        path = Path(path)
-        if not path.is_file():
-            raise ManifestError(f"{path}: manifest not found")
         try:
-            return cls.from_dict(json.loads(path.read_text()))
+            data = fileio.read_json(path, "manifest")
+        except ValueError as exc:
+            raise ManifestError(str(exc)) from None
+        try:
+            return cls.from_dict(data)
         except (KeyError, TypeError, ValueError) as exc:
             raise ManifestError(f"{path}: invalid manifest: {exc}") from exc
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the manifest as JSON atomically (temp file + rename)."""
-        return atomic.write_json(path, self.to_dict())
+        return fileio.write_json(path, self.to_dict())
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -193,7 +192,7 @@ def copy_model_dir(source: str | os.PathLike, weights_dir: str | os.PathLike, na
         if not path.is_file():
             raise ManifestError(f"{path}: missing (a model dir holds {SPEC_FILE} and {WEIGHTS_FILE})")
     for path in files:
-        atomic.write_with(target / path.name, lambda tmp, path=path: shutil.copyfile(path, tmp))
+        fileio.write_with(target / path.name, lambda tmp, path=path: shutil.copyfile(path, tmp))
     return target
 
 
@@ -214,8 +213,9 @@ def _entry(weights_dir: Path, model_dir: Path, weight: float, tta: tuple[str, ..
     for path in (spec_path, weights_path):
         if not path.is_file():
             raise ManifestError(f"{path}: missing")
-    arch = json.loads(spec_path.read_text()).get("arch")
-    role = "cls" if arch == "Classifier" else "seg"
+    spec = ModelSpec.from_json(spec_path)
+    spec.check_classes(str(spec_path))
+    role = "seg" if spec.has_seg else "cls"
     return ModelEntry(
         name=full.name,
         role=role,

@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from steel_seg import rle
-from steel_seg.labels import CLASSES, SHAPE, read_label_file
+from steel_seg.competition import CLASSES, IMAGE_SHAPE, N_CLASSES, Layout
+from steel_seg.labels import read_label_file
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def dice(pred_mask: np.ndarray, true_mask: np.ndarray) -> float:
 
 
 def score(
-    truth: pd.DataFrame, pred: pd.DataFrame, image_ids: Sequence[str], shape: tuple[int, int] = SHAPE
+    truth: pd.DataFrame, pred: pd.DataFrame, image_ids: Sequence[str], shape: tuple[int, int] = IMAGE_SHAPE
 ) -> Score:
     """Mean Dice of `pred` against `truth` over every (image, class) pair of `image_ids` x classes 1..4.
 
@@ -99,7 +100,7 @@ def score(
     if not image_ids:
         raise ValueError("score: no images to score")
     position = pd.Series(np.arange(len(image_ids)), index=pd.Index(image_ids, dtype=object))
-    n_pairs = len(image_ids) * len(CLASSES)
+    n_pairs = len(image_ids) * N_CLASSES
     true_runs = _pair_runs(truth, position, n_pairs, shape, "truth")
     pred_runs = _pair_runs(pred, position, n_pairs, shape, "prediction")
     true_area = _areas(true_runs, n_pairs)
@@ -109,7 +110,7 @@ def score(
     pair_dice = np.where(total == 0, 1.0, 2.0 * inter / np.maximum(total, 1))
     pairs = pd.DataFrame(
         {
-            "ImageId": np.repeat(np.array(image_ids, dtype=object), len(CLASSES)),
+            "ImageId": np.repeat(np.array(image_ids, dtype=object), N_CLASSES),
             "ClassId": np.tile(np.array(CLASSES), len(image_ids)),
             "truth_area": true_area,
             "pred_area": pred_area,
@@ -121,14 +122,14 @@ def score(
 
 
 def score_files(
-    truth_path: str | Path, pred_path: str | Path, images_dir: str | Path | None = None, shape=SHAPE
+    truth_path: str | Path, pred_path: str | Path, images_dir: str | Path | None = None, shape=IMAGE_SHAPE
 ) -> Score:
     """Score two CSVs of any label/submission layouts; the image set as the module docstring says."""
     truth = read_label_file(truth_path, shape)
     pred = read_label_file(pred_path, shape, class_zero=True)
     if images_dir is not None:
         image_ids = image_files(images_dir)
-    elif truth.layout == "re-release":
+    elif truth.layout is Layout.RERELEASE:
         image_ids = sorted(set(truth.image_ids) | set(pred.image_ids))
     else:
         image_ids = truth.image_ids
@@ -155,9 +156,11 @@ def _pair_runs(table: pd.DataFrame, position: pd.Series, n_pairs: int, shape, na
         table["ImageId"].isin(position.index) & (encoded.str.strip() != "")
     ]
     classes = rows["ClassId"].astype(np.int64).to_numpy()
-    if np.any((classes < 1) | (classes > len(CLASSES))):
-        raise ValueError(f"{name}: ClassId {sorted(set(classes) - set(CLASSES))} outside 1..4")
-    pair = position.loc[rows["ImageId"].to_numpy()].to_numpy() * len(CLASSES) + classes - 1
+    if np.any((classes < 1) | (classes > N_CLASSES)):
+        raise ValueError(
+            f"{name}: ClassId {sorted(set(classes) - set(CLASSES))} outside {CLASSES[0]}..{CLASSES[-1]}"
+        )
+    pair = position.loc[rows["ImageId"].to_numpy()].to_numpy() * N_CLASSES + classes - 1
     if len(np.unique(pair)) < len(pair):
         twice = rows[pd.Series(pair).duplicated(keep=False).to_numpy()]
         raise ValueError(

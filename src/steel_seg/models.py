@@ -21,7 +21,8 @@ from segmentation_models_pytorch.base.heads import ClassificationHead
 from segmentation_models_pytorch.encoders import get_encoder
 from torch import Tensor, nn
 
-from steel_seg import atomic
+from steel_seg import fileio
+from steel_seg.competition import N_CLASSES
 
 SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -60,6 +61,14 @@ class ModelSpec:
     def has_seg(self) -> bool:
         return self.arch != CLASSIFIER
 
+    def check_classes(self, where: str) -> None:
+        """ValueError naming `where` unless the model has one output per competition class (rules, manifests,
+        OOF dirs and submissions all index classes 1..N_CLASSES)."""
+        if self.classes != N_CLASSES:
+            raise ValueError(
+                f"{where}: the model has {self.classes} output classes; the competition has {N_CLASSES}"
+            )
+
     @property
     def has_cls(self) -> bool:
         return self.arch == CLASSIFIER or self.aux_head
@@ -79,9 +88,10 @@ class ModelSpec:
 
     @classmethod
     def from_json(cls, path: str | Path) -> ModelSpec:
+        data = fileio.read_json(path, "model spec")
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, ValueError, TypeError) as exc:
+            return cls.from_dict(data)
+        except (ValueError, TypeError) as exc:
             raise ValueError(f"{path}: not a valid model spec: {exc}") from exc
 
 
@@ -254,9 +264,9 @@ def save(model: nn.Module, spec: ModelSpec, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    atomic.write_with(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
+    fileio.write_with(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
     text = json.dumps(spec.to_dict(), indent=2) + "\n"
-    atomic.write_with(directory / SPEC_FILE, lambda p: p.write_text(text))
+    fileio.write_with(directory / SPEC_FILE, lambda p: p.write_text(text))
     return directory
 
 

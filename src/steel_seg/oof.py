@@ -24,12 +24,12 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from steel_seg import atomic
+from steel_seg import fileio
+from steel_seg.competition import CLASSES, IMAGE_SHAPE, N_CLASSES
 from steel_seg.labels import Labels, read_train_csv
 
-N_CLASSES = 4
 PROB_SCALE = 255
-CLS_COLUMNS = [f"p{k}" for k in range(1, N_CLASSES + 1)]
+CLS_COLUMNS = [f"p{c}" for c in CLASSES]
 
 
 def quantise(probs: np.ndarray) -> np.ndarray:
@@ -93,7 +93,7 @@ class OOFWriter:
         ok, png = cv2.imencode(".png", np.ascontiguousarray(values.transpose(1, 2, 0)))
         if not ok:
             raise OSError(f"{path}: cv2 could not encode the PNG")
-        atomic.write_bytes(path, png.tobytes())
+        fileio.write_bytes(path, png.tobytes())
 
     def close(self, truth: Labels) -> Path:
         """Write cls.csv, truth.csv (these images' defect rows) and meta.json; returns the directory."""
@@ -106,20 +106,20 @@ class OOFWriter:
         if self.has_cls:
             table = pd.DataFrame(self._cls_rows, columns=CLS_COLUMNS)
             table.insert(0, "ImageId", self.image_ids)
-            atomic.write_text(self.dir / "cls.csv", table.to_csv(index=False, float_format="%.9g"))
+            fileio.write_text(self.dir / "cls.csv", table.to_csv(index=False, float_format="%.9g"))
         rows = truth.table[truth.table["ImageId"].isin(set(self.image_ids))]
         rows = rows[["ImageId", "ClassId", "EncodedPixels"]].sort_values(["ImageId", "ClassId"])
-        atomic.write_text(self.dir / "truth.csv", rows.to_csv(index=False))
+        fileio.write_text(self.dir / "truth.csv", rows.to_csv(index=False))
         meta = {
             "image_ids": self.image_ids,
-            "shape": list(self._shape or (256, 1600)),
+            "shape": list(self._shape or IMAGE_SHAPE),
             "classes": N_CLASSES,
             "prob_scale": PROB_SCALE,
             "has_cls": self.has_cls,
             "source": self.source,
             "fold": self.fold,
         }
-        atomic.write_text(self.dir / "meta.json", json.dumps(meta))
+        fileio.write_text(self.dir / "meta.json", json.dumps(meta))
         return self.dir
 
 
@@ -163,12 +163,7 @@ class OOF:
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ValueError(f"{path}: missing (unfinished or not an OOF directory)")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON: {exc}") from exc
+    meta = fileio.read_json(path, "the metadata of a finished OOF directory")
     missing = {"image_ids", "shape", "classes", "prob_scale", "has_cls"} - set(meta)
     if missing:
         raise ValueError(f"{path}: missing keys {sorted(missing)}")

@@ -18,7 +18,6 @@ Steps 1-2 are `threshold` (pure, also done on the accelerator by the engine with
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,9 +26,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from steel_seg import atomic
+from steel_seg import fileio
+from steel_seg.competition import CLASSES, N_CLASSES
 
-N_CLASSES = 4
+THRESHOLDS_FILE = "thresholds.json"  # the rules' file name in a weights dir
 
 
 @dataclass(frozen=True)
@@ -56,15 +56,15 @@ class Rules:
     """The four class rules (index k = ClassId k+1), the argmax switch, and provenance kept verbatim
     through load/save: a free-text `note` and the `tuning` record written by `steel-seg tune`."""
 
-    classes: tuple[ClassRule, ...] = tuple(ClassRule(k + 1) for k in range(N_CLASSES))
+    classes: tuple[ClassRule, ...] = tuple(ClassRule(c) for c in CLASSES)
     one_class_per_pixel: bool = False
     tuning: dict[str, Any] | None = field(default=None, compare=False)
     note: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         ids = [rule.class_id for rule in self.classes]
-        if ids != list(range(1, N_CLASSES + 1)):
-            raise ValueError(f"rules must list class_id 1..{N_CLASSES} in order, got {ids}")
+        if ids != list(CLASSES):
+            raise ValueError(f"rules must list class_id {list(CLASSES)} in order, got {ids}")
 
     def thresholds(self) -> np.ndarray:
         """(4,) float32 pixel thresholds: the numbers the engine compares against on the device."""
@@ -103,15 +103,15 @@ class Rules:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Rules:
         """Read a thresholds.json; ValueError naming the file on bad content."""
-        path = Path(path)
+        data = fileio.read_json(path, "post-processing rules")
         try:
-            return cls.from_dict(json.loads(path.read_text()))
+            return cls.from_dict(data)
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: invalid post-processing rules: {exc!r}") from exc
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the rules as JSON atomically (temp file + rename)."""
-        return atomic.write_json(path, self.to_dict())
+        return fileio.write_json(path, self.to_dict())
 
 
 def threshold(probs: np.ndarray, rules: Rules) -> np.ndarray:

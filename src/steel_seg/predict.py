@@ -28,28 +28,15 @@ from tqdm import tqdm
 
 from steel_seg import postprocess, rle, submission
 from steel_seg.budget import Budget, BudgetDecision, Plan
-from steel_seg.ensemble import Ensemble, Member, views_text
-from steel_seg.images import IMAGE_SHAPE, ImageError, fit_shape, read_grey
-from steel_seg.manifest import DEFAULT_BUDGET_S, Manifest, ManifestError, write_manifest
-
-__all__ = [
-    "BadImage",
-    "Ensemble",
-    "Manifest",
-    "ManifestError",
-    "Member",
-    "PredictSettings",
-    "RunSummary",
-    "iter_probs",
-    "predict_submission",
-    "write_manifest",
-]
+from steel_seg.competition import IMAGE_SHAPE, N_CLASSES
+from steel_seg.ensemble import Ensemble, views_text
+from steel_seg.images import ImageError, fit_shape, read_grey
+from steel_seg.manifest import DEFAULT_BUDGET_S
 
 log = logging.getLogger(__name__)
 
 OK, RESIZED, BAD = 0, 1, 2
-EMPTY_ROW = ("", "", "", "")
-N_CLASSES = postprocess.N_CLASSES
+EMPTY_ROW = ("",) * N_CLASSES
 
 
 @dataclass
@@ -57,7 +44,7 @@ class PredictSettings:
     """How to run the engine (see docs/CONTRACTS.md, "Inference engine")."""
 
     device: str = "cpu"
-    batch_size: int = 4
+    batch_size: int = 8
     workers: int = 2
     amp: str = "auto"
     budget_s: float | None = None
@@ -296,44 +283,32 @@ def predict_submission(
     """Predict every image of the sample submission and stream the rows to `out_csv` in the sample's layout.
 
     Bad images are logged and written empty; the time budget (settings, else the ensemble's manifest) may
-    drop views/models in the manifest's `drop_order`. Returns the run's summary (also logged).
+    drop views/models in the manifest's `drop_order`. Returns the run's summary (also logged). `out_csv` is
+    replaced only by a complete file: when the run fails, the rows predicted so far are kept, every other
+    image is written empty, and the error is raised after the file is in place.
     """
     settings = settings or PredictSettings()
     start = time.perf_counter()
     sample = submission.read_sample(sample_csv)
     ids = sample.image_ids[: settings.limit]
-    paths = [Path(images_dir) / i for i in ids]
     budget_s = ensemble.budget_s if settings.budget_s is None else settings.budget_s
     budget = Budget(
         budget_s,
         ensemble.drop_order,
         ensemble.roles(),
-        len(paths),
+        len(ids),
         settings.budget_start if settings.budget_start is not None else start,
         warmup_batches=settings.warmup_batches,
     )
-    runner = _Runner(ensemble, paths, settings, budget)
-    pool_cls = ProcessPoolExecutor if settings.post_pool == "process" else ThreadPoolExecutor
-    with (
-        submission.SubmissionWriter(out_csv, sample, check_rle=False) as writer,
-        pool_cls(max_workers=max(1, settings.post_workers)) as pool,
-        tqdm(total=len(paths), desc="predict", unit="img", disable=not settings.progress) as bar,
-    ):
-        pending: deque[tuple[str, Future | None]] = deque()
-        try:
-            for batch in runner.batches():
-                _submit(runner, batch, rules, pool, pending, ids)
-                _drain(runner, writer, pending, keep=2 * settings.batch_size)
-                bar.update(len(batch.index))
-            _drain(runner, writer, pending, keep=0)
-        except BaseException:
-            # Keep every row already predicted (the batches in the post-processing pool too): the rest are
-            # written empty, so the file stays a complete, valid submission; the caller still sees the error.
-            with contextlib.suppress(Exception):
-                _drain(runner, writer, pending, keep=0)
-            missing = writer.close()
-            log.error("run stopped: %d of %d images written empty in %s", len(missing), len(ids), out_csv)
-            raise
+    runner = _Runner(ensemble, [Path(images_dir) / i for i in ids], settings, budget)
+    writer = submission.SubmissionWriter(out_csv, sample, check_rle=False)
+    try:
+        _stream(runner, rules, writer, ids, settings)
+    except BaseException:
+        missing = writer.close()  # keeps every row written; the rest empty: a complete, valid file
+        log.error("run stopped: %d of %d images written empty in %s", len(missing), len(ids), out_csv)
+        raise
+    writer.close()
     summary = RunSummary(
         len(ids),
         time.perf_counter() - start,
@@ -346,6 +321,35 @@ def predict_submission(
     )
     log.info("%s", summary.text())
     return summary
+
+
+def _stream(
+    runner: _Runner,
+    rules: postprocess.Rules,
+    writer: submission.SubmissionWriter,
+    ids: list[str],
+    settings: PredictSettings,
+) -> None:
+    """Batches -> device threshold -> CPU pool (filter + RLE) -> writer, in the sample's order.
+
+    On an error every row already predicted (the batches in the pool too) still reaches the writer.
+    """
+    pool_cls = ProcessPoolExecutor if settings.post_pool == "process" else ThreadPoolExecutor
+    pending: deque[tuple[str, Future | None]] = deque()
+    with (
+        pool_cls(max_workers=max(1, settings.post_workers)) as pool,
+        tqdm(total=len(ids), desc="predict", unit="img", disable=not settings.progress) as bar,
+    ):
+        try:
+            for batch in runner.batches():
+                _submit(runner, batch, rules, pool, pending, ids)
+                _drain(runner, writer, pending, keep=2 * settings.batch_size)
+                bar.update(len(batch.index))
+            _drain(runner, writer, pending, keep=0)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                _drain(runner, writer, pending, keep=0)
+            raise
 
 
 def _submit(

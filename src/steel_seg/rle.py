@@ -8,10 +8,10 @@ stay C-ordered (H, W) and the column-major order lives only in the run arithmeti
 - `encode` looks only at the masked column range: vertical changes inside it (one comparison of shifted rows)
   plus changes across column boundaries, sorted into column-major order; the digits are written by numpy.
 - `decode` cuts runs into vertical segments and sets their pixels with one scatter (whole columns by slice),
-  so its cost follows the mask's area, not the image's. `order="F"` fills column-major memory instead (one
-  memset per run) and returns its transposed view, like the textbook `rle2mask`.
+  so its cost follows the mask's area, not the image's.
 - Parsing is one `np.fromstring` per string, or one for a whole batch (`parse_many`), after a strict check
-  that the text holds only digits and spaces; every malformed case is a ValueError naming the problem.
+  that the text holds only digits and spaces; `_bad_runs` is the one statement of what a well-formed run list
+  is, and every malformed case is a ValueError naming the problem.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-SHAPE = (256, 1600)
+from steel_seg.competition import IMAGE_SHAPE
 
 
 def encode(mask: np.ndarray) -> str:
@@ -90,7 +90,7 @@ def _changes(on: np.ndarray) -> np.ndarray:
     return np.sort(np.concatenate((inside, tops, last)))
 
 
-def runs(rle: str, shape: tuple[int, int] = SHAPE) -> tuple[np.ndarray, np.ndarray]:
+def runs(rle: str, shape: tuple[int, int] = IMAGE_SHAPE) -> tuple[np.ndarray, np.ndarray]:
     """Parse and check one RLE string.
 
     Returns:
@@ -105,38 +105,46 @@ def runs(rle: str, shape: tuple[int, int] = SHAPE) -> tuple[np.ndarray, np.ndarr
     values = _values(rle)
     if values.size % 2:
         raise ValueError(f"RLE has an odd number of values ({values.size}); expected start/length pairs")
-    if values.size == 0:
-        return values, values
-    if not _runs_ok(values, shape[0] * shape[1]):
-        _explain(rle, values, shape)
-    return values[0::2] - 1, values[1::2]
+    starts, lengths = values[0::2] - 1, values[1::2]
+    bad = _bad_runs(np.zeros(starts.size, np.int64), starts, lengths, shape[0] * shape[1])
+    if bad.any():
+        raise ValueError(_problem(rle, values, int(np.argmax(bad)), shape))
+    return starts, lengths
 
 
-def _runs_ok(values: np.ndarray, n_pixels: int) -> bool:
-    """Starts >= 1, lengths >= 1, runs in order and disjoint, the last inside the image (plain Python for a
-    few runs, where numpy's per-call cost would dominate)."""
-    if values.size <= 32:
-        end = 0
-        flat = values.tolist()
-        for start, length in zip(flat[0::2], flat[1::2], strict=True):
-            if start <= end or length < 1:
-                return False
-            end = start - 1 + length
-        return end <= n_pixels
-    bounds = values.copy()
-    bounds[0::2] -= 1
-    bounds[1::2] += bounds[0::2]
-    ascending = not (bounds[1:] < bounds[:-1]).any()
-    return bounds[0] >= 0 and bounds[-1] <= n_pixels and values[1::2].min() >= 1 and ascending
+def _bad_runs(owner: np.ndarray, starts: np.ndarray, lengths: np.ndarray, n_pixels: int) -> np.ndarray:
+    """(R,) bool: the runs that break a rule. THE rules of a well-formed RLE, for one string or many.
+
+    Args:
+        owner: (R,) int, the string each run belongs to (ascending); starts: (R,) 0-based; lengths: (R,).
+
+    A run is bad when it starts before pixel 1 or past the image, has zero length, ends past the image's last
+    pixel, or starts before the previous run of its string has ended (out of order or overlapping).
+    """
+    bad = (starts < 0) | (starts >= n_pixels) | (lengths < 1) | (lengths > n_pixels - starts)
+    bad[1:] |= (owner[1:] == owner[:-1]) & (starts[1:] < starts[:-1] + lengths[:-1])
+    return bad
 
 
-def _explain(rle: str, values: np.ndarray, shape: tuple[int, int]) -> None:
-    """Raise the ValueError that names what is wrong with the runs of `values` (2R,)."""
+def _problem(rle: str, values: np.ndarray, i: int, shape: tuple[int, int]) -> str:
+    """What is wrong with run `i` (the first bad run) of the string `rle` of (2R,) `values`."""
     n_pixels = shape[0] * shape[1]
     if values.max() > n_pixels:
         biggest = max(rle.split(), key=int)
-        raise ValueError(f"RLE value {biggest} is larger than the image ({n_pixels} pixels)")
-    _check_runs(values[0::2] - 1, values[1::2], shape)
+        return f"RLE value {biggest} is larger than the image ({n_pixels} pixels)"
+    start, length = int(values[2 * i]), int(values[2 * i + 1])
+    if start < 1:
+        return "RLE start 0: starts are 1-based"
+    if length < 1:
+        return f"RLE run at start {start} has zero length"
+    if i > 0 and start < values[2 * i - 2] + values[2 * i - 1]:
+        before, before_length = int(values[2 * i - 2]), int(values[2 * i - 1])
+        problem = "out of order" if start <= before else "overlapping"
+        return f"RLE runs {problem}: start {start} follows the run {before} {before_length}"
+    return (
+        f"RLE run {start} {length} ends at pixel {start - 1 + length}, past the image's {n_pixels} pixels "
+        f"({shape[0]}x{shape[1]})"
+    )
 
 
 def _all_digits(text: str) -> bool:
@@ -158,27 +166,6 @@ def _values(rle: str) -> np.ndarray:
     return np.fromstring(rle, dtype=np.int64, sep=" ")
 
 
-def _check_runs(starts: np.ndarray, lengths: np.ndarray, shape: tuple[int, int]) -> None:
-    if starts.min() < 0:
-        raise ValueError("RLE start 0: starts are 1-based")
-    if lengths.min() < 1:
-        i = int(np.argmin(lengths))
-        raise ValueError(f"RLE run at start {starts[i] + 1} has zero length")
-    ends = starts + lengths
-    bad = np.flatnonzero(starts[1:] < ends[:-1])
-    if bad.size:
-        i = int(bad[0])
-        a, b = int(starts[i] + 1), int(starts[i + 1] + 1)
-        problem = "out of order" if b <= a else "overlapping"
-        raise ValueError(f"RLE runs {problem}: start {b} follows the run {a} {int(lengths[i])}")
-    n_pixels = shape[0] * shape[1]
-    if ends[-1] > n_pixels:
-        raise ValueError(
-            f"RLE run {int(starts[-1] + 1)} {int(lengths[-1])} ends at pixel {int(ends[-1])}, past the "
-            f"image's {n_pixels} pixels ({shape[0]}x{shape[1]})"
-        )
-
-
 class ParsedRuns(NamedTuple):
     """Runs of K RLE strings: (R,) int64 arrays over all runs of the valid strings, and the invalid ones.
 
@@ -191,7 +178,7 @@ class ParsedRuns(NamedTuple):
     problems: dict[int, str]
 
 
-def parse_many(rles: Sequence[str], shape: tuple[int, int] = SHAPE) -> ParsedRuns:
+def parse_many(rles: Sequence[str], shape: tuple[int, int] = IMAGE_SHAPE) -> ParsedRuns:
     """Parse and check K RLE strings at once: one `np.fromstring` over all of them, vectorised checks.
 
     The strings are joined with a `-1` marker after each (no valid value is negative). A string that fails a
@@ -202,30 +189,32 @@ def parse_many(rles: Sequence[str], shape: tuple[int, int] = SHAPE) -> ParsedRun
     markers = np.flatnonzero(values < 0)
     counts = np.diff(markers, prepend=-1) - 1
     values = np.delete(values, markers)
-    odd = np.flatnonzero(counts % 2)
-    if odd.size:
-        for k in odd.tolist():
-            problems[k] = f"RLE has an odd number of values ({counts[k]}); expected start/length pairs"
-        values = values[np.repeat(counts % 2 == 0, counts)]
+    odd = counts % 2 == 1
+    if odd.any():
+        values = values[np.repeat(~odd, counts)]
         counts[odd] = 0
     owner = np.repeat(np.arange(len(texts)), counts // 2)
     starts, lengths = values[0::2] - 1, values[1::2]
-    n_pixels = shape[0] * shape[1]
-    bad = (starts < 0) | (starts >= n_pixels) | (lengths < 1) | (lengths > n_pixels - starts)
-    overlap = (owner[1:] == owner[:-1]) & (starts[1:] < starts[:-1] + lengths[:-1])
-    for k in np.unique(np.concatenate((owner[bad], owner[1:][overlap]))).tolist():
-        try:
-            runs(rles[k], shape)
-        except ValueError as err:
-            problems[k] = str(err)
+    bad = _bad_runs(owner, starts, lengths, shape[0] * shape[1])
+    for k in np.union1d(np.flatnonzero(odd), owner[bad]).tolist():
+        problems[k] = _message(rles[k], shape)
     if problems:
         keep = ~np.isin(owner, list(problems))
         owner, starts, lengths = owner[keep], starts[keep], lengths[keep]
     return ParsedRuns(owner, starts, lengths, problems)
 
 
+def _message(rle: str, shape: tuple[int, int]) -> str:
+    """The message `runs` raises for a malformed string."""
+    try:
+        runs(rle, shape)
+    except ValueError as err:
+        return str(err)
+    raise AssertionError(f"RLE {rle!r} was flagged but passes `runs`")
+
+
 def runs_many(
-    rles: Sequence[str], shape: tuple[int, int] = SHAPE
+    rles: Sequence[str], shape: tuple[int, int] = IMAGE_SHAPE
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(owner, starts, lengths) of K RLE strings (see `parse_many`); ValueError "RLE #k: ..." on a bad one."""
     parsed = parse_many(rles, shape)
@@ -249,37 +238,19 @@ def _clean_texts(rles: Sequence[str]) -> tuple[list[str], dict[int, str]]:
     return texts, problems
 
 
-def decode(rle: str, shape: tuple[int, int] = SHAPE, order: str = "C") -> np.ndarray:
-    """Mask of one RLE string.
-
-    Args:
-        rle: Kaggle RLE ("" or whitespace for an empty mask).
-        shape: (H, W) of the image.
-        order: "C" for a C-contiguous result; "F" for the transposed view of column-major memory (what the
-            textbook kernels return: cheaper to fill, slower for row-wise consumers).
+def decode(rle: str, shape: tuple[int, int] = IMAGE_SHAPE) -> np.ndarray:
+    """Mask of one RLE string: "" or whitespace -> empty.
 
     Returns:
-        (H, W) uint8 0/1.
+        (H, W) uint8 0/1, C-contiguous.
 
     Raises:
         ValueError naming the problem (see `runs`).
     """
-    out, result, fill = _canvas(1, shape, order)
+    out = np.zeros(shape, np.uint8)
     if rle and not rle.isspace():
-        fill(out[0], *runs(rle, shape))
-    return result[0]
-
-
-def _canvas(count: int, shape: tuple[int, int], order: str):
-    """(buffer to fill per mask, (count, H, W) result view of it, fill function) for the memory order."""
-    height, width = shape
-    if order == "C":
-        out = np.zeros((count, height, width), np.uint8)
-        return out, out, _fill
-    if order == "F":
-        out = np.zeros((count, width * height), np.uint8)
-        return out, out.reshape(count, width, height).transpose(0, 2, 1), _fill_flat
-    raise ValueError(f"order must be 'C' or 'F', got {order!r}")
+        _fill(out, *runs(rle, shape))
+    return out
 
 
 def _fill(out: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> None:
@@ -340,27 +311,12 @@ def encode_many(masks: np.ndarray | Iterable[np.ndarray]) -> list[str]:
     return [encode(mask) for mask in masks]
 
 
-def decode_many(rles: Sequence[str], shape: tuple[int, int] = SHAPE, order: str = "C") -> np.ndarray:
-    """Masks of K RLE strings -> (K, H, W) uint8 0/1 (`order` as in `decode`); ValueError names a bad one."""
-    out, result, fill = _canvas(len(rles), shape, order)
+def decode_many(rles: Sequence[str], shape: tuple[int, int] = IMAGE_SHAPE) -> np.ndarray:
+    """Masks of K RLE strings -> (K, H, W) uint8 0/1; ValueError names a bad one."""
+    out = np.zeros((len(rles), *shape), np.uint8)
     owner, starts, lengths = runs_many(rles, shape)
     bounds = np.searchsorted(owner, np.arange(len(rles) + 1)).tolist()
     for k in range(len(rles)):
         if bounds[k] < bounds[k + 1]:
-            fill(out[k], starts[bounds[k] : bounds[k + 1]], lengths[bounds[k] : bounds[k + 1]])
-    return result
-
-
-def _fill_flat(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> None:
-    """Set the runs in column-major `flat` ((H*W,) uint8 zeros): one memset per run when runs are few or
-    long, else one scatter of all their pixels."""
-    if starts.size <= 64 or int(lengths.sum()) > 64 * starts.size:
-        for start, length in zip(starts.tolist(), lengths.tolist(), strict=True):
-            flat[start : start + length] = 1
-        return
-    before = np.cumsum(lengths)
-    total = int(before[-1])
-    before -= lengths
-    pixels = np.repeat(starts - before, lengths)
-    pixels += np.arange(total)
-    flat[pixels] = 1
+            _fill(out[k], starts[bounds[k] : bounds[k + 1]], lengths[bounds[k] : bounds[k + 1]])
+    return out

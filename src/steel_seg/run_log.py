@@ -12,19 +12,21 @@ import math
 from pathlib import Path
 from typing import Any
 
+from steel_seg.competition import CLASSES
+from steel_seg.runs import RunDir
+
 CSV_FIELDS = (
-    "epoch", "step", "lr", "train_loss", "val_loss", "val_dice", "dice_1", "dice_2", "dice_3", "dice_4",
+    "epoch", "step", "lr", "train_loss", "val_loss", "val_dice", *(f"dice_{c}" for c in CLASSES),
     "dice_empty", "dice_nonempty", "cls_accuracy", "seconds", "is_best",
 )  # fmt: skip
 
 
 class RunLog:
-    """Appends epoch records to the three logs of `run_dir`; `keep_epochs` truncates to epochs <= it."""
+    """Appends epoch records to the three logs of a run dir; `keep_epochs` truncates to epochs <= it."""
 
-    def __init__(self, run_dir: str | Path, keep_epochs: int = 0):
-        self.run_dir = Path(run_dir)
-        self.jsonl = self.run_dir / "log.jsonl"
-        self.csv = self.run_dir / "metrics.csv"
+    def __init__(self, run: RunDir, keep_epochs: int = 0):
+        self.jsonl = run.log
+        self.csv = run.metrics
         old = read_log(self.jsonl) if self.jsonl.exists() else []
         records = [r for r in old if r["epoch"] <= keep_epochs]
         self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -34,7 +36,7 @@ class RunLog:
             writer.writerows(records)
         from torch.utils.tensorboard import SummaryWriter
 
-        self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=keep_epochs + 1)
+        self.tb = SummaryWriter(str(run.tensorboard), purge_step=keep_epochs + 1)
 
     def write(self, record: dict[str, Any]) -> None:
         """One epoch: flat numbers (and an optional nested `score`) -> all three logs."""

@@ -1,10 +1,11 @@
 """Submission files: the sample's layout, a streaming writer in the sample's order, reading and validating.
 
-Layouts (the writer follows the sample it is given):
-- STAGE1 `ImageId_ClassId,EncodedPixels`: 4 rows per image, `<ImageId>_<ClassId>`, empty cell = no defect.
+Layouts (`competition.SAMPLE_LAYOUTS`; the writer follows the sample it is given):
+- ORIGINAL (the stage-1 sample) `ImageId_ClassId,EncodedPixels`: 4 rows per image, `<ImageId>_<ClassId>`,
+  empty cell = no defect.
 - FINAL `ImageId,EncodedPixels,ClassId`: we write 4 rows per image, ClassId 1..4, empty EncodedPixels when
   the class has no defect. Every (image, class) pair of the metric is then one explicit row, exactly as in
-  STAGE1, so a reader that expects every pair finds it, one that skips empty rows loses nothing, and
+  ORIGINAL, so a reader that expects every pair finds it, one that skips empty rows loses nothing, and
   `validate` can check completeness. Kaggle's final sample itself has one placeholder row per image
   (ClassId 0, `1 409600`); `read_predictions` reads such rows as "no class" (the image counts, no mask) and
   `validate` reports them.
@@ -16,23 +17,13 @@ import os
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
 import pandas as pd
 
 from steel_seg import rle
-from steel_seg.labels import CLASSES, SHAPE, Rows, read_label_file, read_rows
-
-
-class Layout(Enum):
-    """A sample submission's layout, valued by its exact header."""
-
-    STAGE1 = "ImageId_ClassId,EncodedPixels"
-    FINAL = "ImageId,EncodedPixels,ClassId"
-
-
-LABEL_LAYOUT = {Layout.STAGE1: "original", Layout.FINAL: "final submission"}
+from steel_seg.competition import CLASSES, IMAGE_SHAPE, N_CLASSES, SAMPLE_LAYOUTS, Layout
+from steel_seg.labels import Rows, read_label_file, read_rows
 
 
 @dataclass(frozen=True)
@@ -51,10 +42,10 @@ def detect_layout(path: str | Path) -> Layout:
             header = file.readline().strip()
     except (FileNotFoundError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: cannot read a submission header ({err})") from None
-    for layout in Layout:
-        if header == layout.value:
+    for layout in SAMPLE_LAYOUTS:
+        if header == layout.header:
             return layout
-    expected = " or ".join(repr(layout.value) for layout in Layout)
+    expected = " or ".join(repr(layout.header) for layout in SAMPLE_LAYOUTS)
     raise ValueError(f"{path}: header {header!r} is not a submission layout ({expected})")
 
 
@@ -64,7 +55,7 @@ def read_sample(path: str | Path) -> Sample:
     return Sample(layout, read_label_file(path, class_zero=True).image_ids)
 
 
-def read_predictions(path: str | Path, shape: tuple[int, int] = SHAPE) -> pd.DataFrame:
+def read_predictions(path: str | Path, shape: tuple[int, int] = IMAGE_SHAPE) -> pd.DataFrame:
     """Tidy ImageId, ClassId (1..4), EncodedPixels (non-empty) of a submission or train CSV in any layout.
 
     ClassId 0 rows (the final sample's placeholder) carry no class and are left out. ValueError names the file
@@ -84,7 +75,7 @@ class SubmissionWriter:
     """
 
     def __init__(
-        self, path: str | Path, sample: Sample, shape: tuple[int, int] = SHAPE, check_rle: bool = True
+        self, path: str | Path, sample: Sample, shape: tuple[int, int] = IMAGE_SHAPE, check_rle: bool = True
     ):
         self.path = Path(path)
         self.sample = sample
@@ -98,7 +89,7 @@ class SubmissionWriter:
         self._partial = self.path.with_name(self.path.name + ".partial")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self._partial, "w", newline="")  # noqa: SIM115 (closed by close/abort)
-        self._file.write(sample.layout.value + "\n")
+        self._file.write(sample.layout.header + "\n")
 
     def write(self, image_id: str, rles: Sequence[str]) -> None:
         """Queue one image's 4 RLE strings (class 1..4); rows reach the file as soon as the order allows.
@@ -112,8 +103,8 @@ class SubmissionWriter:
             raise ValueError(f"{image_id} is not in the sample submission")
         if image_id in self._seen:
             raise ValueError(f"{image_id} written twice")
-        if len(rles) != len(CLASSES):
-            raise ValueError(f"{image_id}: expected {len(CLASSES)} RLE strings (class 1..4), got {len(rles)}")
+        if len(rles) != N_CLASSES:
+            raise ValueError(f"{image_id}: expected {N_CLASSES} RLE strings (one per class), got {len(rles)}")
         for class_id, encoded in zip(CLASSES, rles, strict=True) if self.check_rle else ():
             try:
                 rle.runs(encoded, self.shape)
@@ -134,7 +125,7 @@ class SubmissionWriter:
             self._next += 1
 
     def _write_rows(self, image_id: str, rles: Sequence[str]) -> None:
-        if self.sample.layout is Layout.STAGE1:
+        if self.sample.layout is Layout.ORIGINAL:
             rows = (f"{image_id}_{c},{encoded}\n" for c, encoded in zip(CLASSES, rles, strict=True))
         else:
             rows = (f"{image_id},{encoded},{c}\n" for c, encoded in zip(CLASSES, rles, strict=True))
@@ -143,7 +134,7 @@ class SubmissionWriter:
     def close(self) -> list[str]:
         """Write every image never given as empty, finish the file; returns those images' ids (idempotent)."""
         if self._missing is None:
-            empty = [""] * len(CLASSES)
+            empty = [""] * N_CLASSES
             self._missing = [i for i in self.sample.image_ids if i not in self._seen]
             for image_id in self._missing:
                 self._pending[self._position[image_id]] = empty
@@ -169,7 +160,7 @@ class SubmissionWriter:
 
 
 def validate(
-    submission_path: str | Path, sample_path: str | Path, shape: tuple[int, int] = SHAPE
+    submission_path: str | Path, sample_path: str | Path, shape: tuple[int, int] = IMAGE_SHAPE
 ) -> list[str]:
     """Every problem of a submission against its sample; [] when valid.
 
@@ -180,13 +171,15 @@ def validate(
     sample = read_sample(sample_path)
     rows = read_rows(submission_path)
     problems = []
-    expected_layout = LABEL_LAYOUT[sample.layout]
-    if rows.layout != expected_layout:
-        wanted = f"{sample.layout.name} ({sample.layout.value!r})"
-        problems.append(f"header is the {rows.layout} layout; the sample's is {wanted}")
+    if rows.layout is not sample.layout:
+        wanted = f"{sample.layout.name} ({sample.layout.header!r})"
+        problems.append(f"header is the {rows.layout.value} layout; the sample's is {wanted}")
     problems += _row_problems(rows, shape)
     problems += _coverage_problems(rows, sample)
     return problems
+
+
+_CLASS_LIST = ", ".join(map(str, CLASSES))
 
 
 def _row_problems(rows: Rows, shape: tuple[int, int]) -> list[str]:
@@ -197,7 +190,7 @@ def _row_problems(rows: Rows, shape: tuple[int, int]) -> list[str]:
     for line, image_id, class_id in zip(rows.lines.tolist(), rows.image_ids, rows.class_ids, strict=True):
         if class_id not in classes:
             hint = " (the sample's placeholder)" if class_id == "0" else ""
-            problems.append((line, f"ClassId {class_id!r}{hint} of {image_id} is not one of 1, 2, 3, 4"))
+            problems.append((line, f"ClassId {class_id!r}{hint} of {image_id} is not one of {_CLASS_LIST}"))
         elif (image_id, class_id) in first_line:
             first = first_line[(image_id, class_id)]
             problems.append((line, f"{image_id} class {class_id} given twice (first on line {first})"))

@@ -31,12 +31,21 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from steel_seg import rle
-from steel_seg.images import IMAGE_SHAPE
+from steel_seg import fileio, rle
+from steel_seg.competition import (
+    CLASSES,
+    HEIGHT,
+    N_CLASSES,
+    SAMPLE_SUBMISSION,
+    TEST_IMAGES,
+    TRAIN_CSV,
+    TRAIN_IMAGES,
+    TRAIN_LAYOUTS,
+    WIDTH,
+    Layout,
+)
 
-HEIGHT, WIDTH = IMAGE_SHAPE
-CLASSES = (1, 2, 3, 4)
-LAYOUTS = ("original", "rerelease")
+LAYOUTS = tuple(layout.value for layout in TRAIN_LAYOUTS)  # train.csv layouts by name, as the CLI takes them
 STATS_PATH = Path(__file__).with_name("synthetic_stats.json")
 AREA_LEVELS = (0.0, 0.02, *(round(0.05 * i, 2) for i in range(1, 20)), 0.98, 1.0)
 AREA_CLIP = (0.02, 0.98)  # areas are drawn between these quantiles: no 115 px class 3 nor 368k px monsters
@@ -97,8 +106,9 @@ class SyntheticStats:
     @classmethod
     def load(cls, path: str | Path = STATS_PATH) -> SyntheticStats:
         """The shipped statistics by default; ValueError naming the file when it is not valid."""
+        data = fileio.read_json(path, "synthetic statistics file")
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
+            return cls.from_dict(data)
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{path}: not a synthetic statistics file ({err})") from None
 
@@ -190,7 +200,7 @@ def generate_image(rng: np.random.Generator, stats: SyntheticStats) -> Sample:
         grey[:, x1:] = grey[:, x1:] * 0.12 + 4
     elif x0 > 0:
         grey[:, :x0] = grey[:, :x0] * 0.12 + 4
-    masks = np.zeros((len(CLASSES), HEIGHT, WIDTH), np.uint8)
+    masks = np.zeros((N_CLASSES, HEIGHT, WIDTH), np.uint8)
     free = np.zeros((HEIGHT, WIDTH), bool)
     free[:, x0:x1] = True
     for c in sorted(sample_classes(rng, stats), key=DRAW_ORDER.index):
@@ -451,7 +461,7 @@ def write_dataset(
     out_dir: str | Path,
     n_train: int,
     n_test: int,
-    layout: str = "rerelease",
+    layout: str = Layout.RERELEASE.value,
     seed: int = 0,
     stats: SyntheticStats | None = None,
     progress: bool = True,
@@ -468,6 +478,7 @@ def write_dataset(
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+    train_layout = Layout(layout)
     stats = stats or SyntheticStats.load()
     out = Path(out_dir)
     seeds = np.random.SeedSequence(seed).spawn(3)
@@ -476,19 +487,19 @@ def write_dataset(
     rng.shuffle(ids)
     train_ids, test_ids = ids[:n_train], ids[n_train:]
     train_units = plan_units(rng, n_train, duplicates=True)
-    _check_folder(out / "train_images", train_ids)
-    _check_folder(out / "test_images", test_ids)
+    _check_folder(out / TRAIN_IMAGES, train_ids)
+    _check_folder(out / TEST_IMAGES, test_ids)
     bar = tqdm(total=n_train + n_test, desc="synth", unit="img", disable=not progress)
     train_rles, groups = _write_images(
-        out / "train_images", train_ids, iter_samples(train_units, seeds[1], stats), bar
+        out / TRAIN_IMAGES, train_ids, iter_samples(train_units, seeds[1], stats), bar
     )
     test_rles, _ = _write_images(
-        out / "test_images", test_ids, iter_samples([1] * n_test, seeds[2], stats), bar
+        out / TEST_IMAGES, test_ids, iter_samples([1] * n_test, seeds[2], stats), bar
     )
     bar.close()
-    _write_train_csv(out / "train.csv", train_rles, layout)
-    _write_sample_submission(out / "sample_submission.csv", test_ids, layout)
-    _write_train_csv(out / "test_truth.csv", test_rles, "rerelease")
+    _write_train_csv(out / TRAIN_CSV, train_rles, train_layout)
+    _write_sample_submission(out / SAMPLE_SUBMISSION, test_ids, train_layout)
+    _write_train_csv(out / "test_truth.csv", test_rles, Layout.RERELEASE)
     clusters = _write_groups(out / "near_duplicates.csv", groups)
     (out / "synthetic.json").write_text(
         json.dumps(
@@ -543,25 +554,25 @@ def _write_images(
     return rles, units
 
 
-def _write_train_csv(path: Path, rles: dict[str, list[str]], layout: str) -> None:
+def _write_train_csv(path: Path, rles: dict[str, list[str]], layout: Layout) -> None:
     with path.open("w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
-        if layout == "original":
-            writer.writerow(["ImageId_ClassId", "EncodedPixels"])
+        writer.writerow(layout.columns)
+        if layout is Layout.ORIGINAL:
             writer.writerows([f"{i}_{c}", rles[i][c - 1]] for i in sorted(rles) for c in CLASSES)
         else:
-            writer.writerow(["ImageId", "ClassId", "EncodedPixels"])
             writer.writerows([i, c, rles[i][c - 1]] for i in sorted(rles) for c in CLASSES if rles[i][c - 1])
 
 
-def _write_sample_submission(path: Path, ids: list[str], layout: str) -> None:
+def _write_sample_submission(path: Path, ids: list[str], train_layout: Layout) -> None:
+    """Kaggle's sample of the same vintage: stage 1 (ORIGINAL) for an original train.csv, else FINAL."""
     with path.open("w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
-        if layout == "original":
-            writer.writerow(["ImageId_ClassId", "EncodedPixels"])
+        if train_layout is Layout.ORIGINAL:
+            writer.writerow(Layout.ORIGINAL.columns)
             writer.writerows([f"{i}_{c}", "1 1"] for i in sorted(ids) for c in CLASSES)
         else:
-            writer.writerow(["ImageId", "EncodedPixels", "ClassId"])
+            writer.writerow(Layout.FINAL.columns)
             writer.writerows([i, f"1 {HEIGHT * WIDTH}", 0] for i in sorted(ids))
 
 

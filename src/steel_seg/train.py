@@ -1,18 +1,16 @@
 """The training loop: one process, or one per device under `torchrun` (DDP).
 
-`train(cfg, run_dir)` fits `cfg.model` on every fold but `cfg.data.fold`, validates each epoch on that fold
-with the competition metric at default post-processing (pixel threshold 0.5 on full-size images, nothing
-else), and writes the run directory of docs/CONTRACTS.md: `run.json`, `config.yaml`, `best/`, `last/`,
-`checkpoint.pt`, `log.jsonl`, `metrics.csv`, `tb/`. `resume=True` continues from `checkpoint.pt` exactly:
-every random draw is a function of (seed, epoch, position) or restored from the checkpoint.
+`train(cfg, run_dir)` fits `cfg.model` on every fold but `cfg.data.fold`, evaluates each epoch on that fold
+(`epoch_eval`: the competition metric at default post-processing on full-size images), and writes the run
+directory (`runs`): `run.json`, `config.yaml`, `best/`, `last/`, `checkpoint.pt`, `log.jsonl`, `metrics.csv`,
+`tb/`. `resume=True` continues from `checkpoint.pt` exactly: every random draw is a function of
+(seed, epoch, position) or restored from the checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -22,113 +20,40 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.distributed as torch_dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from steel_seg import metric, rle
-from steel_seg.augment import build_pipeline
 from steel_seg.checkpoint import Ema, load_state, save_state
-from steel_seg.data import EpochSampler, SteelDataset, balanced_weights
+from steel_seg.data import train_loader, val_loader
+from steel_seg.distributed import Dist, barrier, gather, init_dist
+from steel_seg.epoch_eval import evaluate
+from steel_seg.folds import fold_ids, random_folds, read_folds, write_folds
 from steel_seg.labels import Labels
 from steel_seg.losses import ModelLoss
-from steel_seg.models import ModelSpec, build_model, forward_logits, load_init_weights, save, set_seg_prior
+from steel_seg.models import build_model, forward_logits, load_init_weights, save, set_seg_prior
+from steel_seg.optim import make_optimizer, make_scheduler
+from steel_seg.precision import autocast_context
 from steel_seg.run_log import RunLog
-from steel_seg.trainer_config import DataConfig, OptimConfig, ScheduleConfig, TrainConfig
-
-VAL_THRESHOLD = 0.5
-CHECKPOINT = "checkpoint.pt"
-
-
-# ---------------------------------------------------------------- processes and devices
-@dataclass(frozen=True)
-class Dist:
-    """This process's place: rank among `world` processes and its device."""
-
-    rank: int
-    world: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_dist(device: str) -> Dist:
-    """A single process, or (under torchrun) join the process group: nccl on CUDA, gloo on CPU."""
-    name = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-    if not torch_dist.is_torchelastic_launched():
-        return Dist(0, 1, torch.device(name))
-    if not torch_dist.is_initialized():
-        torch_dist.init_process_group("nccl" if name.startswith("cuda") else "gloo")
-    rank, world = torch_dist.get_rank(), torch_dist.get_world_size()
-    if name.startswith("cuda"):
-        name = f"cuda:{rank % torch.cuda.device_count()}"
-        torch.cuda.set_device(name)
-    return Dist(rank, world, torch.device(name))
-
-
-def _barrier(dist: Dist) -> None:
-    if dist.world > 1:
-        torch_dist.barrier()
-
-
-# ---------------------------------------------------------------- folds
-def read_folds(path: str | Path, labels: Labels) -> pd.Series:
-    """`folds.csv` (`ImageId,fold`, maybe `cluster`) -> fold by ImageId; ValueError naming file and row."""
-    path = Path(path)
-    try:
-        table = pd.read_csv(path, dtype={"ImageId": str})
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise ValueError(f"{path}: cannot read folds: {exc}") from exc
-    if not {"ImageId", "fold"} <= set(table.columns):
-        found = ",".join(map(str, table.columns))
-        raise ValueError(f"{path}: columns must include ImageId,fold; got {found}")
-    folds = pd.to_numeric(table["fold"], errors="coerce")
-    bad = np.flatnonzero(folds.isna().to_numpy() | table["ImageId"].duplicated().to_numpy())
-    if bad.size:
-        raise ValueError(f"{path}: row {bad[0] + 2}: bad or repeated entry {table.iloc[bad[0]].to_dict()}")
-    unknown = sorted(set(table["ImageId"]) - set(labels.image_ids))
-    if unknown:
-        raise ValueError(f"{path}: {len(unknown)} image(s) not in the train labels, e.g. {unknown[:3]}")
-    return pd.Series(folds.astype(int).to_numpy(), index=table["ImageId"].to_numpy(), name="fold")
-
-
-def random_folds(image_ids: list[str], k: int, seed: int) -> pd.Series:
-    """`k` random folds of equal size (quick use only: random folds leak across near-duplicate clusters)."""
-    order = np.random.default_rng(seed).permutation(len(image_ids))
-    folds = np.empty(len(image_ids), int)
-    folds[order] = np.arange(len(image_ids)) % k
-    return pd.Series(folds, index=image_ids, name="fold")
+from steel_seg.runs import RunDir, RunInfo
+from steel_seg.trainer_config import DataConfig, TrainConfig
 
 
 def resolve_folds(
-    cfg: DataConfig, labels: Labels, run_dir: Path, seed: int, write: bool = True
+    cfg: DataConfig, labels: Labels, run: RunDir, seed: int, write: bool = True
 ) -> tuple[pd.Series, Path]:
-    """The folds and the folds.csv they live in (`folds: random K` writes `run_dir/folds.csv`)."""
+    """The folds and the folds.csv they live in (`folds: random K` writes the run's folds.csv)."""
     if cfg.folds_csv:
-        return read_folds(cfg.folds_csv, labels), Path(cfg.folds_csv)
+        return read_folds(cfg.folds_csv, labels.image_ids), Path(cfg.folds_csv)
     kind, _, k = (cfg.folds or "").partition(" ")
     if kind != "random" or not k.strip().isdigit() or int(k) < 2:
         raise ValueError(f"data: give folds_csv, or folds: 'random K' with K >= 2 (got folds={cfg.folds!r})")
     folds = random_folds(labels.image_ids, int(k), seed)
-    path = run_dir / "folds.csv"
     if write:
-        folds.rename_axis("ImageId").reset_index().to_csv(path, index=False)
-    return folds, path
+        write_folds(folds.rename_axis("ImageId").reset_index(), run.folds)
+    return folds, run.folds
 
 
-def split(folds: pd.Series, fold: int) -> tuple[list[str], list[str]]:
-    """(train ids, validation ids): every fold but `fold`, and `fold`."""
-    val = sorted(folds.index[folds == fold])
-    if not val:
-        raise ValueError(f"data.fold {fold} is empty; the folds are {sorted(set(folds))}")
-    return sorted(folds.index[folds != fold]), val
-
-
-# ---------------------------------------------------------------- building blocks
 def make_model(cfg: TrainConfig) -> nn.Module:
     model = build_model(cfg.model.spec, cfg.model.encoder_weights_path)
     if cfg.model.seg_prior is not None:
@@ -138,135 +63,25 @@ def make_model(cfg: TrainConfig) -> nn.Module:
     return model
 
 
-def make_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
-    if cfg.name == "sgd":
-        return torch.optim.SGD(
-            model.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
-    return torch.optim.AdamW(model.parameters(), cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
-    """Linear warm-up over `warmup` steps, then cosine from 1 to `min_ratio` at step `total`."""
-    if step < warmup:
-        return (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
-
-
-def make_scheduler(cfg: ScheduleConfig, optimizer: torch.optim.Optimizer, total_steps: int):
-    factor = functools.partial(
-        lr_factor, total=total_steps, warmup=cfg.warmup_steps, min_ratio=cfg.min_lr_ratio
-    )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def make_train_loader(
-    cfg: TrainConfig, labels: Labels, ids: list[str], dist: Dist
-) -> tuple[DataLoader, EpochSampler, int]:
-    """Loader, its sampler, and the number of batches per epoch (per process)."""
-    d, seed = cfg.data, cfg.train.seed
-    dataset = SteelDataset(
-        d.images_dir, ids, labels, cfg.model.spec, d.crop, d.defect_crop_p, build_pipeline(d.augment, seed)
-    )
-    weights = balanced_weights(labels.presence().loc[ids].to_numpy()) if d.balanced else None
-    sampler = EpochSampler(len(ids), seed, weights=weights, num_replicas=dist.world, rank=dist.rank)
-    drop_last = len(sampler) >= d.batch_size
-    batches = len(sampler) // d.batch_size if drop_last else 1
-    if d.batches_per_epoch:
-        batches = min(batches, d.batches_per_epoch)
-    loader = DataLoader(
-        dataset, d.batch_size, sampler=sampler, num_workers=d.workers, drop_last=drop_last,
-        pin_memory=dist.device.type == "cuda", generator=torch.Generator().manual_seed(seed),
-    )  # fmt: skip
-    return loader, sampler, batches
-
-
-def make_val_loader(cfg: TrainConfig, labels: Labels, ids: list[str], dist: Dist) -> DataLoader:
-    dataset = SteelDataset(cfg.data.images_dir, ids, labels, cfg.model.spec)
-    return DataLoader(
-        dataset, cfg.data.val_batch_size, shuffle=False, num_workers=cfg.data.workers,
-        pin_memory=dist.device.type == "cuda",
-    )  # fmt: skip
-
-
-def _autocast(device: torch.device, amp: str):
-    if amp == "off" or device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
 def _float(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.float()
-
-
-# ---------------------------------------------------------------- validation
-def validate(
-    model: nn.Module,
-    spec: ModelSpec,
-    loader: DataLoader,
-    labels: Labels,
-    loss_fn: ModelLoss,
-    amp: str = "off",
-) -> dict[str, Any]:
-    """Validation loss and the competition metric at pixel threshold 0.5 (segmenters) / cls accuracy.
-
-    Returns flat numbers (`val_loss`, `val_dice`, `dice_1..4`, `cls_accuracy`; None where not applicable)
-    plus the metric's full breakdown under `score`.
-    """
-    device = next(model.parameters()).device
-    model.eval()
-    ids, rows, loss_sum, correct, n_cls = loader.dataset.image_ids, [], 0.0, 0, 0
-    with torch.no_grad():
-        for batch in loader:
-            x = batch["image"].to(device, non_blocking=True)
-            mask, presence = batch["mask"].to(device), batch["presence"].to(device)
-            with _autocast(device, amp):
-                seg, cls = forward_logits(model, spec, x)
-            seg, cls = _float(seg), _float(cls)
-            loss_sum += loss_fn(seg, cls, mask, presence).item() * len(x)
-            if seg is not None:
-                masks = (seg.sigmoid() > VAL_THRESHOLD).to(torch.uint8).cpu().numpy()
-                rows += _mask_rows([ids[i] for i in batch["index"].tolist()], masks)
-            if cls is not None:
-                correct += int(((cls.sigmoid() > VAL_THRESHOLD) == (presence > 0.5)).sum())
-                n_cls += presence.numel()
-    accuracy = correct / n_cls if n_cls else None
-    out: dict[str, Any] = {"val_loss": loss_sum / len(ids), "cls_accuracy": accuracy}
-    return out | (_dice(labels, ids, rows) if spec.has_seg else {"val_dice": None})
-
-
-def _mask_rows(image_ids: list[str], masks: np.ndarray) -> list[tuple[str, int, str]]:
-    """Tidy prediction rows of `masks (N, 4, H, W) uint8`: (ImageId, ClassId, RLE) for non-empty masks."""
-    return [
-        (image_id, k + 1, rle.encode(masks[i, k]))
-        for i, image_id in enumerate(image_ids)
-        for k in range(masks.shape[1])
-        if masks[i, k].any()
-    ]
-
-
-def _dice(labels: Labels, ids: list[str], rows: list[tuple[str, int, str]]) -> dict[str, Any]:
-    pred = pd.DataFrame(rows, columns=["ImageId", "ClassId", "EncodedPixels"])
-    truth = labels.table[labels.table["ImageId"].isin(set(ids))]
-    score = metric.score(truth, pred, ids)
-    per_class = {f"dice_{c}": float(score.per_class[c]) for c in (1, 2, 3, 4)}
-    split_dice = {"dice_empty": score.empty_truth.mean_dice, "dice_nonempty": score.nonempty_truth.mean_dice}
-    return {"val_dice": float(score.mean_dice), **per_class, **split_dice, "score": score.to_dict()}
 
 
 # ---------------------------------------------------------------- the loop
 class Trainer:
     """One training run's state and its steps; `run()` trains the remaining epochs."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, dist: Dist):
-        self.cfg, self.run_dir, self.dist = cfg, run_dir, dist
+    def __init__(self, cfg: TrainConfig, run: RunDir, dist: Dist):
+        self.cfg, self.run, self.dist = cfg, run, dist
         self.spec = cfg.model.spec
-        labels = Labels.from_csv(cfg.data.train_csv, cfg.data.images_dir)
-        folds, self.folds_csv = resolve_folds(cfg.data, labels, run_dir, cfg.train.seed, dist.main)
-        train_ids, val_ids = split(folds, cfg.data.fold)
-        self.loader, self.sampler, self.batches = make_train_loader(cfg, labels, train_ids, dist)
-        self.val_loader = make_val_loader(cfg, labels, val_ids, dist) if dist.main else None
+        d, pin = cfg.data, dist.device.type == "cuda"
+        labels = Labels.from_csv(d.train_csv, d.images_dir)
+        folds, self.folds_csv = resolve_folds(d, labels, run, cfg.train.seed, dist.main)
+        train_ids, val_ids = fold_ids(folds, d.fold, self.folds_csv)
+        self.loader, self.sampler, self.batches = train_loader(
+            d, self.spec, labels, train_ids, cfg.train.seed, dist.rank, dist.world, pin
+        )
+        self.val_loader = val_loader(d, self.spec, labels, val_ids, pin) if dist.main else None
         self.labels = labels
         torch.manual_seed(cfg.train.seed)
         self.model = make_model(cfg).to(dist.device)
@@ -313,17 +128,12 @@ class Trainer:
     def _gather_rng(self) -> list[dict[str, Tensor | None]]:
         """Every process's torch RNG state (dropout draws), index = rank."""
         cuda = torch.cuda.get_rng_state(self.dist.device) if self.dist.device.type == "cuda" else None
-        mine = {"cpu": torch.get_rng_state(), "cuda": cuda}
-        if self.dist.world == 1:
-            return [mine]
-        every: list[Any] = [None] * self.dist.world
-        torch_dist.all_gather_object(every, mine)
-        return every
+        return gather(self.dist, {"cpu": torch.get_rng_state(), "cuda": cuda})
 
     def save_checkpoint(self) -> None:
         state = self.state_dict()
         if self.dist.main:
-            save_state(state, self.run_dir / CHECKPOINT)
+            save_state(state, self.run.checkpoint)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -337,7 +147,7 @@ class Trainer:
         mask, presence = batch["mask"].to(device), batch["presence"].to(device)
         no_sync = self.net.no_sync if isinstance(self.net, DistributedDataParallel) and not sync else None
         with no_sync() if no_sync else contextlib.nullcontext():
-            with _autocast(device, cfg.amp):
+            with autocast_context(device, cfg.amp):
                 seg, cls = forward_logits(self.net, self.spec, x)
             loss = self.loss_fn(_float(seg), _float(cls), mask, presence)
             self.scaler.scale(loss / cfg.accumulate).backward()
@@ -384,20 +194,20 @@ class Trainer:
         """Validate, write last/ and best/ and the logs (main process), then the checkpoint (all)."""
         record = None
         if self.dist.main:
-            result = validate(self.eval_model, self.spec, self.val_loader, self.labels, self.loss_fn,
+            result = evaluate(self.eval_model, self.spec, self.val_loader, self.labels, self.loss_fn,
                               self.cfg.train.amp)  # fmt: skip
             value = result["val_dice"] if self.spec.has_seg else -result["val_loss"]
             is_best = value > self.best
             self.best = max(self.best, value)
-            save(self.eval_model, self.spec, self.run_dir / "last")
+            save(self.eval_model, self.spec, self.run.last)
             if is_best:
-                save(self.eval_model, self.spec, self.run_dir / "best")
+                save(self.eval_model, self.spec, self.run.best)
             record = {"epoch": self.epoch, "step": self.step, "lr": self.scheduler.get_last_lr()[0],
                       "train_loss": train_loss, **result, "seconds": round(time.time() - started, 2),
                       "is_best": is_best}  # fmt: skip
             log.write(record)
         self.save_checkpoint()
-        _barrier(self.dist)
+        barrier(self.dist)
         return record
 
 
@@ -412,18 +222,12 @@ class TrainResult:
     main: bool = True
 
 
-def write_run_json(cfg: TrainConfig, run_dir: Path, folds_csv: Path) -> None:
-    """`run.json` for `steel-seg oof`: where the held-out fold, the labels, the images and `best/` are."""
-    info = {
-        "name": run_dir.name,
-        "fold": cfg.data.fold,
-        "folds_csv": str(folds_csv.resolve()),
-        "train_csv": str(Path(cfg.data.train_csv).resolve()),
-        "images_dir": str(Path(cfg.data.images_dir).resolve()),
-        "model_dir": "best",
-        "spec": cfg.model.spec.to_dict(),
-    }
-    (run_dir / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+def run_info(cfg: TrainConfig, run: RunDir, folds_csv: Path) -> RunInfo:
+    """What `steel-seg oof` needs to know of this run (absolute paths, so it can run from anywhere)."""
+    d = cfg.data
+    paths = [Path(p).resolve() for p in (folds_csv, d.train_csv, d.images_dir)]
+    extra = {"spec": cfg.model.spec.to_dict()}
+    return RunInfo(run.path, run.path.name, d.fold, *paths, model_dir=run.best.name, extra=extra)
 
 
 def _out_of_time(cfg: TrainConfig, started: float, next_epoch_s: float) -> bool:
@@ -433,19 +237,19 @@ def _out_of_time(cfg: TrainConfig, started: float, next_epoch_s: float) -> bool:
 
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False) -> TrainResult:
     """Train `cfg` into `run_dir` (or continue it from its checkpoint with `resume`); see the module doc."""
-    run_dir = Path(run_dir)
+    run = RunDir(Path(run_dir))
     dist = init_dist(cfg.train.device)
     if dist.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    _barrier(dist)
-    trainer = Trainer(cfg, run_dir, dist)
+        run.path.mkdir(parents=True, exist_ok=True)
+    barrier(dist)
+    trainer = Trainer(cfg, run, dist)
     if resume:
-        trainer.load_state_dict(load_state(run_dir / CHECKPOINT))
+        trainer.load_state_dict(load_state(run.checkpoint))
     log = None
     if dist.main:
-        cfg.save_yaml(run_dir / "config.yaml")
-        write_run_json(cfg, run_dir, trainer.folds_csv)
-        log = RunLog(run_dir, keep_epochs=trainer.epoch)
+        cfg.save_yaml(run.config)
+        run_info(cfg, run, trainer.folds_csv).save()
+        log = RunLog(run, keep_epochs=trainer.epoch)
     records, run_started, last_epoch_s = [], time.time(), 0.0
     while trainer.epoch < cfg.schedule.epochs and not _out_of_time(cfg, run_started, last_epoch_s):
         started = time.time()
@@ -455,7 +259,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False) -> TrainR
     if log:
         log.close()
     best = trainer.best if math.isfinite(trainer.best) else None
-    return TrainResult(run_dir, trainer.epoch, best, [r for r in records if r], dist.main)
+    return TrainResult(run.path, trainer.epoch, best, [r for r in records if r], dist.main)
 
 
 def summary(result: TrainResult) -> str:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from steel_seg.cli._engine_args import views
+from steel_seg.engine_options import views
 from steel_seg.manifest import DEFAULT_BUDGET_S, ManifestError, copy_model_dir, write_manifest
 
 

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from steel_seg.cli._engine_args import add_engine_options, engine_settings, views
-from steel_seg.heldout import predict_heldout
+from steel_seg.engine_options import add_engine_options, engine_settings, views
+from steel_seg.oof_predict import predict_oof
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = engine_settings(args, tta=args.tta)
     try:
-        out = predict_heldout(args.run, args.out, settings)
+        out = predict_oof(args.run, args.out, settings)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

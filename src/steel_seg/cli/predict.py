@@ -6,11 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from steel_seg import submission
-from steel_seg.cli._engine_args import add_engine_options, engine_settings
+from steel_seg.engine_options import add_budget_option, add_engine_options, engine_settings
 from steel_seg.manifest import MANIFEST_FILE, Manifest
-from steel_seg.postprocess import Rules
-from steel_seg.predict import Ensemble, predict_submission
+from steel_seg.postprocess import THRESHOLDS_FILE, Rules
+from steel_seg.submit import Inputs, load, run
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -22,23 +21,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--sample", type=Path, required=True, help="sample_submission.csv (either layout)")
     p.add_argument("--out", type=Path, required=True, help="submission CSV to write")
     add_engine_options(p, limit_help="predict only the first N images (others empty)")
-    p.add_argument("--amp", choices=("auto", "fp16", "bf16", "off"), default="auto")
-    p.add_argument("--budget-s", type=float, default=None, help="time limit (default: the manifest's)")
-    p.set_defaults(func=run)
+    add_budget_option(p)
+    p.set_defaults(func=run_command)
 
 
-def run(args: argparse.Namespace) -> int:
-    settings = engine_settings(args, amp=args.amp, budget_s=args.budget_s)
+def run_command(args: argparse.Namespace) -> int:
+    settings = engine_settings(args)
+    inputs = Inputs(args.images, args.sample, args.weights_dir, args.out)
     try:
         manifest = Manifest.load(args.weights_dir / MANIFEST_FILE)
-        rules = Rules.load(args.weights_dir / "thresholds.json")
-        ensemble = Ensemble.load(args.weights_dir, manifest, settings.device)
-        summary = predict_submission(ensemble, rules, args.images, args.sample, args.out, settings)
+        rules = Rules.load(args.weights_dir / THRESHOLDS_FILE)
+        ensemble = load(inputs, manifest, rules, settings)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(summary.text())
-    problems = submission.validate(args.out, args.sample)
-    for problem in problems:
+    outcome = run(ensemble, rules, inputs, settings)
+    if outcome.summary is not None:
+        print(outcome.summary.text())
+    if outcome.error:
+        print(f"error: prediction failed mid-run ({outcome.error}); {args.out} is complete, the rest empty",
+              file=sys.stderr)  # fmt: skip
+    for problem in outcome.problems:
         print(f"invalid submission: {problem}", file=sys.stderr)
-    return 1 if problems else 0
+    return 2 if outcome.error else (1 if outcome.problems else 0)

@@ -16,9 +16,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from steel_seg import folds, rle
+from steel_seg.competition import CLASSES, IMAGE_SHAPE, N_CLASSES
 from steel_seg.labels import Labels
 
-CLASS_IDS = (1, 2, 3, 4)
 HEAT_STEP = 4  # position maps are summed over HEAT_STEP x HEAT_STEP blocks: (4, 64, 400) for 256x1600
 
 
@@ -40,7 +40,7 @@ class EdaStats:
         """Per class: images, % of all images, mask area (median, 2nd percentile), components (median)."""
         n = len(self.presence)
         rows = {}
-        for c in CLASS_IDS:
+        for c in CLASSES:
             areas, comps = self.areas[c], self.components[c]
             rows[f"class {c}"] = {
                 "images": int(self.presence[c].sum()),
@@ -55,7 +55,7 @@ class EdaStats:
 
     def classes_per_image(self) -> pd.DataFrame:
         """How many images carry 0, 1, 2, ... defect classes."""
-        counts = self.presence[list(CLASS_IDS)].sum(axis=1).value_counts().sort_index()
+        counts = self.presence[list(CLASSES)].sum(axis=1).value_counts().sort_index()
         table = pd.DataFrame({"images": counts.astype(int)})
         table.index = [f"{k} classes" for k in counts.index]
         table.index.name = "defect classes on the image"
@@ -63,15 +63,15 @@ class EdaStats:
 
     def cooccurrence(self) -> np.ndarray:
         """(4, 4) int64: images with both class i+1 and class j+1 (the diagonal: images with class i+1)."""
-        p = self.presence[list(CLASS_IDS)].to_numpy(dtype=np.int64)
+        p = self.presence[list(CLASSES)].to_numpy(dtype=np.int64)
         return p.T @ p
 
 
-def collect(labels: Labels, shape: tuple[int, int] = (256, 1600)) -> EdaStats:
+def collect(labels: Labels, shape: tuple[int, int] = IMAGE_SHAPE) -> EdaStats:
     """Measure every defect mask of `labels` once (tqdm progress over the masks)."""
-    areas: dict[int, list[int]] = {c: [] for c in CLASS_IDS}
-    comps: dict[int, list[int]] = {c: [] for c in CLASS_IDS}
-    heat = np.zeros((4, *shape), np.int32)  # summed at full size (one add a mask), reduced once at the end
+    areas: dict[int, list[int]] = {c: [] for c in CLASSES}
+    comps: dict[int, list[int]] = {c: [] for c in CLASSES}
+    heat = np.zeros((N_CLASSES, *shape), np.int32)  # summed at full size (one add a mask), reduced at the end
     table = labels.table
     rows = zip(table["ClassId"].tolist(), table["EncodedPixels"].tolist(), strict=True)
     for class_id, encoded in tqdm(rows, total=len(table), desc="eda: masks", unit="mask"):
@@ -83,11 +83,11 @@ def collect(labels: Labels, shape: tuple[int, int] = (256, 1600)) -> EdaStats:
         areas[c].append(area)
         comps[c].append(cv2.connectedComponents(mask, connectivity=8)[0] - 1)
         heat[c - 1] += mask
-    n_masks = np.array([max(len(areas[c]), 1) for c in CLASS_IDS], np.float64)[:, None, None]
+    n_masks = np.array([max(len(areas[c]), 1) for c in CLASSES], np.float64)[:, None, None]
     return EdaStats(
         presence=labels.presence(),
-        areas={c: np.asarray(areas[c], np.int64) for c in CLASS_IDS},
-        components={c: np.asarray(comps[c], np.int64) for c in CLASS_IDS},
+        areas={c: np.asarray(areas[c], np.int64) for c in CLASSES},
+        components={c: np.asarray(comps[c], np.int64) for c in CLASSES},
         heat=(np.stack([block_mean(h) for h in heat]) / n_masks).astype(np.float32),
     )
 

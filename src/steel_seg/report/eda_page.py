@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from steel_seg.competition import CLASSES
 from steel_seg.images import read_grey
 from steel_seg.labels import Labels
 from steel_seg.report import eda, figures
@@ -57,16 +58,16 @@ def build(
 
 def _summary(page: HtmlPage, stats: eda.EdaStats, out: Path) -> None:
     n = len(stats.presence)
-    counts = {f"class {c}": int(stats.presence[c].sum()) for c in eda.CLASS_IDS}
-    free = int((~stats.presence[list(eda.CLASS_IDS)].any(axis=1)).sum())
+    counts = {f"class {c}": int(stats.presence[c].sum()) for c in CLASSES}
+    free = int((~stats.presence[list(CLASSES)].any(axis=1)).sum())
     page.heading("Classes")
     page.text(f"{n} images; {n - free} with at least one defect, {free} defect-free.")
     page.table(stats.class_table(), "Per class", digits=1)
     page.table(stats.classes_per_image(), "Defect classes per image")
-    colours = [figures.class_colour(c) for c in eda.CLASS_IDS] + ["#999999"]
+    colours = [figures.class_colour(c) for c in CLASSES] + ["#999999"]
     bars = figures.bars({**counts, "defect-free": free}, "Images per class", "images", colours)
     page.figure(figures.save(bars, out / "class_counts.png"), "Images carrying each class.")
-    labels = [f"class {c}" for c in eda.CLASS_IDS]
+    labels = [f"class {c}" for c in CLASSES]
     co = figures.matrix(stats.cooccurrence(), labels, "Images carrying both classes")
     page.figure(figures.save(co, out / "cooccurrence.png"), "Co-occurrence (diagonal: images per class).")
     page.heading("Masks")
@@ -76,7 +77,7 @@ def _summary(page: HtmlPage, stats: eda.EdaStats, out: Path) -> None:
         stats.components, "Connected components per mask (8-connectivity)", "components", integer=True
     )
     page.figure(figures.save(comps, out / "components.png"), "How many separate blobs one class mask has.")
-    counts_by_id = {c: int(stats.areas[c].size) for c in eda.CLASS_IDS}
+    counts_by_id = {c: int(stats.areas[c].size) for c in CLASSES}
     heat = figures.position_maps(stats.heat, counts_by_id, "Where defects sit")
     page.figure(figures.save(heat, out / "positions.png"), "Share of each class's masks covering each pixel.")
 
@@ -87,13 +88,13 @@ def _overlays(
     page.heading("Sample images")
     page.text("Each class's contour in its own colour; every class of the image is drawn.", note=True)
     n, seed = settings.per_class, settings.seed
-    samples = {c: eda.sample_images(stats.presence, c, n, seed) for c in eda.CLASS_IDS}
+    samples = {c: eda.sample_images(stats.presence, c, n, seed) for c in CLASSES}
     firsts = one_per_class(samples)
     if firsts:
         rows = [_overlay_row(labels, images_dir, i, settings.thickness) for i in firsts]
         path = figures.save(figures.image_rows(rows, width_in=10.0), out / "overlays.png", palette=PALETTE)
         page.figure(path, "One image per class.")
-    for c in eda.CLASS_IDS:
+    for c in CLASSES:
         ids = samples[c]
         if not ids:
             page.text(f"class {c}: no image carries it.")
@@ -116,7 +117,7 @@ def one_per_class(samples: dict[int, list[str]]) -> list[str]:
 
 def _overlay_row(labels: Labels, images_dir: Path, image_id: str, thickness: int) -> tuple[np.ndarray, str]:
     masks = labels.masks(image_id)
-    present = [str(k + 1) for k in range(4) if masks[k].any()]
+    present = [str(c) for c, mask in zip(CLASSES, masks, strict=True) if mask.any()]
     rgb = draw_contours(read_grey(images_dir / image_id), masks, thickness)
     return rgb, f"{image_id}   classes: {', '.join(present) or 'none'}"
 

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from steel_seg.competition import CLASSES
 from steel_seg.images import fit_shape, read_grey
 from steel_seg.oof import OOF
 from steel_seg.postprocess import Rules, apply
 from steel_seg.report import evaluate, figures
-from steel_seg.report.evaluate import CLASS_IDS, Evaluation
+from steel_seg.report.evaluate import Evaluation
 from steel_seg.report.html import HtmlPage, Written
 from steel_seg.report.overlay import draw_contours, probability_rgb
 
@@ -84,7 +85,7 @@ def _summary(page: HtmlPage, ev: Evaluation, oof: OOF, rules_source: str) -> Non
 
 
 def _presence(page: HtmlPage, ev: Evaluation, out: Path) -> None:
-    loss = ev.loss_table().loc[[f"class {c}" for c in CLASS_IDS]]
+    loss = ev.loss_table().loc[[f"class {c}" for c in CLASSES]]
     parts = {k: loss[f"lost to {k}"].to_numpy() for k in ("FP", "FN", "partial")}
     fig = figures.stacked_bars(parts, list(loss.index), "Mean Dice lost per class", "points of mean Dice")
     page.figure(figures.save(fig, out / "dice_lost.png"), "Dice lost per class, by kind of pair.")
@@ -129,7 +130,7 @@ def _worst(
     page.text(
         "Per image: truth contours, predicted contours (after the rules), the class's probability.", note=True
     )
-    for c in CLASS_IDS:
+    for c in CLASSES:
         worst = ev.worst(c, settings.worst)
         if worst.empty:
             page.text(f"class {c}: every pair scores Dice 1.")

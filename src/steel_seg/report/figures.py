@@ -18,9 +18,9 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 from PIL import Image
 
+from steel_seg.competition import CLASSES, N_CLASSES
 from steel_seg.report.overlay import CLASS_COLOURS, magma_colours
 
-CLASS_IDS = (1, 2, 3, 4)
 _ROW_TITLE_IN = 0.32  # inches of title above each image row
 _LEGEND_IN = 0.45
 
@@ -61,7 +61,7 @@ def _palette_image(n: int) -> Image.Image:
     colour map, and `n - 68` grey levels from black to white."""
     if not 68 + 2 <= n <= 256:
         raise ValueError(f"palette of {n} colours: need 70..256")
-    colours = [CLASS_COLOURS[c] for c in CLASS_IDS] + [tuple(rgb) for rgb in magma_colours(64).tolist()]
+    colours = [CLASS_COLOURS[c] for c in CLASSES] + [tuple(rgb) for rgb in magma_colours(64).tolist()]
     greys = np.linspace(0, 255, n - len(colours)).round().astype(int).tolist()
     flat = [v for rgb in colours for v in rgb] + [g for g in greys for _ in range(3)]
     image = Image.new("P", (1, 1))
@@ -69,7 +69,7 @@ def _palette_image(n: int) -> Image.Image:
     return image
 
 
-def class_legend(fig: Figure, classes: Sequence[int] = CLASS_IDS, y: float = 1.0) -> None:
+def class_legend(fig: Figure, classes: Sequence[int] = CLASSES, y: float = 1.0) -> None:
     handles = [Patch(color=class_colour(c), label=f"class {c}") for c in classes]
     fig.legend(handles=handles, loc="upper center", ncol=len(handles), frameon=False, bbox_to_anchor=(0.5, y))
 
@@ -140,9 +140,9 @@ def per_class_hist(
     """
     fig = new_figure(10, 6.5)
     axes = fig.subplots(2, 2, sharex=True).ravel()
-    every = np.concatenate([np.asarray(samples.get(c, []), dtype=float) for c in CLASS_IDS])
+    every = np.concatenate([np.asarray(samples.get(c, []), dtype=float) for c in CLASSES])
     bins = _bins(every, log_x, integer) if every.size else 10
-    for i, (ax, c) in enumerate(zip(axes, CLASS_IDS, strict=True)):
+    for i, (ax, c) in enumerate(zip(axes, CLASSES, strict=True)):
         values = np.asarray(samples.get(c, []), dtype=float)
         ax.set_title(f"class {c} (n = {values.size})", fontsize=10)
         ax.set_xlabel(xlabel if i >= 2 else "")
@@ -177,10 +177,10 @@ def _bins(values: np.ndarray, log_x: bool, integer: bool) -> np.ndarray | int:
 def position_maps(heat: np.ndarray, counts: Mapping[int, int], title: str) -> Figure:
     """Where defects sit: `heat: (4, h, w)` share of each class's masks covering each pixel; a row a class."""
     h, w = heat.shape[1:]
-    fig = Figure(figsize=(12, 0.5 + 4 * (11 * h / w + 0.35)), dpi=100, layout="constrained")
+    fig = Figure(figsize=(12, 0.5 + N_CLASSES * (11 * h / w + 0.35)), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(4, 1)
-    for ax, c in zip(axes, CLASS_IDS, strict=True):
+    axes = fig.subplots(N_CLASSES, 1)
+    for ax, c in zip(axes, CLASSES, strict=True):
         shown = ax.imshow(heat[c - 1], cmap="magma", vmin=0, aspect="equal", interpolation="bilinear")
         ax.set_title(f"class {c}: share of its {counts.get(c, 0)} masks covering each pixel", fontsize=10)
         ax.set_xticks([])

@@ -9,14 +9,13 @@ from __future__ import annotations
 import base64
 import html
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from steel_seg import atomic
+from steel_seg import fileio
 
 _STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
@@ -101,10 +100,6 @@ class HtmlPage:
         self.parts.append(f"<figure>{img}{cap}</figure>")
         self.figures.append(path)
 
-    def figures_block(self, paths: Sequence[Path], captions: Sequence[str]) -> None:
-        for path, caption in zip(paths, captions, strict=True):
-            self.figure(path, caption)
-
     def render(self) -> str:
         title = html.escape(self.title)
         body = "\n".join(self.parts)
@@ -116,4 +111,4 @@ class HtmlPage:
 
     def write(self, path: str | os.PathLike) -> Path:
         """Write the page atomically (temp file + rename) and return its path."""
-        return atomic.write_text(path, self.render())
+        return fileio.write_text(path, self.render())

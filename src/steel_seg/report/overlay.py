@@ -5,13 +5,13 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-# RGB per ClassId, chosen to stay distinct on grey steel and for the common colour-vision deficiencies.
-CLASS_COLOURS: dict[int, tuple[int, int, int]] = {
-    1: (0, 114, 255),
-    2: (0, 200, 80),
-    3: (255, 60, 40),
-    4: (255, 200, 0),
-}
+from steel_seg.competition import CLASSES
+
+# RGB per ClassId (in class order), chosen to stay distinct on grey steel and for the common colour-vision
+# deficiencies.
+CLASS_COLOURS: dict[int, tuple[int, int, int]] = dict(
+    zip(CLASSES, [(0, 114, 255), (0, 200, 80), (255, 60, 40), (255, 200, 0)], strict=True)
+)
 
 
 def boundary(mask: np.ndarray, thickness: int = 2) -> np.ndarray:
@@ -46,9 +46,9 @@ def draw_contours(grey: np.ndarray, masks: np.ndarray, thickness: int = 2) -> np
     if masks.shape[1:] != grey.shape:
         raise ValueError(f"masks {masks.shape[1:]} and image {grey.shape} differ in size")
     rgb = grey_to_rgb(grey)
-    for k, mask in enumerate(masks):
+    for c, mask in zip(CLASSES, masks, strict=True):
         if mask.any():
-            rgb[boundary(mask, thickness)] = CLASS_COLOURS[k + 1]
+            rgb[boundary(mask, thickness)] = CLASS_COLOURS[c]
     return rgb
 
 

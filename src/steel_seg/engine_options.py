@@ -1,4 +1,5 @@
-"""Options shared by the subcommands that run the inference engine (`predict`, `oof`, `manifest`)."""
+"""The inference engine's command-line options: one set, shared by `steel-seg predict`, `steel-seg oof` and
+the kernel script. Light to import (argparse only): the kernel parses its arguments before heavy imports."""
 
 from __future__ import annotations
 
@@ -6,14 +7,16 @@ import argparse
 import logging
 from typing import TYPE_CHECKING, Any
 
-from steel_seg.manifest import parse_views
-
 if TYPE_CHECKING:
     from steel_seg.predict import PredictSettings
+
+AMP_CHOICES = ("auto", "fp16", "bf16", "off")
 
 
 def views(text: str) -> tuple[str, ...]:
     """argparse type: a comma list of TTA views."""
+    from steel_seg.manifest import parse_views
+
     try:
         return parse_views(text)
     except ValueError as exc:
@@ -21,11 +24,20 @@ def views(text: str) -> tuple[str, ...]:
 
 
 def add_engine_options(p: argparse.ArgumentParser, limit_help: str) -> None:
-    """--device, --batch-size, --workers, --limit."""
+    """--device, --batch-size, --workers, --amp, --limit, --no-progress."""
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=8, help="images per batch (TTA views multiply it)")
     p.add_argument("--workers", type=int, default=2, help="JPEG decoding processes (0: in the main process)")
+    p.add_argument("--amp", choices=AMP_CHOICES, default="auto", help="autocast on CUDA (default auto)")
     p.add_argument("--limit", type=int, default=None, help=limit_help)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_budget_option(p: argparse.ArgumentParser) -> None:
+    """--budget-s, for the commands that write a submission."""
+    p.add_argument(
+        "--budget-s", type=float, default=None, help="time limit, seconds (default: the manifest's)"
+    )
 
 
 def engine_settings(args: argparse.Namespace, **extra: Any) -> PredictSettings:
@@ -34,10 +46,14 @@ def engine_settings(args: argparse.Namespace, **extra: Any) -> PredictSettings:
     from steel_seg.predict import PredictSettings
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    budget = {"budget_s": args.budget_s} if hasattr(args, "budget_s") else {}
     return PredictSettings(
         device=args.device or default_device(),
         batch_size=args.batch_size,
         workers=args.workers,
+        amp=args.amp,
         limit=args.limit,
+        progress=not args.no_progress,
+        **budget,
         **extra,
     )
