@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from steel_seg.predict import PredictSettings
 
-AMP_CHOICES = ("auto", "fp16", "bf16", "off")
 
 
 def views(text: str) -> tuple[str, ...]:
@@ -28,7 +27,8 @@ def add_engine_options(p: argparse.ArgumentParser, limit_help: str) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
     p.add_argument("--batch-size", type=int, default=8, help="images per batch (TTA views multiply it)")
     p.add_argument("--workers", type=int, default=2, help="JPEG decoding processes (0: in the main process)")
-    p.add_argument("--amp", choices=AMP_CHOICES, default="auto", help="autocast on CUDA (default auto)")
+    p.add_argument("--amp", choices=("auto", "fp16", "bf16", "off"), default="auto",
+                   help="autocast on CUDA; auto = bf16 from compute capability 8.0, fp16 below")  # fmt: skip
     p.add_argument("--limit", type=int, default=None, help=limit_help)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

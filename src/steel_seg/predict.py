@@ -32,6 +32,7 @@ from steel_seg.competition import IMAGE_SHAPE, N_CLASSES
 from steel_seg.ensemble import Ensemble, views_text
 from steel_seg.images import ImageError, fit_shape, read_grey
 from steel_seg.manifest import DEFAULT_BUDGET_S
+from steel_seg.precision import device_dtype
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +58,8 @@ class PredictSettings:
     warmup_batches: int = 1
 
     def amp_dtype(self) -> torch.dtype | None:
-        """CUDA autocast dtype ("auto": bf16 where supported, else fp16); None = float32, always on CPU."""
-        dtypes = {"auto": None, "fp16": torch.float16, "bf16": torch.bfloat16, "off": None}
-        if self.amp not in dtypes:
-            raise ValueError(f"amp {self.amp!r}: expected auto, fp16, bf16 or off")
-        if self.amp == "off" or not self.device.startswith("cuda"):
-            return None
-        if self.amp == "auto":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return dtypes[self.amp]
+        """The autocast dtype on `device` (`precision.device_dtype`): None = float32, always on the CPU."""
+        return device_dtype(torch.device(self.device), self.amp)
 
 
 @dataclass(frozen=True)
