@@ -106,3 +106,11 @@ def test_small_shape_and_blank_lines(tmp_path):
     assert labels.table.to_dict("records") == [{"ImageId": "b.jpg", "ClassId": 2, "EncodedPixels": "3 2"}]
     np.testing.assert_array_equal(labels.masks("b.jpg")[1], rle.decode("3 2", (2, 3)))
     assert not labels.masks("c.jpg").any()
+
+
+@pytest.mark.parametrize("layout", [Layout.ORIGINAL, Layout.RERELEASE])
+def test_a_header_only_file_names_no_image(tmp_path, layout):
+    """E.g. a pseudo-label selection that kept no image."""
+    found = read_label_file(write(tmp_path, layout.header + "\n"))
+    assert found.image_ids == [] and found.table.empty and found.layout is layout
+    assert list(found.table.columns) == ["ImageId", "ClassId", "EncodedPixels"]

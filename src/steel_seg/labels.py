@@ -108,6 +108,9 @@ def _read_raw(path: Path) -> tuple[pd.DataFrame, Layout]:
 
 def _split_ids(raw: pd.DataFrame, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
     """(ImageId, ClassId) as str arrays; the original layout's `ImageId_ClassId` split at its last `_`."""
+    # A header-only file (e.g. a pseudo-label selection of no image): pandas' split would have no columns.
+    if raw.empty:
+        return np.array([], dtype=object), np.array([], dtype=object)
     if layout is Layout.ORIGINAL:
         parts = raw["ImageId_ClassId"].str.rpartition("_")
         no_underscore = (parts[1] == "").to_numpy()
