@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from steel_seg.augment import AugmentConfig, build_pipeline
-from steel_seg.data import EpochSampler, SteelDataset, balanced_weights, choose_crop, to_tensor
+from steel_seg.data import EpochSampler, SteelDataset, balanced_weights, choose_crop, draw_weights, to_tensor
 from steel_seg.labels import Labels
 from steel_seg.models import ModelSpec
 
@@ -62,6 +62,19 @@ def test_dataset_items_on_the_real_sample(sample_dir, labels):
     torch.testing.assert_close(a["presence"], a["mask"].flatten(1).amax(1))
 
 
+def test_dataset_reads_each_image_from_its_own_folder(sample_dir, labels, tmp_path):
+    """`folders` (the extra sources' images) wins over `images_dir`; each path is resolved once."""
+    ids = labels.image_ids[:2]
+    copy = tmp_path / ids[1]
+    copy.write_bytes((sample_dir / "train_images" / ids[1]).read_bytes())
+    dataset = SteelDataset(sample_dir / "train_images", ids, labels, SPEC1, folders={ids[1]: tmp_path})
+    assert dataset.paths == [sample_dir / "train_images" / ids[0], copy]
+    torch.testing.assert_close(dataset[1]["mask"], torch.from_numpy(labels.masks(ids[1])).float())
+    copy.write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match=str(copy)):
+        dataset[1]
+
+
 def test_dataset_names_an_unreadable_image(tmp_path, labels):
     ids = labels.image_ids[:1]
     (tmp_path / ids[0]).write_bytes(b"not a jpeg")
@@ -78,6 +91,20 @@ def test_balanced_weights_favour_rare_classes():
     assert w[0] > w[1] and w[0] > w[9]
     groups_total = [w[0], w[1:7].sum(), w[7:].sum()]
     np.testing.assert_allclose(groups_total, groups_total[0])
+
+
+def test_draw_weights_combine_class_balance_and_source_weights():
+    presence = np.zeros((4, 4), bool)
+    presence[0, 0] = presence[1, 0] = presence[2, 0] = True  # three class-1 images and one defect-free image
+    assert draw_weights(presence, np.ones(4), balanced=False) is None  # a plain shuffle, as without sources
+    np.testing.assert_allclose(
+        draw_weights(presence, np.array([1.0, 1.0, 2.0, 4.0]), False), np.array([1, 1, 2, 4]) / 8
+    )
+    balanced = balanced_weights(presence)
+    np.testing.assert_allclose(draw_weights(presence, np.ones(4), True), balanced)
+    weighted = draw_weights(presence, np.array([1.0, 1.0, 3.0, 1.0]), True)
+    assert weighted.sum() == pytest.approx(1.0)
+    assert weighted[2] == pytest.approx(3 * weighted[0]) and weighted[3] == pytest.approx(3 * weighted[0])
 
 
 def test_epoch_sampler_is_deterministic_and_shards_by_rank():

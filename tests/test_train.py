@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -17,10 +19,13 @@ from safetensors.torch import load_file
 
 from steel_seg import models
 from steel_seg.checkpoint import load_state
+from steel_seg.competition import CLASSES, TRAIN_IMAGES, Layout
 from steel_seg.distributed import init_dist
+from steel_seg.images import read_grey
 from steel_seg.labels import Labels
 from steel_seg.run_log import RunLog, read_log
 from steel_seg.runs import RunDir
+from steel_seg.synthetic import write_dataset
 from steel_seg.train import Trainer, resolve_folds, train
 from steel_seg.trainer_config import DataConfig, TrainConfig
 
@@ -80,6 +85,9 @@ def test_run_directory_layout(straight_run, sample_dir):
     assert [r["epoch"] for r in records] == [1, 2]
     assert 0.0 <= records[-1]["val_dice"] <= 1.0 and records[-1]["cls_accuracy"] is not None
     assert len(pd.read_csv(run / "metrics.csv")) == 2
+    [primary] = info["sources"]
+    assert primary["role"] == "primary" and primary["train_csv"] == str((sample_dir / "train.csv").resolve())
+    assert (primary["train_images"], primary["val_images"], primary["weight"]) == (6, 2, 1.0)
     assert any((run / "tb").iterdir())
     last = load_file(str(run / "last" / "model.safetensors"))
     assert any(not torch.equal(last[k], v) for k, v in state["model"].items() if v.is_floating_point())
@@ -192,3 +200,94 @@ def test_ddp_two_cpu_processes_agree_with_single_process(straight_run, tmp_path)
     records = read_log(tmp_path / "ddp" / "log.jsonl")
     assert [r["epoch"] for r in records] == [1, 2]
     assert records[-1]["step"] == 2  # 6 images over 2 ranks: one batch of 2 per rank and epoch
+
+
+# --- extra sources: the training side of every fold, never the validation side ----------------------------
+@pytest.fixture(scope="module")
+def extra(tmp_path_factory) -> dict:
+    """A synthetic extra source: 6 JPEGs in its folder, of which its original-layout CSV names 4."""
+    root = tmp_path_factory.mktemp("extra")
+    synth = write_dataset(root, 6, 0, "original", seed=7, progress=False)
+    named = synth.train_ids[:4]
+    rows = pd.read_csv(root / "train.csv", dtype=str, keep_default_na=False)
+    rows[rows["ImageId_ClassId"].str.rpartition("_")[0].isin(named)].to_csv(
+        root / "selected.csv", index=False
+    )
+    return {"csv": root / "selected.csv", "images": root / TRAIN_IMAGES, "named": named,
+            "unnamed": synth.train_ids[4:]}  # fmt: skip
+
+
+def with_sources(sample_dir: Path, folds_csv: Path, *sources: dict, **sections) -> TrainConfig:
+    config = tiny_config(sample_dir, folds_csv, **sections)
+    config["data"]["extra_sources"] = [{k: str(v) if isinstance(v, Path) else v for k, v in s.items()}
+                                       for s in sources]  # fmt: skip
+    return TrainConfig.from_dict(config)
+
+
+def test_extra_images_join_the_training_side_only(sample_dir, folds_csv, extra, tmp_path):
+    source = {"train_csv": extra["csv"], "images_dir": extra["images"], "weight": 3.0}
+    trainer = Trainer(with_sources(sample_dir, folds_csv, source), RunDir(tmp_path), init_dist("cpu"))
+    dataset = trainer.loader.dataset
+    assert sorted(dataset.image_ids) == sorted(TRAIN_IDS + extra["named"])  # never the folder's other images
+    assert trainer.val_loader.dataset.image_ids == sorted(VAL_IDS)
+    path = dict(zip(dataset.image_ids, dataset.paths, strict=True))
+    assert [path[i] for i in extra["named"]] == [extra["images"] / i for i in extra["named"]]
+    assert {path[i].parent for i in TRAIN_IDS} == {sample_dir / "train_images"}
+    grey, masks = dataset.read(dataset.image_ids.index(extra["named"][0]))
+    np.testing.assert_array_equal(grey, read_grey(extra["images"] / extra["named"][0]))
+    np.testing.assert_array_equal(masks, Labels.from_csv(extra["csv"]).masks(extra["named"][0]))
+    weight = dict(zip(dataset.image_ids, trainer.sampler.weights, strict=True))
+    assert weight[extra["named"][0]] == pytest.approx(3 * weight[TRAIN_IDS[0]])
+    drawn = {dataset.image_ids[i] for i, _ in trainer.sampler}
+    assert drawn & set(extra["named"]) and not drawn & set(VAL_IDS)
+    batch = next(iter(trainer.loader))
+    assert set(batch["index"].tolist()) <= set(range(len(dataset)))
+
+
+def test_run_json_records_every_source(sample_dir, folds_csv, extra, tmp_path):
+    source = {"train_csv": extra["csv"], "images_dir": extra["images"]}
+    cfg = with_sources(sample_dir, folds_csv, source, schedule={"epochs": 1})
+    result = train(cfg, tmp_path / "run")
+    assert TrainConfig.from_yaml(result.run_dir / "config.yaml") == cfg  # resumable with its sources
+    primary, added = json.loads((result.run_dir / "run.json").read_text())["sources"]
+    assert (primary["role"], primary["train_images"], primary["val_images"]) == ("primary", 6, 2)
+    assert added == {"role": "extra", "train_csv": str(extra["csv"].resolve()),
+                     "images_dir": str(extra["images"].resolve()), "weight": 1.0,
+                     "train_images": 4, "val_images": 0}  # fmt: skip
+
+
+def test_an_image_in_two_sources_is_an_error_naming_both_files(sample_dir, folds_csv, extra, tmp_path):
+    clash = tmp_path / "clash.csv"
+    clash.write_text(Layout.ORIGINAL.header + "\n" + "".join(f"{VAL_IDS[0]}_{c},\n" for c in CLASSES))
+    with_primary = with_sources(
+        sample_dir, folds_csv, {"train_csv": clash, "images_dir": sample_dir / "train_images"}
+    )
+    message = f"{re.escape(str(clash))}: 1 ImageId\\(s\\) also in {re.escape(str(sample_dir / 'train.csv'))}"
+    with pytest.raises(ValueError, match=message):
+        train(with_primary, tmp_path / "run")
+    copy = tmp_path / "copy.csv"
+    copy.write_bytes(extra["csv"].read_bytes())
+    twice = with_sources(sample_dir, folds_csv, {"train_csv": extra["csv"], "images_dir": extra["images"]},
+                         {"train_csv": copy, "images_dir": extra["images"]})  # fmt: skip
+    with pytest.raises(
+        ValueError, match=f"{re.escape(str(copy))}: 4 ImageId.*also in {re.escape(str(extra['csv']))}"
+    ):
+        train(twice, tmp_path / "run")
+
+
+def test_bad_extra_sources_are_named(sample_dir, folds_csv, extra, tmp_path):
+    absent = tmp_path / "absent.csv"
+    absent.write_text(Layout.ORIGINAL.header + "\nnot_here.jpg_1,\n")
+    cfg = with_sources(sample_dir, folds_csv, {"train_csv": absent, "images_dir": extra["images"]})
+    with pytest.raises(ValueError, match=r"absent\.csv: 1 image\(s\) not found in .*not_here\.jpg"):
+        train(cfg, tmp_path / "run")
+    for source, message in [
+        ({"train_csv": "a.csv"}, "needs train_csv and images_dir"),
+        ({"train_csv": "a.csv", "images_dir": "i", "weight": 0}, "weight 0 must be > 0"),
+        ({"train_csv": "a.csv", "images_dir": "i", "wieght": 2}, r"data\.extra_sources\[0\].*wieght"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            with_sources(sample_dir, folds_csv, source)
+    config = tiny_config(sample_dir, folds_csv, data={"extra_sources": "a.csv"})
+    with pytest.raises(ValueError, match="extra_sources must be a list"):
+        TrainConfig.from_dict(config)

@@ -8,7 +8,7 @@ loader workers, and a resumed run replays it exactly.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -53,6 +53,8 @@ class SteelDataset(Dataset):
     An item is a dict: `image (C, h, w) float32` (normalised per the spec), `mask (4, h, w) float32` 0/1,
     `presence (4,) float32` (class present in the item's mask: the classifier target), `index` (int).
     A key is an index, or `(index, sample_seed)` as `EpochSampler` yields for random crops and augmentation.
+    Images are read from `images_dir`, or from their own folder in `folders` (ImageId -> folder: the extra
+    sources' images); each path is resolved once, here.
     """
 
     def __init__(
@@ -64,9 +66,11 @@ class SteelDataset(Dataset):
         crop: tuple[int, int] | None = None,
         defect_crop_p: float = 0.0,
         pipeline: A.Compose | None = None,
+        folders: Mapping[str, Path] | None = None,
     ):
-        self.images_dir = Path(images_dir)
         self.image_ids = list(image_ids)
+        folders, default = folders or {}, Path(images_dir)
+        self.paths = [folders.get(image_id, default) / image_id for image_id in self.image_ids]
         self.labels = labels
         self.spec = spec
         self.crop = tuple(crop) if crop else None
@@ -97,8 +101,7 @@ class SteelDataset(Dataset):
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Full-size grey `(H, W) uint8` and masks `(4, H, W) uint8` of image `index`."""
-        image_id = self.image_ids[index]
-        return read_grey(self.images_dir / image_id), self.labels.masks(image_id)
+        return read_grey(self.paths[index]), self.labels.masks(self.image_ids[index])
 
 
 def balanced_weights(presence: np.ndarray) -> np.ndarray:
@@ -111,6 +114,22 @@ def balanced_weights(presence: np.ndarray) -> np.ndarray:
     counts = groups.sum(axis=0)
     inverse = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
     weights = (groups * inverse).max(axis=1)
+    return weights / weights.sum()
+
+
+def draw_weights(presence: np.ndarray, source_weights: np.ndarray, balanced: bool) -> np.ndarray | None:
+    """Draw probabilities of the training images, `(N,) float64` summing to 1, or None for a plain shuffle.
+
+    Each image's share is its `balanced_weights` share (with `balanced`; else an equal share) times its
+    source's weight (`source_weights (N,)`: 1 for the primary set), renormalised: an extra image of weight w
+    is drawn w times as often as a primary image of the same class group. Without `balanced` and with every
+    weight 1 there is nothing to weigh: the epoch is a permutation, as without extra sources.
+    `presence (N, 4) bool` is read only with `balanced`.
+    """
+    if not balanced and np.all(source_weights == 1.0):
+        return None
+    shares = balanced_weights(presence) if balanced else np.ones(len(source_weights))
+    weights = shares * source_weights
     return weights / weights.sum()
 
 
@@ -169,12 +188,21 @@ def train_loader(
     rank: int = 0,
     world: int = 1,
     pin_memory: bool = False,
+    folders: Mapping[str, Path] | None = None,
+    source_weights: np.ndarray | None = None,
 ) -> tuple[DataLoader, EpochSampler, int]:
-    """The training loader of `ids` for process `rank` of `world`, its sampler, and its batches per epoch."""
+    """The training loader of `ids` for process `rank` of `world`, its sampler, and its batches per epoch.
+
+    `folders` and `source_weights` (`(N,)`, one per id) come from `sources.Sources` when the config has
+    extra sources: where their images are, and how often each is drawn (`draw_weights`).
+    """
+    pipeline = build_pipeline(cfg.augment, seed)
     dataset = SteelDataset(
-        cfg.images_dir, ids, labels, spec, cfg.crop, cfg.defect_crop_p, build_pipeline(cfg.augment, seed)
+        cfg.images_dir, ids, labels, spec, cfg.crop, cfg.defect_crop_p, pipeline, folders=folders
     )
-    weights = balanced_weights(labels.presence().loc[ids].to_numpy()) if cfg.balanced else None
+    presence = labels.presence().loc[ids].to_numpy() if cfg.balanced else None
+    source_weights = np.ones(len(ids)) if source_weights is None else source_weights
+    weights = draw_weights(presence, source_weights, cfg.balanced)
     sampler = EpochSampler(len(ids), seed, weights=weights, num_replicas=world, rank=rank)
     drop_last = len(sampler) >= cfg.batch_size
     batches = len(sampler) // cfg.batch_size if drop_last else 1

@@ -1,6 +1,7 @@
 """The training loop: one process, or one per device under `torchrun` (DDP).
 
-`train(cfg, run_dir)` fits `cfg.model` on every fold but `cfg.data.fold`, evaluates each epoch on that fold
+`train(cfg, run_dir)` fits `cfg.model` on every fold but `cfg.data.fold` (plus the images of the config's
+extra sources, `sources`, which never reach validation), evaluates each epoch on that fold
 (`epoch_eval`: the competition metric at default post-processing on full-size images), and writes the run
 directory (`runs`): `run.json`, `config.yaml`, `best/`, `last/`, `checkpoint.pt`, `log.jsonl`, `metrics.csv`,
 `tb/`. `resume=True` continues from `checkpoint.pt` exactly: every random draw is a function of
@@ -36,6 +37,7 @@ from steel_seg.optim import make_optimizer, make_scheduler
 from steel_seg.precision import autocast_context
 from steel_seg.run_log import RunLog
 from steel_seg.runs import RunDir, RunInfo
+from steel_seg.sources import load_sources
 from steel_seg.trainer_config import DataConfig, TrainConfig
 
 
@@ -75,14 +77,17 @@ class Trainer:
         self.cfg, self.run, self.dist = cfg, run, dist
         self.spec = cfg.model.spec
         d, pin = cfg.data, dist.device.type == "cuda"
-        labels = Labels.from_csv(d.train_csv, d.images_dir)
-        folds, self.folds_csv = resolve_folds(d, labels, run, cfg.train.seed, dist.main)
-        train_ids, val_ids = fold_ids(folds, d.fold, self.folds_csv)
+        sources = load_sources(d)
+        folds, self.folds_csv = resolve_folds(d, sources.primary.labels, run, cfg.train.seed, dist.main)
+        fold_train, val_ids = fold_ids(folds, d.fold, self.folds_csv)
+        train_ids = fold_train + sources.extra_ids  # extra sources: the training side only
         self.loader, self.sampler, self.batches = train_loader(
-            d, self.spec, labels, train_ids, cfg.train.seed, dist.rank, dist.world, pin
-        )
-        self.val_loader = val_loader(d, self.spec, labels, val_ids, pin) if dist.main else None
-        self.labels = labels
+            d, self.spec, sources.labels, train_ids, cfg.train.seed, dist.rank, dist.world, pin,
+            folders=sources.folders(), source_weights=sources.weights(train_ids),
+        )  # fmt: skip
+        self.val_loader = val_loader(d, self.spec, sources.labels, val_ids, pin) if dist.main else None
+        self.labels = sources.labels
+        self.sources = sources.record(len(fold_train), len(val_ids))
         torch.manual_seed(cfg.train.seed)
         self.model = make_model(cfg).to(dist.device)
         self.net = DistributedDataParallel(self.model) if dist.world > 1 else self.model
@@ -222,11 +227,12 @@ class TrainResult:
     main: bool = True
 
 
-def run_info(cfg: TrainConfig, run: RunDir, folds_csv: Path) -> RunInfo:
-    """What `steel-seg oof` needs to know of this run (absolute paths, so it can run from anywhere)."""
+def run_info(cfg: TrainConfig, run: RunDir, folds_csv: Path, sources: list[dict[str, Any]]) -> RunInfo:
+    """What `steel-seg oof` needs to know of this run (absolute paths, so it can run from anywhere), and for
+    the record the spec and every labelled source with the images it gave (`sources.Sources.record`)."""
     d = cfg.data
     paths = [Path(p).resolve() for p in (folds_csv, d.train_csv, d.images_dir)]
-    extra = {"spec": cfg.model.spec.to_dict()}
+    extra = {"spec": cfg.model.spec.to_dict(), "sources": sources}
     return RunInfo(run.path, run.path.name, d.fold, *paths, model_dir=run.best.name, extra=extra)
 
 
@@ -248,7 +254,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False) -> TrainR
     log = None
     if dist.main:
         cfg.save_yaml(run.config)
-        run_info(cfg, run, trainer.folds_csv).save()
+        run_info(cfg, run, trainer.folds_csv, trainer.sources).save()
         log = RunLog(run, keep_epochs=trainer.epoch)
     records, run_started, last_epoch_s = [], time.time(), 0.0
     while trainer.epoch < cfg.schedule.epochs and not _out_of_time(cfg, run_started, last_epoch_s):

@@ -21,11 +21,32 @@ from steel_seg.models import ModelSpec
 
 
 @dataclass(frozen=True)
+class ExtraSource:
+    """A further labelled set for the training side of every fold (e.g. the output of `steel-seg pseudo`).
+
+    Its images are exactly those `train_csv` names (any layout; the original one names defect-free images
+    too), read from `images_dir`. `weight` scales how often each of its images is drawn against a primary
+    image of the same standing (see `data.draw_weights`).
+    """
+
+    train_csv: str = ""
+    images_dir: str = ""
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.train_csv or not self.images_dir:
+            raise ValueError(f"an extra source needs train_csv and images_dir, got {self}")
+        if not self.weight > 0:
+            raise ValueError(f"extra source {self.train_csv}: weight {self.weight} must be > 0")
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Where the data is and how batches are drawn.
 
     Folds: `folds_csv` (`ImageId,fold`, from `steel-seg folds`) or, for quick use, `folds: random 5`;
-    the run validates on `fold` and trains on the rest.
+    the run validates on `fold` and trains on the rest. The folds cover `train_csv` only: `extra_sources`
+    join the training side of every fold and never the validation side.
     """
 
     train_csv: str = ""
@@ -33,6 +54,7 @@ class DataConfig:
     folds_csv: str | None = None
     folds: str | None = None
     fold: int = 0
+    extra_sources: tuple[ExtraSource, ...] = ()
     # batches
     crop: tuple[int, int] | None = (256, 512)
     defect_crop_p: float = 0.0
@@ -195,6 +217,19 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
     for option in options:
         if dataclasses.is_dataclass(option):
             return _build(option, value or {}, where)
+    item = _dataclass_items(hint)
+    if item is not None:
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{where} must be a list, got {value!r}")
+        return tuple(_build(item, v, f"{where}[{i}]") for i, v in enumerate(value))
     if isinstance(value, list):
         return tuple(value)
     return value
+
+
+def _dataclass_items(hint: Any) -> type | None:
+    """The item class of a `tuple[SomeDataclass, ...]` hint, else None."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple and args and dataclasses.is_dataclass(args[0]):
+        return args[0]
+    return None
