@@ -19,6 +19,7 @@ COMMANDS = {
     "report": "EDA and evaluation reports (PNG figures + one HTML page)",
     "manifest": "collect trained model dirs into the weights dir and its manifest.json",
     "predict": "predict a submission with the inference engine",
+    "pseudo": "pseudo-label unlabelled images with the ensemble (a train.csv of the sure ones)",
     "score": "the competition's mean Dice of a submission against truth",
     "validate": "check a submission against a sample_submission.csv",
 }
