@@ -25,8 +25,8 @@ class ExtraSource:
     """A further labelled set for the training side of every fold (e.g. the output of `steel-seg pseudo`).
 
     Its images are exactly those `train_csv` names (any layout; the original one names defect-free images
-    too), read from `images_dir`. `weight` scales how often each of its images is drawn against a primary
-    image of the same standing (see `data.draw_weights`).
+    too), read from `images_dir`. `weight` scales how often each of its images is drawn against a train
+    image (with `balanced`, against one of the same class group; `data.draw_weights`).
     """
 
     train_csv: str = ""
@@ -219,6 +219,7 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
             return _build(option, value or {}, where)
     item = _dataclass_items(hint)
     if item is not None:
+        value = () if value is None else value
         if not isinstance(value, list | tuple):
             raise ValueError(f"{where} must be a list, got {value!r}")
         return tuple(_build(item, v, f"{where}[{i}]") for i, v in enumerate(value))
