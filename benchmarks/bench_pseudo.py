@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -104,15 +105,17 @@ def predictions(weights: Path, images: Path, rules: list[postprocess.Rules]) -> 
     return [pd.DataFrame(table, columns=list(TIDY_COLUMNS)) for table in rows]
 
 
-def scores(weights: Path, heldout: Path) -> dict[str, float]:
-    """Mean Dice on the held-out set at the default rules and at the arm's tuned rules."""
+def scores(weights: Path, heldout: Path) -> dict[str, Any]:
+    """Mean Dice on the held-out set at the default rules and at the arm's tuned rules (also per class)."""
     truth = Labels.from_csv(heldout / "test_truth.csv", heldout / TEST_IMAGES)
     start = time.perf_counter()
     rules = [postprocess.Rules(), postprocess.Rules.load(weights / postprocess.THRESHOLDS_FILE)]
     preds = predictions(weights, heldout / TEST_IMAGES, rules)
     TIMES[f"score {weights.name}"] = round(time.perf_counter() - start, 1)
-    dice = [metric.score(truth.table, pred, truth.image_ids).mean_dice for pred in preds]
-    return {"default_rules": round(dice[0], 4), "tuned_rules": round(dice[1], 4)}
+    default, tuned = (metric.score(truth.table, pred, truth.image_ids) for pred in preds)
+    per_class = [round(tuned.per_class[c], 4) for c in CLASSES]
+    return {"default_rules": round(default.mean_dice, 4), "tuned_rules": round(tuned.mean_dice, 4),
+            "tuned_per_class": per_class}  # fmt: skip
 
 
 def label_precision(selection: Path, unlabelled: Path, weights: Path) -> dict:
