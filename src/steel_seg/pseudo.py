@@ -57,7 +57,7 @@ class Confidence:
 
     positive: float = 0.9
     negative: float = 0.1
-    min_pixel_confidence: float = 0.7
+    min_pixel_confidence: float = 0.8
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.negative < self.positive <= 1.0:
