@@ -30,3 +30,15 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_set(tmp_path_factory) -> Path:
+    """A small synthetic Severstal set the repo makes itself (16 train, 6 test images, re-release layout):
+    train_images/, test_images/, train.csv, sample_submission.csv (final layout), test_truth.csv."""
+    from steel_seg.synthetic import write_dataset
+
+    out = tmp_path_factory.mktemp("tiny_set")
+    write_dataset(out, 16, 6, "rerelease", seed=21, progress=False)
+    return out
+

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import runpy
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 import steel_seg
 from steel_seg import bundle, models
-from steel_seg.manifest import ManifestError, write_manifest
+from steel_seg.manifest import ManifestError, sha256_file, write_manifest
 from steel_seg.postprocess import ClassRule, Rules
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,3 +176,18 @@ def test_build_kernel_entry_point(weights, tmp_path, capsys):
     assert "kernel.py" in out and "kaggle kernels push" in out
     assert main(["--weights-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2
     assert "manifest.json: weights manifest not found" in capsys.readouterr().err
+
+
+def test_weights_that_cannot_load_fail_the_build(weights, tmp_path):
+    """A truncated safetensors whose manifest sha256 was recomputed: the kernel could not load it, so the
+    build refuses it before anything is uploaded."""
+    broken = tmp_path / "weights"
+    shutil.copytree(weights, broken)
+    path = broken / "tiny" / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-100])
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["models"][0]["sha256"] = sha256_file(path)
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match=r"model 'tiny'.*cannot read weights"):
+        bundle.build(broken, tmp_path / "kernel", TEMPLATE, IDS)
+    assert not (tmp_path / "kernel" / "kernel.py").exists()

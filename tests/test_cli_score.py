@@ -83,3 +83,32 @@ def test_score_as_a_subprocess(sample_dir):
     ]
     done = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=120, check=True)
     assert json.loads(done.stdout)["mean_dice"] == 1.0
+
+
+def test_a_prediction_whose_images_do_not_match_is_refused(tiny_set, tmp_path, capsys):
+    """Ids without .jpg, or images left out, used to be scored over whatever overlapped, exit 0."""
+    sample, truth, images = (
+        tiny_set / "sample_submission.csv",
+        tiny_set / "test_truth.csv",
+        tiny_set / "test_images",
+    )
+    ids = read_sample(sample).image_ids
+    complete = tmp_path / "complete.csv"
+    SubmissionWriter(complete, read_sample(sample)).close()
+    lines = complete.read_text().splitlines()
+    no_suffix = tmp_path / "no_suffix.csv"
+    no_suffix.write_text("\n".join([lines[0], *(line.replace(".jpg", "", 1) for line in lines[1:])]) + "\n")
+    short = tmp_path / "short.csv"
+    short.write_text("\n".join(lines[:-8]) + "\n")  # the last two images' rows are missing
+    base = ["score", "--truth", str(truth), "--images", str(images)]
+    assert main([*base, "--pred", str(complete)]) == 0
+    assert main([*base, "--pred", str(no_suffix)]) == 2
+    err = capsys.readouterr().err
+    assert f"the prediction has {len(ids)} image id(s) without .jpg" in err and "--subset" in err
+    assert main([*base, "--pred", str(short)]) == 2
+    assert (
+        f"the prediction has no rows for 2 of the scored images, e.g. {sorted(ids[-2:])}"
+        in capsys.readouterr().err
+    )
+    assert main([*base, "--pred", str(short), "--subset", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_images"] == len(ids) - 2

@@ -5,9 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import default_collate
 
 from steel_seg.augment import AugmentConfig, build_pipeline
-from steel_seg.data import EpochSampler, SteelDataset, balanced_weights, choose_crop, to_tensor
+from steel_seg.data import (
+    EpochSampler,
+    SteelDataset,
+    balanced_weights,
+    choose_crop,
+    raise_image_errors,
+    to_tensor,
+)
 from steel_seg.labels import Labels
 from steel_seg.models import ModelSpec
 
@@ -63,10 +71,13 @@ def test_dataset_items_on_the_real_sample(sample_dir, labels):
 
 
 def test_dataset_names_an_unreadable_image(tmp_path, labels):
+    """The item carries the reason (a DataLoader worker never raises it); the batch raises it, plainly."""
     ids = labels.image_ids[:1]
     (tmp_path / ids[0]).write_bytes(b"not a jpeg")
+    item = SteelDataset(tmp_path, ids, labels, SPEC1)[0]
+    assert item["error"].endswith(f"{ids[0]}: not a decodable image") and not item["mask"].any()
     with pytest.raises(ValueError, match=ids[0]):
-        SteelDataset(tmp_path, ids, labels, SPEC1)[0]
+        raise_image_errors(default_collate([item]))
 
 
 def test_balanced_weights_favour_rare_classes():

@@ -11,8 +11,10 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from damage import copy_set, oversized_jpeg
 
 from steel_seg.cli import folds as folds_cli
+from steel_seg.cli import main
 from steel_seg.folds import (
     HASH_THRESHOLD,
     assign_folds,
@@ -149,3 +151,16 @@ def test_real_index_folds_are_balanced_within_3_percent(sample_dir):
     assert counts.sum().tolist() == [897, 247, 5150, 801, 5902]
     deviation = (counts / counts.mean() - 1).abs()
     assert (deviation <= 0.03).all().all(), counts
+
+
+def test_an_image_opencv_refuses_is_named_by_folds_and_eda(tiny_set, tmp_path, capsys):
+    """OpenCV raises its own cv2.error on a header claiming 65000 x 65000 pixels: both commands that read
+    every train image name the file and exit 2, no traceback."""
+    data = copy_set(tiny_set, tmp_path / "set")
+    ids = sorted(p.name for p in (data / "train_images").glob("*.jpg"))
+    victim = oversized_jpeg(data / "train_images" / ids[3], data / "train_images" / ids[0])
+    common = ["--train-csv", str(data / "train.csv"), "--images", str(data / "train_images")]
+    assert main(["folds", *common, "--out", str(tmp_path / "folds.csv")]) == 2
+    assert f"{victim}: OpenCV cannot decode it" in capsys.readouterr().err
+    assert main(["report", "eda", *common, "--out", str(tmp_path / "eda")]) == 2
+    assert f"{victim}: OpenCV cannot decode it" in capsys.readouterr().err

@@ -147,9 +147,12 @@ def test_real_masks_shifted_by_one_pixel(sample_dir):
 def test_score_files_image_sets(sample_dir, tmp_path):
     stage1 = sample_dir / "sample_submission_stage1.csv"
     assert score_files(sample_dir / "train.csv", sample_dir / "train_new_format.csv").n_images == 27
-    union = score_files(sample_dir / "train_new_format.csv", stage1)
-    assert union.n_images == 12 + 1801
-    folder = score_files(sample_dir / "train_new_format.csv", stage1, images_dir=sample_dir / "train_images")
+    with pytest.raises(ValueError, match=r"the prediction has no rows for 12 of the scored images"):
+        score_files(sample_dir / "train_new_format.csv", stage1)  # a test-set sample against train truth
+    assert score_files(sample_dir / "train_new_format.csv", stage1, subset=True).n_images == 1801
+    empty = tmp_path / "empty.csv"
+    empty.write_text("ImageId,EncodedPixels,ClassId\n")
+    folder = score_files(sample_dir / "train_new_format.csv", empty, images_dir=sample_dir / "train_images")
     assert folder.n_images == 27 and folder.mean_dice == pytest.approx(95 / 108)
     with pytest.raises(ValueError, match="not a folder of"):
         score_files(sample_dir / "train.csv", stage1, images_dir=tmp_path)

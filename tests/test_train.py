@@ -31,10 +31,10 @@ TRAIN_IDS = [
 ]  # fmt: skip
 
 
-def tiny_config(sample_dir: Path, folds_csv: Path, **sections) -> dict:
+def tiny_config(root: Path, folds_csv: Path, **sections) -> dict:
     """A seconds-long run on 6 real train images (2 batches of 2 crops an epoch), validated on 2."""
     config = {
-        "data": {"train_csv": str(sample_dir / "train.csv"), "images_dir": str(sample_dir / "train_images"),
+        "data": {"train_csv": str(root / "train.csv"), "images_dir": str(root / "train_images"),
                  "folds_csv": str(folds_csv), "fold": 0, "crop": [64, 128], "defect_crop_p": 0.8,
                  "batch_size": 2, "val_batch_size": 2, "workers": 0, "batches_per_epoch": 2,
                  "augment": {"affine": 0.3, "mask_dropout": 0.2}},
@@ -50,7 +50,21 @@ def tiny_config(sample_dir: Path, folds_csv: Path, **sections) -> dict:
 
 
 @pytest.fixture(scope="module")
-def folds_csv(sample_dir, tmp_path_factory) -> Path:
+def eight(sample_dir, tmp_path_factory) -> Path:
+    """The 8 real images of the tiny runs as a train set of their own (train.csv + train_images/): a folds.csv
+    must cover its train set."""
+    root = tmp_path_factory.mktemp("eight")
+    (root / "train_images").mkdir()
+    for image_id in VAL_IDS + TRAIN_IDS:
+        (root / "train_images" / image_id).symlink_to(sample_dir / "train_images" / image_id)
+    table = pd.read_csv(sample_dir / "train.csv", dtype=str, keep_default_na=False)
+    keep = table["ImageId_ClassId"].str.rpartition("_")[0].isin(VAL_IDS + TRAIN_IDS)
+    table[keep].to_csv(root / "train.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def folds_csv(eight, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("folds") / "folds.csv"
     rows = [(i, 0) for i in VAL_IDS] + [(i, 1 + n % 2) for n, i in enumerate(TRAIN_IDS)]
     pd.DataFrame(rows, columns=["ImageId", "fold"]).to_csv(path, index=False)
@@ -58,8 +72,8 @@ def folds_csv(sample_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def straight_run(sample_dir, folds_csv, tmp_path_factory):
-    cfg = TrainConfig.from_dict(tiny_config(sample_dir, folds_csv, train={"ema_decay": 0.5}))
+def straight_run(eight, folds_csv, tmp_path_factory):
+    cfg = TrainConfig.from_dict(tiny_config(eight, folds_csv, train={"ema_decay": 0.5}))
     run_dir = tmp_path_factory.mktemp("runs") / "straight"
     return cfg, train(cfg, run_dir)
 
@@ -132,30 +146,30 @@ def test_random_folds_are_written_for_the_oof_step(sample_dir, tmp_path):
         resolve_folds(DataConfig(folds="stratified"), labels, RunDir(tmp_path), seed=0)
 
 
-def test_loss_falls_over_a_short_run(sample_dir, folds_csv, tmp_path):
-    config = tiny_config(sample_dir, folds_csv, schedule={"epochs": 4}, data={"augment": {"affine": 0.0}},
+def test_loss_falls_over_a_short_run(eight, folds_csv, tmp_path):
+    config = tiny_config(eight, folds_csv, schedule={"epochs": 4}, data={"augment": {"affine": 0.0}},
                          loss={"dice_weight": 0.0}, train={"accumulate": 2})  # fmt: skip
     result = train(TrainConfig.from_dict(config), tmp_path / "run")
     losses = [r["train_loss"] for r in result.records]
     assert losses[-1] < 0.8 * losses[0], losses
 
 
-def test_config_errors_name_the_file_and_key(tmp_path, sample_dir, folds_csv):
-    config = tiny_config(sample_dir, folds_csv, optim={"learning_rate": 1.0})
+def test_config_errors_name_the_file_and_key(tmp_path, eight, folds_csv):
+    config = tiny_config(eight, folds_csv, optim={"learning_rate": 1.0})
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ValueError, match=r"bad\.yaml.*optim.*learning_rate"):
         TrainConfig.from_yaml(path)
     good = tmp_path / "good.yaml"
-    good.write_text(yaml.safe_dump(tiny_config(sample_dir, folds_csv)))
+    good.write_text(yaml.safe_dump(tiny_config(eight, folds_csv)))
     cfg = TrainConfig.from_yaml(good, {"optim.lr": 0.1, "data.fold": 1, "data.crop": [32, 64]})
     assert cfg.optim.lr == 0.1 and cfg.data.fold == 1 and cfg.data.crop == (32, 64)
 
 
-def test_bad_folds_csv_names_the_file(tmp_path, sample_dir):
+def test_bad_folds_csv_names_the_file(tmp_path, eight):
     folds = tmp_path / "folds.csv"
     folds.write_text("ImageId,fold\nnot_an_image.jpg,0\n")
-    cfg = TrainConfig.from_dict(tiny_config(sample_dir, folds))
+    cfg = TrainConfig.from_dict(tiny_config(eight, folds))
     with pytest.raises(ValueError, match=r"folds\.csv: 1 image\(s\) not in the train labels"):
         train(cfg, tmp_path / "run")
 

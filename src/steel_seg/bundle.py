@@ -28,7 +28,7 @@ from pathlib import Path
 import steel_seg
 from steel_seg import fileio
 from steel_seg.competition import SLUG
-from steel_seg.manifest import MANIFEST_FILE, Manifest, check_model_dir
+from steel_seg.manifest import MANIFEST_FILE, Manifest, check_model_dir, load_model
 from steel_seg.postprocess import THRESHOLDS_FILE, Rules
 
 SCRIPT_FILE = "kernel.py"
@@ -143,7 +143,8 @@ def decode(blob: str) -> bytes:
 
 
 def load_inputs(weights_dir: Path) -> tuple[Manifest, Rules]:
-    """Read and check `manifest.json` and `thresholds.json`; every listed model dir must exist and match."""
+    """Read and check `manifest.json` and `thresholds.json`; every listed model dir must exist, match its
+    sha256 and load as the kernel will load it."""
     manifest_path, rules_path = weights_dir / MANIFEST_FILE, weights_dir / THRESHOLDS_FILE
     hints = {
         manifest_path: "weights manifest not found (write it with `steel-seg manifest --weights-dir DIR "
@@ -161,7 +162,7 @@ def load_inputs(weights_dir: Path) -> tuple[Manifest, Rules]:
                 f"{weights_dir / entry.dir}: model dir of {entry.name!r} (listed in "
                 f"{manifest_path}) is missing"
             )
-        check_model_dir(weights_dir, entry)
+        load_model(check_model_dir(weights_dir, entry), entry.name, entry.role)
     return manifest, rules
 
 

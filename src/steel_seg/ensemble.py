@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from steel_seg import models
 from steel_seg.budget import Plan
-from steel_seg.manifest import DEFAULT_BUDGET_S, TTA_VIEWS, Manifest, ManifestError, check_model_dir
+from steel_seg.manifest import DEFAULT_BUDGET_S, TTA_VIEWS, Manifest, check_model_dir, load_model
 
 _FLIP_DIMS = {"none": (), "h": (-1,), "v": (-2,), "hv": (-2, -1)}
 
@@ -87,15 +87,7 @@ class Ensemble:
         dirs = [check_model_dir(weights_dir, entry) for entry in manifest.models]
         members = []
         for entry, model_dir in zip(manifest.models, dirs, strict=True):
-            try:
-                model, spec = models.load(model_dir, device="cpu")
-            except (ValueError, KeyError) as exc:
-                raise ManifestError(f"model {entry.name!r}: {exc}") from exc
-            if (entry.role == "seg") != spec.has_seg:
-                raise ManifestError(
-                    f"{model_dir / models.SPEC_FILE}: arch {spec.arch} does not fit the "
-                    f"manifest's role {entry.role!r} (model {entry.name!r})"
-                )
+            model, spec = load_model(model_dir, entry.name, entry.role)
             members.append(Member(entry.name, entry.role, model, spec, entry.weight, entry.tta))
         return cls(members, device, drop_order=manifest.drop_order, budget_s=manifest.budget_s)
 

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from steel_seg import metric
 from steel_seg.competition import CLASSES, TIDY_COLUMNS
+from steel_seg.data import raise_image_errors
 from steel_seg.labels import Labels
 from steel_seg.losses import ModelLoss
 from steel_seg.models import ModelSpec, forward_logits
@@ -43,6 +44,7 @@ def evaluate(
     ids, rows, loss_sum, correct, n_cls = loader.dataset.image_ids, [], 0.0, 0, 0
     with torch.no_grad():
         for batch in loader:
+            raise_image_errors(batch)
             x = batch["image"].to(device, non_blocking=True)
             mask, presence = batch["mask"].to(device), batch["presence"].to(device)
             with autocast_context(device, amp):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import yaml
 
 from steel_seg.augment import AugmentConfig
+from steel_seg.competition import HEIGHT
 from steel_seg.losses import LossConfig
 from steel_seg.models import ModelSpec
 
@@ -25,7 +27,8 @@ class DataConfig:
     """Where the data is and how batches are drawn.
 
     Folds: `folds_csv` (`ImageId,fold`, from `steel-seg folds`) or, for quick use, `folds: random 5`;
-    the run validates on `fold` and trains on the rest.
+    the run validates on `fold` and trains on the rest. Every image's header is checked before the first
+    step; an unusable one stops the run, listed, unless `skip_bad_images` (then it is left out and counted).
     """
 
     train_csv: str = ""
@@ -34,13 +37,14 @@ class DataConfig:
     folds: str | None = None
     fold: int = 0
     # batches
-    crop: tuple[int, int] | None = (256, 512)
+    crop: tuple[int, int] | None = (HEIGHT, 512)
     defect_crop_p: float = 0.0
     balanced: bool = False
     batch_size: int = 8
     val_batch_size: int = 4
     workers: int = 0
     batches_per_epoch: int | None = None
+    skip_bad_images: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -87,12 +91,12 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    """How the loop runs: seed, device ("auto" = cuda when available), AMP ("off" | "bf16" | "fp16", CUDA
-    only), gradient accumulation, EMA decay (0 = off; the EMA model is validated and saved), mid-epoch
-    checkpoints every N optimiser steps (0 = at epoch ends only), and an optional time limit: the run skips
-    an epoch that would end past `time_limit_min` minutes, judged by the last epoch's duration (resumable;
-    the schedule is cut short)."""
+class LoopConfig:
+    """The YAML section `train:`: how the loop runs. Seed, device ("auto" = cuda when available), AMP ("off" |
+    "bf16" | "fp16", CUDA only), gradient accumulation, EMA decay (0 = off; the EMA model is validated and
+    saved), mid-epoch checkpoints every N optimiser steps (0 = at epoch ends only), an optional time limit:
+    the run skips an epoch that would end past `time_limit_min` minutes, judged by the last epoch's duration
+    (resumable; the schedule is cut short)."""
 
     seed: int = 0
     device: str = "auto"
@@ -111,7 +115,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    train: RunConfig = field(default_factory=RunConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
 
     def __post_init__(self) -> None:
         if self.train.amp not in ("off", "bf16", "fp16"):
@@ -125,6 +129,12 @@ class TrainConfig:
         out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
         out["model"] = self.model.to_dict()
         return out
+
+    def differences(self, other: TrainConfig, ignore: Collection[str] = ()) -> list[str]:
+        """`key: mine -> other's` for every dotted key whose value differs, less the keys in `ignore`."""
+        mine, theirs = _flatten(self.to_dict()), _flatten(other.to_dict())
+        keys = sorted((set(mine) | set(theirs)) - set(ignore))
+        return [f"{k}: {mine.get(k)!r} -> {theirs.get(k)!r}" for k in keys if mine.get(k) != theirs.get(k)]
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config") -> TrainConfig:
@@ -159,7 +169,7 @@ _SECTIONS = {
     "optim": OptimConfig,
     "schedule": ScheduleConfig,
     "loss": LossConfig,
-    "train": RunConfig,
+    "train": LoopConfig,
 }
 
 
@@ -168,6 +178,17 @@ def _set_dotted(d: dict, key: str, value: Any) -> None:
     for part in parents:
         d = d.setdefault(part, {})
     d[leaf] = value
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> {"section.key": value}."""
+    flat: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _plain(value: Any) -> Any:
