@@ -35,6 +35,7 @@ from steel_seg.data import EpochSampler, SteelDataset, balanced_weights
 from steel_seg.labels import Labels
 from steel_seg.losses import ModelLoss
 from steel_seg.models import ModelSpec, build_model, forward_logits, load_init_weights, save, set_seg_prior
+from steel_seg.precision import device_autocast_dtype
 from steel_seg.run_log import RunLog
 from steel_seg.trainer_config import DataConfig, OptimConfig, ScheduleConfig, TrainConfig
 
@@ -190,10 +191,8 @@ def make_val_loader(cfg: TrainConfig, labels: Labels, ids: list[str], dist: Dist
     )  # fmt: skip
 
 
-def _autocast(device: torch.device, amp: str):
-    if amp == "off" or device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def _float(t: Tensor | None) -> Tensor | None:
@@ -207,9 +206,10 @@ def validate(
     loader: DataLoader,
     labels: Labels,
     loss_fn: ModelLoss,
-    amp: str = "off",
+    amp: torch.dtype | None = None,
 ) -> dict[str, Any]:
-    """Validation loss and the competition metric at pixel threshold 0.5 (segmenters) / cls accuracy.
+    """Validation loss and the competition metric at pixel threshold 0.5 (segmenters) / cls accuracy, under
+    autocast `amp` (a dtype from `precision.autocast_dtype`; None = float32).
 
     Returns flat numbers (`val_loss`, `val_dice`, `dice_1..4`, `cls_accuracy`; None where not applicable)
     plus the metric's full breakdown under `score`.
@@ -276,8 +276,8 @@ class Trainer:
         self.steps_per_epoch = math.ceil(self.batches / cfg.train.accumulate)
         total_steps = cfg.schedule.epochs * self.steps_per_epoch
         self.scheduler = make_scheduler(cfg.schedule, self.optimizer, total_steps)
-        fp16 = cfg.train.amp == "fp16" and dist.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+        self.amp = device_autocast_dtype(dist.device, cfg.train.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         self.loss_fn = ModelLoss(cfg.loss)
         self.epoch, self.batch, self.step, self.loss_sum, self.loss_count = 0, 0, 0, 0.0, 0
         self.best = -math.inf
@@ -337,7 +337,7 @@ class Trainer:
         mask, presence = batch["mask"].to(device), batch["presence"].to(device)
         no_sync = self.net.no_sync if isinstance(self.net, DistributedDataParallel) and not sync else None
         with no_sync() if no_sync else contextlib.nullcontext():
-            with _autocast(device, cfg.amp):
+            with _autocast(device, self.amp):
                 seg, cls = forward_logits(self.net, self.spec, x)
             loss = self.loss_fn(_float(seg), _float(cls), mask, presence)
             self.scaler.scale(loss / cfg.accumulate).backward()
@@ -385,7 +385,7 @@ class Trainer:
         record = None
         if self.dist.main:
             result = validate(self.eval_model, self.spec, self.val_loader, self.labels, self.loss_fn,
-                              self.cfg.train.amp)  # fmt: skip
+                              self.amp)  # fmt: skip
             value = result["val_dice"] if self.spec.has_seg else -result["val_loss"]
             is_best = value > self.best
             self.best = max(self.best, value)
