@@ -23,7 +23,7 @@ from segmentation_models_pytorch.base.heads import ClassificationHead
 from segmentation_models_pytorch.encoders import get_encoder
 from torch import Tensor, nn
 
-from steel_seg import atomic
+from steel_seg import atomic, encoders
 
 SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -107,9 +107,11 @@ def _per_channel(name: str, value: float | Sequence[float], channels: int) -> tu
 class ImageClassifier(nn.Module):
     """An smp encoder + global average pooling + dropout + linear: `(N, C, H, W) -> (N, classes)` logits."""
 
-    def __init__(self, encoder: str, in_channels: int, classes: int, depth: int = 5):
+    def __init__(
+        self, encoder: str, in_channels: int, classes: int, depth: int = 5, weights: str | bool | None = None
+    ):
         super().__init__()
-        self.encoder = get_encoder(encoder, in_channels=in_channels, depth=depth, weights=None)
+        self.encoder = get_encoder(encoder, in_channels=in_channels, depth=depth, weights=weights)
         self.head = ClassificationHead(self.encoder.out_channels[-1], classes, pooling="avg", dropout=0.2)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -123,14 +125,14 @@ def _smp_kwargs(spec: ModelSpec) -> dict:
     return kwargs
 
 
-def _build_unet_like(spec: ModelSpec) -> nn.Module:
+def _build_unet_like(spec: ModelSpec, weights: str | bool | None) -> nn.Module:
     kwargs = _smp_kwargs(spec)
     if spec.decoder_channels:
         kwargs["decoder_channels"] = spec.decoder_channels
-    return smp.create_model(spec.arch, spec.encoder, None, spec.in_channels, spec.classes, **kwargs)
+    return smp.create_model(spec.arch, spec.encoder, weights, spec.in_channels, spec.classes, **kwargs)
 
 
-def _build_fpn(spec: ModelSpec) -> nn.Module:
+def _build_fpn(spec: ModelSpec, weights: str | bool | None) -> nn.Module:
     kwargs = _smp_kwargs(spec)
     if spec.decoder_channels:
         if len(spec.decoder_channels) != 2:
@@ -138,21 +140,21 @@ def _build_fpn(spec: ModelSpec) -> nn.Module:
         if spec.decoder_channels[1] % 32:
             raise ValueError(f"FPN segmentation channels must be a multiple of 32: {spec.decoder_channels}")
         kwargs["decoder_pyramid_channels"], kwargs["decoder_segmentation_channels"] = spec.decoder_channels
-    return smp.create_model("FPN", spec.encoder, None, spec.in_channels, spec.classes, **kwargs)
+    return smp.create_model("FPN", spec.encoder, weights, spec.in_channels, spec.classes, **kwargs)
 
 
-def _build_smp_default(spec: ModelSpec) -> nn.Module:
+def _build_smp_default(spec: ModelSpec, weights: str | bool | None) -> nn.Module:
     if spec.decoder_channels:
         raise ValueError(f"decoder_channels is not supported for {spec.arch}; leave it empty")
     kwargs = _smp_kwargs(spec)
-    return smp.create_model(spec.arch, spec.encoder, None, spec.in_channels, spec.classes, **kwargs)
+    return smp.create_model(spec.arch, spec.encoder, weights, spec.in_channels, spec.classes, **kwargs)
 
 
-def _build_classifier(spec: ModelSpec) -> nn.Module:
-    return ImageClassifier(spec.encoder, spec.in_channels, spec.classes, spec.encoder_depth)
+def _build_classifier(spec: ModelSpec, weights: str | bool | None) -> nn.Module:
+    return ImageClassifier(spec.encoder, spec.in_channels, spec.classes, spec.encoder_depth, weights)
 
 
-ARCHITECTURES: dict[str, Callable[[ModelSpec], nn.Module]] = {
+ARCHITECTURES: dict[str, Callable[[ModelSpec, str | bool | None], nn.Module]] = {
     "Unet": _build_unet_like,
     "UnetPlusPlus": _build_unet_like,
     "FPN": _build_fpn,
@@ -164,16 +166,26 @@ ARCHITECTURES: dict[str, Callable[[ModelSpec], nn.Module]] = {
 }
 
 
-def build_model(spec: ModelSpec, encoder_weights_path: str | Path | None = None) -> nn.Module:
-    """Build the model of `spec` with random weights, or with the encoder loaded from a local state-dict file.
+def build_model(
+    spec: ModelSpec, encoder_weights_path: str | Path | None = None, encoder_weights: str | None = None
+) -> nn.Module:
+    """Build the model of `spec` with random weights, or with a pretrained encoder: `encoder_weights` (a name
+    smp knows for the encoder, loaded by smp from its Hugging Face cache, downloaded once when online) or
+    `encoder_weights_path` (a local state-dict file).
 
     Raises:
         KeyError: unknown architecture (the message lists the valid names).
-        ValueError: encoder weights that do not fit the encoder (naming the file and the mismatch).
+        ValueError: encoder weights that do not fit the encoder (naming the file and the mismatch), or
+            `encoders.EncoderWeightsError`: unknown weights, or not cached while offline (with the ways out).
     """
     if spec.arch not in ARCHITECTURES:
         raise KeyError(f"unknown architecture {spec.arch!r}; valid: {sorted(ARCHITECTURES)}")
-    model = ARCHITECTURES[spec.arch](spec)
+    if encoder_weights is not None and encoder_weights_path is not None:
+        raise ValueError(
+            "give encoder_weights (from the hub) or encoder_weights_path (a local file), not both"
+        )
+    with encoders.from_hub(spec.encoder, encoder_weights):
+        model = ARCHITECTURES[spec.arch](spec, encoders.smp_argument(spec.encoder, encoder_weights))
     if encoder_weights_path is not None:
         load_encoder_weights(model, encoder_weights_path)
     return model

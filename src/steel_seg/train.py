@@ -131,7 +131,7 @@ def split(folds: pd.Series, fold: int) -> tuple[list[str], list[str]]:
 
 # ---------------------------------------------------------------- building blocks
 def make_model(cfg: TrainConfig) -> nn.Module:
-    model = build_model(cfg.model.spec, cfg.model.encoder_weights_path)
+    model = build_model(cfg.model.spec, cfg.model.encoder_weights_path, cfg.model.encoder_weights)
     if cfg.model.seg_prior is not None:
         set_seg_prior(model, cfg.model.spec, cfg.model.seg_prior)
     if cfg.model.init_weights:
