@@ -121,9 +121,8 @@ def missing_message(hub: HubWeights) -> str:
     return (
         f"encoder {hub.encoder}: pretrained weights {hub.weights!r} (hub repository {hub.repo_id}{at}) are "
         f"not in the Hugging Face cache ({hub_constants.HF_HUB_CACHE}) and the hub cannot be reached "
-        f"(offline). "
-        f"Either run `steel-seg encoder-weights --encoder {hub.encoder} --weights {hub.weights} --out {out}` "
-        f"on a machine with internet and bring the file (and the .json beside it) here, or set "
+        f"(offline). Either run `steel-seg encoder-weights --encoder {hub.encoder} --weights {hub.weights} "
+        f"--out {out}` on a machine with internet and bring the file (and the .json beside it) here, or set "
         f"model.encoder_weights_path to that file (or another encoder state dict) with "
         f"model.encoder_weights: null"
     )
@@ -146,7 +145,7 @@ def smp_argument(encoder: str, weights: str | None) -> str | bool | None:
 def preprocessing(encoder: str, weights: str) -> Preprocessing:
     """The encoder's preprocessing for its pretrained `weights` (smp's `get_preprocessing_params`: the hub's
     `config.json`, downloaded or cached; timm's pretrained config for `tu-`)."""
-    hub_weights(encoder, weights)
+    hub_weights(encoder, weights)  # our message for an unknown name, not smp's bare one
     with from_hub(encoder, weights):
         return Preprocessing.from_dict(smp_encoders.get_preprocessing_params(encoder, weights))
 
