@@ -1,15 +1,19 @@
-"""Shared fixtures: the real Severstal sample (skipped cleanly where `../shared` is absent)."""
+"""Shared fixtures: the real Severstal sample (skipped cleanly where `../shared` is absent), a private
+Hugging Face cache, and the shipped configs' encoders planted in it."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-import torch
-
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never reach the network; before huggingface_hub reads it
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from huggingface_hub import constants as hub_constants  # noqa: E402
+from planted_hub import IMAGENET, plant  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = ROOT.parent / "shared" / "data" / "severstal_sample"
@@ -42,3 +46,26 @@ def tiny_set(tmp_path_factory) -> Path:
     write_dataset(out, 16, 6, "rerelease", seed=21, progress=False)
     return out
 
+
+@pytest.fixture(scope="session", autouse=True)
+def hf_home(tmp_path_factory) -> Iterator[Path]:
+    """A private, empty Hugging Face home for the whole session: in-process hub look-ups read `hf_home/hub`
+    (what `HF_HOME=hf_home` gives a subprocess), so a developer's own cache never leaks into a test."""
+    home = tmp_path_factory.mktemp("hf_home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hub_constants, "HF_HUB_CACHE", str(home / "hub"))
+        yield home
+
+
+@pytest.fixture(scope="session")
+def shipped_encoders(hf_home) -> Path:
+    """The shipped configs' ImageNet encoders (efficientnet-b3, resnet34), random tensors with ImageNet's
+    mean / std, planted where smp's loader reads them."""
+    for encoder in ("efficientnet-b3", "resnet34"):
+        plant(hf_home, encoder, "imagenet", *IMAGENET)
+    return hf_home
+
+
+def offline_env(hf_home: Path) -> dict[str, str]:
+    """A subprocess environment that reads the Hugging Face cache of `hf_home` and never goes online."""
+    return {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}

@@ -175,7 +175,7 @@ def test_bad_folds_csv_names_the_file(tmp_path, eight):
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_configs_parse_and_build(path):
+def test_shipped_configs_parse_and_build(path, shipped_encoders):
     cfg = TrainConfig.from_yaml(path)
     model = models.build_model(cfg.model.spec)
     x = torch.zeros(1, cfg.model.spec.in_channels, 64, 64)

@@ -34,7 +34,7 @@ from steel_seg.labels import Labels
 from steel_seg.losses import ModelLoss
 from steel_seg.models import build_model, forward_logits, load_init_weights, save, set_seg_prior
 from steel_seg.optim import make_optimizer, make_scheduler
-from steel_seg.precision import autocast_context
+from steel_seg.precision import autocast, device_dtype
 from steel_seg.run_log import RunLog
 from steel_seg.runs import RunDir, RunInfo
 from steel_seg.trainer_config import DataConfig, TrainConfig
@@ -61,7 +61,7 @@ def resolve_folds(
 
 
 def make_model(cfg: TrainConfig) -> nn.Module:
-    model = build_model(cfg.model.spec, cfg.model.encoder_weights_path)
+    model = build_model(cfg.model.spec, cfg.model.encoder_weights_path, cfg.model.encoder_weights)
     if cfg.model.seg_prior is not None:
         set_seg_prior(model, cfg.model.spec, cfg.model.seg_prior)
     if cfg.model.init_weights:
@@ -99,8 +99,8 @@ class Trainer:
         self.steps_per_epoch = math.ceil(self.batches / cfg.train.accumulate)
         total_steps = cfg.schedule.epochs * self.steps_per_epoch
         self.scheduler = make_scheduler(cfg.schedule, self.optimizer, total_steps)
-        fp16 = cfg.train.amp == "fp16" and dist.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+        self.amp = device_dtype(dist.device, cfg.train.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         self.loss_fn = ModelLoss(cfg.loss)
         self.epoch, self.batch, self.step, self.loss_sum, self.loss_count = 0, 0, 0, 0.0, 0
         self.best = -math.inf
@@ -164,7 +164,7 @@ class Trainer:
         mask, presence = batch["mask"].to(device), batch["presence"].to(device)
         no_sync = self.net.no_sync if isinstance(self.net, DistributedDataParallel) and not sync else None
         with no_sync() if no_sync else contextlib.nullcontext():
-            with autocast_context(device, cfg.amp):
+            with autocast(device, self.amp):
                 seg, cls = forward_logits(self.net, self.spec, x)
             loss = self.loss_fn(_float(seg), _float(cls), mask, presence)
             self.scaler.scale(loss / cfg.accumulate).backward()
@@ -213,7 +213,7 @@ class Trainer:
         record = None
         if self.dist.main:
             result = evaluate(self.eval_model, self.spec, self.val_loader, self.labels, self.loss_fn,
-                              self.cfg.train.amp)  # fmt: skip
+                              self.amp)  # fmt: skip
             value = result["val_dice"] if self.spec.has_seg else -result["val_loss"]
             is_best = value > self.best
             self.best = max(self.best, value)

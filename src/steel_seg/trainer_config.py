@@ -16,10 +16,12 @@ from typing import Any
 
 import yaml
 
+from steel_seg import encoders
 from steel_seg.augment import AugmentConfig
 from steel_seg.competition import HEIGHT
 from steel_seg.losses import LossConfig
-from steel_seg.models import ModelSpec
+from steel_seg.models import GREY_MEAN, GREY_STD, ModelSpec
+from steel_seg.precision import AMP_FLAGS
 
 
 @dataclass(frozen=True)
@@ -50,14 +52,29 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The model spec plus its initialisation: `encoder_weights_path` (a pretrained encoder state dict,
-    `.safetensors` or `.pth`, kept offline), `init_weights` (a model dir or file to fine-tune from), and
-    `seg_prior` (the segmentation head's initial probability, null = smp's default init)."""
+    """The model spec plus its initialisation.
+
+    `encoder_weights`: pretrained weights by the name smp knows for the encoder (`imagenet`, `advprop`, `ssl`,
+    ...), loaded by smp from its Hugging Face cache (downloaded once when online); or `encoder_weights_path`:
+    a local encoder state dict (`.safetensors` from `steel-seg encoder-weights`, or `.pth`). `init_weights`: a
+    model dir or file to fine-tune from; `seg_prior`: the segmentation head's initial probability (null =
+    smp's default init). In the YAML, `mean`/`std: auto` (the default) resolve before the spec is built
+    (`resolve_normalisation`), so the spec and the saved config hold numbers.
+    """
 
     spec: ModelSpec
+    encoder_weights: str | None = None
     encoder_weights_path: str | None = None
     init_weights: str | None = None
     seg_prior: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.encoder_weights is not None and self.encoder_weights_path is not None:
+            raise ValueError(
+                "model: set encoder_weights (the hub/cache) or encoder_weights_path (a local file), not both"
+            )
+        if self.encoder_weights is not None:
+            encoders.hub_weights(self.spec.encoder, self.encoder_weights)
 
     def to_dict(self) -> dict:
         return {**self.spec.to_dict(), **{k: getattr(self, k) for k in _MODEL_INIT}}
@@ -66,10 +83,40 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> ModelConfig:
         d = dict(d)
         init = {k: d.pop(k) for k in _MODEL_INIT if k in d}
+        if AUTO in (d.get("mean", AUTO), d.get("std", AUTO)):
+            mean, std = resolve_normalisation(
+                d.get("encoder", ""), d.get("in_channels", 3), init.get("encoder_weights"),
+                init.get("encoder_weights_path"),
+            )  # fmt: skip
+            d["mean"] = mean if d.get("mean", AUTO) == AUTO else d["mean"]
+            d["std"] = std if d.get("std", AUTO) == AUTO else d["std"]
         return cls(ModelSpec.from_dict(d), **init)
 
 
-_MODEL_INIT = ("encoder_weights_path", "init_weights", "seg_prior")
+_MODEL_INIT = ("encoder_weights", "encoder_weights_path", "init_weights", "seg_prior")
+AUTO = "auto"
+
+
+def resolve_normalisation(
+    encoder: str, in_channels: int, weights: str | None, weights_path: str | None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """What `mean`/`std: auto` mean: (mean, std), one value per input channel on the 0..1 scale.
+
+    Pretrained weights by name: the encoder's values (smp's `get_preprocessing_params`); from a file: the JSON
+    `steel-seg encoder-weights` wrote beside it; random init: the grey statistics of the Severstal images.
+    For one input channel the encoder's values are averaged over RGB (see `encoders.Preprocessing`).
+    """
+    if weights is not None:
+        return encoders.preprocessing(encoder, weights).for_channels(in_channels)
+    if weights_path is None:
+        return (GREY_MEAN,) * in_channels, (GREY_STD,) * in_channels
+    prep = encoders.read_preprocessing(weights_path, encoder)
+    if prep is None:
+        raise ValueError(
+            f"model.mean/std: auto needs {encoders.preprocessing_file(weights_path)} beside "
+            f"encoder_weights_path (written by steel-seg encoder-weights), or give model.mean and model.std"
+        )
+    return prep.for_channels(in_channels)
 
 
 @dataclass(frozen=True)
@@ -92,20 +139,26 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class LoopConfig:
-    """The YAML section `train:`: how the loop runs. Seed, device ("auto" = cuda when available), AMP ("off" |
-    "bf16" | "fp16", CUDA only), gradient accumulation, EMA decay (0 = off; the EMA model is validated and
-    saved), mid-epoch checkpoints every N optimiser steps (0 = at epoch ends only), an optional time limit:
-    the run skips an epoch that would end past `time_limit_min` minutes, judged by the last epoch's duration
-    (resumable; the schedule is cut short)."""
+    """The YAML section `train:`: how the loop runs. Seed, device ("auto" = cuda when available), AMP
+    (`precision.autocast_dtype`: "auto" = bf16 from compute capability 8.0, fp16 with a gradient scaler below;
+    "bf16" | "fp16" | "off"; CUDA only, the CPU runs float32; YAML's bare `off` reads as false and means
+    "off"), gradient accumulation, EMA decay (0 = off; the EMA model is validated and saved), mid-epoch
+    checkpoints every N optimiser steps (0 = at epoch ends only), and an optional time limit: the run skips an
+    epoch that would end past `time_limit_min` minutes, judged by the last epoch's duration (resumable; the
+    schedule is cut short)."""
 
     seed: int = 0
     device: str = "auto"
-    amp: str = "off"
+    amp: str = "auto"
     accumulate: int = 1
     ema_decay: float = 0.0
     checkpoint_every: int = 0
     time_limit_min: float | None = None
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.amp is False:
+            object.__setattr__(self, "amp", "off")
 
 
 @dataclass(frozen=True)
@@ -118,8 +171,8 @@ class TrainConfig:
     train: LoopConfig = field(default_factory=LoopConfig)
 
     def __post_init__(self) -> None:
-        if self.train.amp not in ("off", "bf16", "fp16"):
-            raise ValueError(f"train.amp must be off, bf16 or fp16, got {self.train.amp!r}")
+        if self.train.amp not in AMP_FLAGS:
+            raise ValueError(f"train.amp must be one of {', '.join(AMP_FLAGS)}; got {self.train.amp!r}")
         if self.optim.name not in ("adamw", "sgd"):
             raise ValueError(f"optim.name must be adamw or sgd, got {self.optim.name!r}")
         if self.train.accumulate < 1 or self.schedule.epochs < 1:
