@@ -1,4 +1,5 @@
 # Two entry points: `make test` and `make demo`. Both create .venv from the pinned constraints when missing.
+# `make kaggle-check` also builds .kaggle-venv (Kaggle's image, kaggle/requirements.txt) and runs the kernel in it.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
@@ -11,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export NO_ALBUMENTATIONS_UPDATE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: test demo lint fix bench clean
+.PHONY: test demo kaggle-check lint fix bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,6 +34,9 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py
+
+kaggle-check: $(STAMP) $(KAGGLE_STAMP)
+	$(PY) scripts/kaggle_check.py --python $(KAGGLE_VENV)/bin/python
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
