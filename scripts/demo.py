@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
+from real_sample import available, real_sample_test_dir
 
 from steel_seg.metric import score_files
 from steel_seg.submission import SubmissionWriter, read_sample
@@ -24,7 +24,6 @@ from steel_seg.submission import SubmissionWriter, read_sample
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "demo"
 DATA = DEMO / "data"
-REAL_SAMPLE = ROOT.parent / "shared" / "data" / "severstal_sample"
 TRAIN_IMAGES, TEST_IMAGES, SEED = 300, 60, 0
 
 
@@ -66,22 +65,6 @@ def empty_baseline(sample_csv: Path, truth_csv: Path, images: Path) -> float:
     return score_files(truth_csv, path, images).mean_dice
 
 
-def real_sample_test_dir() -> Path:
-    """The real sample's 27 JPEGs laid out as a Kaggle test folder with a stage-1 sample submission."""
-    out = DEMO / "real_sample"
-    images = out / "test_images"
-    images.mkdir(parents=True, exist_ok=True)
-    ids = sorted(p.name for p in (REAL_SAMPLE / "train_images").glob("*.jpg"))
-    for image_id in ids:
-        link = images / image_id
-        if not link.exists():
-            link.symlink_to(REAL_SAMPLE / "train_images" / image_id)
-    rows = [(f"{i}_{c}", "1 1") for i in ids for c in range(1, 5)]
-    sample = pd.DataFrame(rows, columns=["ImageId_ClassId", "EncodedPixels"])
-    sample.to_csv(out / "sample_submission.csv", index=False)
-    return out
-
-
 def main() -> int:
     start = time.perf_counter()
     demo = Demo()
@@ -119,8 +102,8 @@ def main() -> int:
     tuned = score_files(DATA / "test_truth.csv", submission, DATA / "test_images")
     baseline = empty_baseline(DATA / "sample_submission.csv", DATA / "test_truth.csv", DATA / "test_images")
     real = None
-    if (REAL_SAMPLE / "train.csv").is_file():
-        real_dir = real_sample_test_dir()
+    if available():
+        real_dir = real_sample_test_dir(DEMO / "real_sample")
         real = DEMO / "submission_real_sample.csv"
         demo.run("dry-run the kernel on the real Severstal sample", py, kernel_dir / "kernel.py",
                  "--data-dir", real_dir, "--weights-dir", weights, "--out", real, "--device", "cpu")
