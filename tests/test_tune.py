@@ -12,7 +12,6 @@ from test_oof import write_oof
 
 from steel_seg import metric, postprocess, rle
 from steel_seg.cli import tune as tune_cli
-from steel_seg.labels import Labels
 from steel_seg.oof import dequantise, quantise, read_oof
 from steel_seg.postprocess import ClassRule, Rules
 from steel_seg.tune import Grid, StatsCollector, score_class, search, value_cuts
@@ -122,8 +121,8 @@ def predictions(oof, rules: Rules) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-def test_tune_cli_dice_is_reproduced_by_postprocess_and_metric(tmp_path, sample_dir, capsys):
-    labels = Labels.from_csv(sample_dir / "train.csv")
+def test_tune_cli_dice_is_reproduced_by_postprocess_and_metric(tmp_path, synthetic_labels, capsys):
+    labels = synthetic_labels
     write_oof(tmp_path / "f0", labels, labels.image_ids[:14], seed=1)
     write_oof(tmp_path / "f1", labels, labels.image_ids[14:], seed=2, fold=1)
     out = tmp_path / "thresholds.json"
@@ -134,7 +133,7 @@ def test_tune_cli_dice_is_reproduced_by_postprocess_and_metric(tmp_path, sample_
     assert "mean OOF Dice" in capsys.readouterr().out
     rules = Rules.load(out)
     tuning = rules.tuning
-    assert tuning["n_images"] == 27 and len(tuning["oof_dirs"]) == 2
+    assert tuning["n_images"] == len(labels.image_ids) == 27 and len(tuning["oof_dirs"]) == 2
     assert tuning["gate_source"] == "max pixel probability"
     oof_f0, oof_f1 = read_oof(tmp_path / "f0"), read_oof(tmp_path / "f1")
     truth = labels.table
