@@ -72,13 +72,19 @@ def test_value_cuts_reproduce_the_float32_comparison():
 def test_scores_equal_brute_force_postprocess_on_every_grid_point(with_cls, one_class_per_pixel):
     truth, values, cls = small_case(np.random.default_rng(7))
     cls = cls if with_cls else None
-    grid = Grid(SMALL_GRID.pixel_thresholds, SMALL_GRID.min_components, SMALL_GRID.min_areas,
-                SMALL_GRID.gates, one_class_per_pixel)
+    grid = Grid(
+        SMALL_GRID.pixel_thresholds,
+        SMALL_GRID.min_components,
+        SMALL_GRID.min_areas,
+        SMALL_GRID.gates,
+        one_class_per_pixel,
+    )
     stats = collect(truth, values, cls, one_class_per_pixel)
     expected = brute_force(truth, values, cls, grid)
     for k in range(4):
-        np.testing.assert_allclose(score_class(stats.classes[k], stats.thresholds, grid), expected[k],
-                                   rtol=0, atol=1e-12)
+        np.testing.assert_allclose(
+            score_class(stats.classes[k], stats.thresholds, grid), expected[k], rtol=0, atol=1e-12
+        )
     for k, result in enumerate(search(stats, grid)):
         assert result.after == pytest.approx(expected[k].max(), abs=1e-12)
         assert result.before == pytest.approx(expected[(k, 1, 0, 0, 0)], abs=1e-12)  # 0.5 / 0 / 0 / 0
@@ -126,9 +132,22 @@ def test_tune_cli_dice_is_reproduced_by_postprocess_and_metric(tmp_path, synthet
     write_oof(tmp_path / "f0", labels, labels.image_ids[:14], seed=1)
     write_oof(tmp_path / "f1", labels, labels.image_ids[14:], seed=2, fold=1)
     out = tmp_path / "thresholds.json"
-    args = ["--oof", str(tmp_path / "f0"), "--oof", str(tmp_path / "f1"), "--out", str(out),
-            "--pixel-thresholds", "0.4,0.6", "--min-components", "100,400", "--min-areas", "500,1500",
-            "--gates", "0.6,0.8"]
+    args = [
+        "--oof",
+        str(tmp_path / "f0"),
+        "--oof",
+        str(tmp_path / "f1"),
+        "--out",
+        str(out),
+        "--pixel-thresholds",
+        "0.4,0.6",
+        "--min-components",
+        "100,400",
+        "--min-areas",
+        "500,1500",
+        "--gates",
+        "0.6,0.8",
+    ]
     assert tune_command(args) == 0
     assert "mean OOF Dice" in capsys.readouterr().out
     rules = Rules.load(out)
