@@ -83,6 +83,20 @@ def test_missing_image_error_names_the_file(synth, tmp_path, capsys):
     assert f"{missing}: file not found" in capsys.readouterr().err
 
 
+def test_hashes_are_distinct_and_robust(synthetic_set):
+    """Synthetic images outside the near-duplicate clusters hash apart; a nudged copy hashes close."""
+    in_clusters = {i for cluster in synthetic_set.clusters for i in cluster}
+    ids = [i for i in synthetic_set.train_ids if i not in in_clusters]
+    paths = [synthetic_set.out_dir / "train_images" / i for i in ids]
+    hashes = hash_images(paths, progress=False)
+    assert hashes.dtype == np.uint64 and len(hashes) == len(ids) >= 20
+    assert np.array_equal(hashes, hash_images(paths, progress=False))
+    assert len(near_pairs(hashes, HASH_THRESHOLD)) == 0, "different synthetic images look like duplicates"
+    grey = cv2.imread(str(paths[0]), cv2.IMREAD_GRAYSCALE)
+    nudged = np.clip(np.roll(grey, 4, axis=1) * 1.04 + 3, 0, 255).astype(np.uint8)
+    assert int(np.bitwise_count(phash(grey) ^ phash(nudged))) <= HASH_THRESHOLD
+
+
 def test_real_sample_hashes_are_distinct_and_robust(sample_dir):
     paths = sorted((sample_dir / "train_images").glob("*.jpg"))
     hashes = hash_images(paths, progress=False)
