@@ -37,8 +37,8 @@ def run_cli(config: Path, out: Path, *flags: str) -> int:
     return main(["train", "--config", str(config), "--out", str(out), *flags])
 
 
-def test_an_existing_run_is_never_replaced_by_accident(tiny_set, tmp_path, capsys):
-    config, out = write_config(tmp_path, tiny_set), tmp_path / "run"
+def test_an_existing_run_is_never_replaced_by_accident(synthetic_set, tmp_path, capsys):
+    config, out = write_config(tmp_path, synthetic_set.out_dir), tmp_path / "run"
     assert run_cli(config, out) == 0
     (out / "notes.txt").write_text("my notes")
     before = {p.name: p.read_bytes() for p in (out / "best").iterdir()} | {
@@ -56,8 +56,8 @@ def test_an_existing_run_is_never_replaced_by_accident(tiny_set, tmp_path, capsy
     assert [r["epoch"] for r in read_log(out / "log.jsonl")] == [1]
 
 
-def test_resume_with_a_changed_config_names_the_keys(tiny_set, tmp_path, capsys):
-    config, out = write_config(tmp_path, tiny_set), tmp_path / "run"
+def test_resume_with_a_changed_config_names_the_keys(synthetic_set, tmp_path, capsys):
+    config, out = write_config(tmp_path, synthetic_set.out_dir), tmp_path / "run"
     assert run_cli(config, out) == 0
     code = run_cli(config, out, "--resume", "--set", "model.encoder=tu-mobilenetv3_small_100",
                    "--set", "data.workers=1")  # fmt: skip
@@ -68,8 +68,8 @@ def test_resume_with_a_changed_config_names_the_keys(tiny_set, tmp_path, capsys)
     assert "Traceback" not in err
 
 
-def test_unusable_images_are_all_listed_before_the_first_step(tiny_set, tmp_path, capsys, caplog):
-    images = copy_set(tiny_set, tmp_path / "set")
+def test_unusable_images_are_all_listed_before_the_first_step(synthetic_set, tmp_path, capsys, caplog):
+    images = copy_set(synthetic_set.out_dir, tmp_path / "set")
     truth = pd.read_csv(images / "train.csv")
     ids = sorted(p.name for p in (images / "train_images").glob("*.jpg"))
     with_defect, defect_free = (
@@ -82,7 +82,7 @@ def test_unusable_images_are_all_listed_before_the_first_step(tiny_set, tmp_path
     config, out = write_config(tmp_path, images), tmp_path / "run"
     assert run_cli(config, out) == 2
     err = capsys.readouterr().err
-    assert "2 of 16 train images cannot be used" in err
+    assert "2 of 27 train images cannot be used" in err
     csv = images / "train.csv"
     assert f"{with_defect}: size 65000x65000, expected 1600x256 ({csv} line 2)" in err
     assert f"{defect_free}: truncated JPEG (no end-of-image marker) (not in {csv}" in err
@@ -92,9 +92,11 @@ def test_unusable_images_are_all_listed_before_the_first_step(tiny_set, tmp_path
     assert "skipping 2 unusable train image(s)" in caplog.text
 
 
-def test_an_image_failing_inside_a_loader_worker_gives_the_plain_message(tiny_set, tmp_path, monkeypatch):
+def test_an_image_failing_inside_a_loader_worker_gives_the_plain_message(
+    synthetic_set, tmp_path, monkeypatch
+):
     """An image that passes the header check but fails to decode, read in a DataLoader worker process."""
-    victim = sorted(p.name for p in (tiny_set / "train_images").glob("*.jpg"))
+    victim = sorted(p.name for p in (synthetic_set.out_dir / "train_images").glob("*.jpg"))
     read = data_module.read_grey
 
     def failing_read(path, *args, **kwargs):
@@ -103,7 +105,7 @@ def test_an_image_failing_inside_a_loader_worker_gives_the_plain_message(tiny_se
         return read(path, *args, **kwargs)
 
     monkeypatch.setattr(data_module, "read_grey", failing_read)
-    cfg = TrainConfig.from_yaml(write_config(tmp_path, tiny_set, workers=1))
+    cfg = TrainConfig.from_yaml(write_config(tmp_path, synthetic_set.out_dir, workers=1))
     with pytest.raises(
         ValueError, match=r"\.jpg: corrupt JPEG data \(injected\) \(\d+ unusable image"
     ) as err:
@@ -111,12 +113,12 @@ def test_an_image_failing_inside_a_loader_worker_gives_the_plain_message(tiny_se
     assert "Traceback" not in str(err.value) and "worker" not in str(err.value)
 
 
-def test_a_folds_csv_must_cover_the_train_set(tiny_set, tmp_path, capsys):
-    ids = sorted(p.name for p in (tiny_set / "train_images").glob("*.jpg"))
+def test_a_folds_csv_must_cover_the_train_set(synthetic_set, tmp_path, capsys):
+    ids = sorted(p.name for p in (synthetic_set.out_dir / "train_images").glob("*.jpg"))
     folds = tmp_path / "folds.csv"
     pd.DataFrame({"ImageId": ids[:4], "fold": [0, 1, 0, 1]}).to_csv(folds, index=False)
-    config = write_config(tmp_path, tiny_set, folds=None, folds_csv=str(folds))
+    config = write_config(tmp_path, synthetic_set.out_dir, folds=None, folds_csv=str(folds))
     assert run_cli(config, tmp_path / "run") == 2
     err = capsys.readouterr().err
-    assert f"{folds}: covers 4 of the 16 train images; 12 missing, e.g. {ids[4:7]}" in err
+    assert f"{folds}: covers 4 of the 27 train images; 23 missing, e.g. {ids[4:7]}" in err
     assert not (tmp_path / "run" / "run.json").exists()

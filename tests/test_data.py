@@ -1,7 +1,8 @@
-"""steel_seg.data: the one normalisation, crops, the Dataset on real JPEGs, balanced weights, the sampler."""
+"""steel_seg.data: one normalisation, crops, the Dataset on synthetic JPEGs, balanced weights, the sampler."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -50,20 +51,26 @@ def test_defect_biased_crops_contain_a_defect_and_stay_inside():
 
 
 @pytest.fixture(scope="module")
-def labels(sample_dir):
-    return Labels.from_csv(sample_dir / "train.csv", sample_dir / "train_images")
+def labels(synthetic_labels) -> Labels:
+    return synthetic_labels
 
 
-def test_dataset_items_on_the_real_sample(sample_dir, labels):
+def test_dataset_items_on_synthetic_jpegs(synthetic_set, labels):
     ids = labels.image_ids
-    full = SteelDataset(sample_dir / "train_images", ids, labels, SPEC3)
-    item = full[ids.index("0c6720401.jpg")]
+    images = synthetic_set.out_dir / "train_images"
+    full = SteelDataset(images, ids, labels, SPEC3)
+    presence = labels.presence()
+    image_id = next(i for i in ids if presence.loc[i, 2] and presence.loc[i].sum() == 1)  # class 2 only
+    item = full[ids.index(image_id)]
     assert item["image"].shape == (3, 256, 1600) and item["mask"].shape == (4, 256, 1600)
-    torch.testing.assert_close(item["mask"], torch.from_numpy(labels.masks("0c6720401.jpg")).float())
+    grey = cv2.imread(str(images / image_id), cv2.IMREAD_GRAYSCALE)
+    for channel in item["image"]:
+        torch.testing.assert_close(channel, to_tensor(grey[None], SPEC1)[0, 0])
+    torch.testing.assert_close(item["mask"], torch.from_numpy(labels.masks(image_id)).float())
     torch.testing.assert_close(item["presence"], torch.tensor([0.0, 1.0, 0.0, 0.0]))
 
     pipeline = build_pipeline(AugmentConfig(affine=0.5, mask_dropout=0.2), seed=0)
-    crops = SteelDataset(sample_dir / "train_images", ids, labels, SPEC1, (256, 512), 1.0, pipeline)
+    crops = SteelDataset(images, ids, labels, SPEC1, (256, 512), 1.0, pipeline)
     a, b = crops[(3, 1234)], crops[(3, 1234)]
     assert a["image"].shape == (1, 256, 512) and a["mask"].shape == (4, 256, 512)
     torch.testing.assert_close(a["image"], b["image"])

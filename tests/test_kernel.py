@@ -2,7 +2,8 @@
 
 The isolated interpreter is the venv's python with `-s -S` (no site-packages, no .pth, so no editable install)
 and a PYTHONPATH of symlinks to every site-packages entry except steel_seg and segmentation_models_pytorch.
-Models are real tiny smp Unets (random init), images the real sample's JPEGs laid out as a Kaggle test folder.
+Models are real tiny smp Unets (random init), images the synthetic set's test JPEGs laid out as a Kaggle test
+folder.
 """
 
 from __future__ import annotations
@@ -54,13 +55,14 @@ def make_weights(weights_dir: Path) -> Path:
     return weights_dir
 
 
-def make_test_folder(sample_dir: Path, root: Path) -> list[str]:
-    """`root/test_images` with real JPEGs, the bad files and the odd ones; returns every listed ImageId."""
+def make_test_folder(source: Path, root: Path) -> list[str]:
+    """`root/test_images` with good JPEGs of `source`, the bad files and the odd ones; returns every listed
+    ImageId."""
     images = root / "test_images"
     images.mkdir(parents=True)
-    good = sorted(p.name for p in (sample_dir / "train_images").glob("*.jpg"))[:N_GOOD]
+    good = sorted(p.name for p in source.glob("*.jpg"))[:N_GOOD]
     for name in good:
-        shutil.copy(sample_dir / "train_images" / name, images / name)
+        shutil.copy(source / name, images / name)
     data = bytearray((images / good[0]).read_bytes())
     (images / "truncated.jpg").write_bytes(data[: len(data) * 2 // 5])
     data[2:600] = bytes(598)
@@ -91,13 +93,13 @@ def write_sample(path: Path, image_ids: list[str], layout: Layout) -> Path:
 
 
 @pytest.fixture(scope="module")
-def setup(sample_dir, tmp_path_factory):
+def setup(synthetic_set, tmp_path_factory):
     """Weights, the built kernel, a Kaggle-like data dir with both sample layouts, the isolated site dir."""
     root = tmp_path_factory.mktemp("kernel")
     weights = make_weights(root / "weights")
     script = bundle.build(weights, root / "kernel", TEMPLATE).script
     data = root / "data"
-    ids = make_test_folder(sample_dir, data)
+    ids = make_test_folder(synthetic_set.out_dir / "test_images", data)
     samples = {
         layout: write_sample(data / f"sample_{layout.name}.csv", ids, layout) for layout in SAMPLE_LAYOUTS
     }

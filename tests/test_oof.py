@@ -38,8 +38,9 @@ def write_oof(path, labels: Labels, image_ids, seed=0, with_cls=False, fold=0):
 
 
 @pytest.fixture(scope="module")
-def labels(sample_dir) -> Labels:
-    return Labels.from_csv(sample_dir / "train.csv")
+def labels(synthetic_original) -> Labels:
+    """The synthetic set's 27 train images (original layout: defect-free images known without a folder)."""
+    return Labels.from_csv(synthetic_original.out_dir / "train.csv")
 
 
 def test_quantise_round_trip_is_within_half_a_step():

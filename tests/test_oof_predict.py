@@ -27,18 +27,18 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
-def run_dir(tiny_set, tmp_path) -> Path:
+def run_dir(synthetic_set, tmp_path) -> Path:
     """A run dir as `steel-seg train` writes it (run.json, folds.csv, best/), its fold 1 = 3 images."""
     run = tmp_path / "runs" / "unet-f1"
     torch.manual_seed(0)
     models.save(models.build_model(SPEC), SPEC, run / "best")
-    ids = sorted(p.name for p in (tiny_set / "train_images").glob("*.jpg"))
+    ids = sorted(p.name for p in (synthetic_set.out_dir / "train_images").glob("*.jpg"))
     pd.DataFrame({"ImageId": ids, "fold": [int(n < 3) for n in range(len(ids))]}).to_csv(
         tmp_path / "folds.csv", index=False
     )
     info = {"name": "unet-f1", "fold": 1, "folds_csv": str(tmp_path / "folds.csv"), "model_dir": "best",
-            "train_csv": str(tiny_set / "train.csv"),
-            "images_dir": str(tiny_set / "train_images")}  # fmt: skip
+            "train_csv": str(synthetic_set.out_dir / "train.csv"),
+            "images_dir": str(synthetic_set.out_dir / "train_images")}  # fmt: skip
     (run / "run.json").write_text(json.dumps(info))
     return run
 

@@ -1,4 +1,4 @@
-"""The inference engine on real (tiny, random-weight) smp models, real JPEGs and real sample CSVs."""
+"""The inference engine on real (tiny, random-weight) smp models, synthetic JPEGs and Kaggle-style samples."""
 
 from __future__ import annotations
 
@@ -191,13 +191,13 @@ def test_load_rejects_missing_files_and_wrong_roles(weights_dir, tmp_path):
         Ensemble.load(broken, Manifest.load(broken / "manifest.json"))
 
 
-# --- end to end on real JPEGs -----------------------------------------------------------------------------
+# --- end to end on JPEGs ----------------------------------------------------------------------------------
 
 
 @pytest.fixture
-def messy_images(sample_dir, tmp_path) -> tuple[Path, list[str]]:
-    """2 real JPEGs plus a corrupt, a truncated, a missing, a 1-channel and a wrongly sized one."""
-    real = sorted((sample_dir / "train_images").glob("*.jpg"))
+def messy_images(synthetic_set, tmp_path) -> tuple[Path, list[str]]:
+    """2 good JPEGs plus a corrupt, a truncated, a missing, a 1-channel and a wrongly sized one."""
+    real = sorted((synthetic_set.out_dir / "test_images").glob("*.jpg"))
     images = tmp_path / "images"
     images.mkdir()
     for path in real[:2]:
@@ -267,10 +267,10 @@ def test_one_channel_jpeg_predicts_like_its_three_channel_twin(weights_dir, mess
 
 
 @pytest.mark.slow
-def test_iter_probs_matches_predict_submission(sample_dir, tmp_path):
+def test_iter_probs_matches_predict_submission(synthetic_set, tmp_path):
     """One implementation: the probabilities of `iter_probs` post-processed on the CPU give the same rows."""
-    ids = ["0002cc93b.jpg", "0007a71bf.jpg", "000a4bcdd.jpg"]
-    images = sample_dir / "train_images"
+    ids = synthetic_set.test_ids[:3]
+    images = synthetic_set.out_dir / "test_images"
     ensemble = Ensemble([_member("aux", SEG_AUX, 0, views=("none", "h"))])
     settings = PredictSettings(**FAST)
     probs = list(iter_probs(ensemble, [images / i for i in ids], settings))
@@ -361,8 +361,8 @@ def test_budget_drops_views_then_models_and_finishes_in_time(tmp_path, caplog):
 
 
 @pytest.mark.slow
-def test_cli_predict_writes_a_valid_submission(weights_dir, sample_dir, tmp_path, capsys):
-    ids = ["0002cc93b.jpg", "0007a71bf.jpg", "000a4bcdd.jpg"]
+def test_cli_predict_writes_a_valid_submission(weights_dir, synthetic_set, tmp_path, capsys):
+    ids = synthetic_set.test_ids[:3]
     sample = _sample_csv(tmp_path / "sample.csv", ids, Layout.ORIGINAL)
     out = tmp_path / "sub.csv"
     code = cli_main(
@@ -371,7 +371,7 @@ def test_cli_predict_writes_a_valid_submission(weights_dir, sample_dir, tmp_path
             "--weights-dir",
             str(weights_dir),
             "--images",
-            str(sample_dir / "train_images"),
+            str(synthetic_set.out_dir / "test_images"),
             "--sample",
             str(sample),
             "--out",

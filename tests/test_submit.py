@@ -51,12 +51,12 @@ def rows(path: Path) -> dict[str, list[str]]:
 
 
 def test_an_image_opencv_refuses_is_predicted_empty_and_the_others_as_before(
-    weights, tiny_set, tmp_path, caplog
+    weights, synthetic_set, tmp_path, caplog
 ):
     """A JPEG whose header claims 65000 x 65000 pixels makes OpenCV raise its own cv2.error."""
-    assert predict(weights, tiny_set, tmp_path / "clean.csv") == 0
+    assert predict(weights, synthetic_set.out_dir, tmp_path / "clean.csv") == 0
     data = tmp_path / "data"
-    shutil.copytree(tiny_set, data)
+    shutil.copytree(synthetic_set.out_dir, data)
     ids = submission.read_sample(data / "sample_submission.csv").image_ids
     victim = data / "test_images" / ids[1]
     oversized_jpeg(victim, data / "test_images" / ids[0])
@@ -70,7 +70,9 @@ def test_an_image_opencv_refuses_is_predicted_empty_and_the_others_as_before(
     assert [v[1] for k, v in out.items() if ids[1] in k] == ["", "", "", ""]
 
 
-def test_an_earlier_submission_stays_until_the_new_one_is_whole(weights, tiny_set, tmp_path, monkeypatch):
+def test_an_earlier_submission_stays_until_the_new_one_is_whole(
+    weights, synthetic_set, tmp_path, monkeypatch
+):
     """The kernel used to delete --out at start: a run killed on Kaggle then left no submission at all."""
     out = tmp_path / "submission.csv"
     out.write_text("an earlier, complete submission\n")
@@ -84,8 +86,8 @@ def test_an_earlier_submission_stays_until_the_new_one_is_whole(weights, tiny_se
     monkeypatch.setattr(submission.SubmissionWriter, "write", watching_write)
     manifest = json.loads((weights / "manifest.json").read_text())
     rules = json.loads((weights / "thresholds.json").read_text())
-    args = ["--data-dir", str(tiny_set), "--weights-dir", str(weights), "--out", str(out), "--device", "cpu",
-            "--workers", "0", "--no-progress", "--strict"]  # fmt: skip
+    args = ["--data-dir", str(synthetic_set.out_dir), "--weights-dir", str(weights), "--out", str(out),
+            "--device", "cpu", "--workers", "0", "--no-progress", "--strict"]  # fmt: skip
     assert kernel.main(args, manifest, rules) == kernel.OK
     assert seen and set(seen) == {"an earlier, complete submission\n"}
-    assert submission.validate(out, tiny_set / "sample_submission.csv") == []
+    assert submission.validate(out, synthetic_set.out_dir / "sample_submission.csv") == []

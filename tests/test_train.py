@@ -18,23 +18,18 @@ from safetensors.torch import load_file
 from steel_seg import models
 from steel_seg.checkpoint import load_state
 from steel_seg.distributed import init_dist
-from steel_seg.labels import Labels
 from steel_seg.run_log import RunLog, read_log
 from steel_seg.runs import RunDir
 from steel_seg.train import Trainer, resolve_folds, train
 from steel_seg.trainer_config import DataConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-VAL_IDS = ["0c6720401.jpg", "0a058fcb6.jpg"]
-TRAIN_IDS = [
-    "000a4bcdd.jpg", "03db6bbc3.jpg", "0a21ce787.jpg", "0a4ad45a5.jpg", "0a122ef42.jpg", "0a1cade03.jpg",
-]  # fmt: skip
 
 
-def tiny_config(root: Path, folds_csv: Path, **sections) -> dict:
-    """A seconds-long run on 6 real train images (2 batches of 2 crops an epoch), validated on 2."""
+def tiny_config(data_dir: Path, folds_csv: Path, **sections) -> dict:
+    """A seconds-long run on 6 synthetic train images (2 batches of 2 crops an epoch), validated on 2."""
     config = {
-        "data": {"train_csv": str(root / "train.csv"), "images_dir": str(root / "train_images"),
+        "data": {"train_csv": str(data_dir / "train.csv"), "images_dir": str(data_dir / "train_images"),
                  "folds_csv": str(folds_csv), "fold": 0, "crop": [64, 128], "defect_crop_p": 0.8,
                  "batch_size": 2, "val_batch_size": 2, "workers": 0, "batches_per_epoch": 2,
                  "augment": {"affine": 0.3, "mask_dropout": 0.2}},
@@ -50,35 +45,45 @@ def tiny_config(root: Path, folds_csv: Path, **sections) -> dict:
 
 
 @pytest.fixture(scope="module")
-def eight(sample_dir, tmp_path_factory) -> Path:
-    """The 8 real images of the tiny runs as a train set of their own (train.csv + train_images/): a folds.csv
-    must cover its train set."""
+def chosen(synthetic_set, synthetic_labels) -> tuple[list[str], list[str]]:
+    """(validation, training) images of the tiny runs: 2 (one with a defect, one without) and 6 more."""
+    presence = synthetic_labels.presence()
+    ids = synthetic_set.train_ids
+    val = [next(i for i in ids if presence.loc[i].any()), next(i for i in ids if not presence.loc[i].any())]
+    return val, [i for i in ids if i not in val][:6]
+
+
+@pytest.fixture(scope="module")
+def data_dir(synthetic_set, chosen, tmp_path_factory) -> Path:
+    """The 8 chosen images as a train set of their own (train.csv + train_images/): a folds.csv must cover
+    its train set."""
     root = tmp_path_factory.mktemp("eight")
     (root / "train_images").mkdir()
-    for image_id in VAL_IDS + TRAIN_IDS:
-        (root / "train_images" / image_id).symlink_to(sample_dir / "train_images" / image_id)
-    table = pd.read_csv(sample_dir / "train.csv", dtype=str, keep_default_na=False)
-    keep = table["ImageId_ClassId"].str.rpartition("_")[0].isin(VAL_IDS + TRAIN_IDS)
-    table[keep].to_csv(root / "train.csv", index=False)
+    for image_id in chosen[0] + chosen[1]:
+        (root / "train_images" / image_id).symlink_to(synthetic_set.out_dir / "train_images" / image_id)
+    table = pd.read_csv(synthetic_set.out_dir / "train.csv")
+    table[table["ImageId"].isin(chosen[0] + chosen[1])].to_csv(root / "train.csv", index=False)
     return root
 
 
 @pytest.fixture(scope="module")
-def folds_csv(eight, tmp_path_factory) -> Path:
+def folds_csv(chosen, tmp_path_factory) -> Path:
+    """Fold 0 (validation): 2 images, one of them with a defect; folds 1 and 2: 6 more train images."""
+    val, train_ids = chosen
     path = tmp_path_factory.mktemp("folds") / "folds.csv"
-    rows = [(i, 0) for i in VAL_IDS] + [(i, 1 + n % 2) for n, i in enumerate(TRAIN_IDS)]
+    rows = [(i, 0) for i in val] + [(i, 1 + n % 2) for n, i in enumerate(train_ids)]
     pd.DataFrame(rows, columns=["ImageId", "fold"]).to_csv(path, index=False)
     return path
 
 
 @pytest.fixture(scope="module")
-def straight_run(eight, folds_csv, tmp_path_factory):
-    cfg = TrainConfig.from_dict(tiny_config(eight, folds_csv, train={"ema_decay": 0.5}))
+def straight_run(data_dir, folds_csv, tmp_path_factory):
+    cfg = TrainConfig.from_dict(tiny_config(data_dir, folds_csv, train={"ema_decay": 0.5}))
     run_dir = tmp_path_factory.mktemp("runs") / "straight"
     return cfg, train(cfg, run_dir)
 
 
-def test_run_directory_layout(straight_run, sample_dir):
+def test_run_directory_layout(straight_run):
     cfg, result = straight_run
     run = result.run_dir
     info = json.loads((run / "run.json").read_text())
@@ -136,8 +141,9 @@ def test_resume_from_a_mid_epoch_checkpoint_matches_the_unbroken_run(straight_ru
         assert torch.equal(a[key], b[key]), f"{key} differs after a mid-epoch resume"
 
 
-def test_random_folds_are_written_for_the_oof_step(sample_dir, tmp_path):
-    labels = Labels.from_csv(sample_dir / "train.csv", sample_dir / "train_images")
+def test_random_folds_are_written_for_the_oof_step(synthetic_labels, tmp_path):
+    labels = synthetic_labels
+    assert len(labels.image_ids) == 27
     folds, path = resolve_folds(DataConfig(folds="random 3"), labels, RunDir(tmp_path), seed=0)
     written = pd.read_csv(path)
     assert list(written.columns) == ["ImageId", "fold"] and sorted(written["ImageId"]) == labels.image_ids
@@ -146,30 +152,30 @@ def test_random_folds_are_written_for_the_oof_step(sample_dir, tmp_path):
         resolve_folds(DataConfig(folds="stratified"), labels, RunDir(tmp_path), seed=0)
 
 
-def test_loss_falls_over_a_short_run(eight, folds_csv, tmp_path):
-    config = tiny_config(eight, folds_csv, schedule={"epochs": 4}, data={"augment": {"affine": 0.0}},
+def test_loss_falls_over_a_short_run(data_dir, folds_csv, tmp_path):
+    config = tiny_config(data_dir, folds_csv, schedule={"epochs": 4}, data={"augment": {"affine": 0.0}},
                          loss={"dice_weight": 0.0}, train={"accumulate": 2})  # fmt: skip
     result = train(TrainConfig.from_dict(config), tmp_path / "run")
     losses = [r["train_loss"] for r in result.records]
     assert losses[-1] < 0.8 * losses[0], losses
 
 
-def test_config_errors_name_the_file_and_key(tmp_path, eight, folds_csv):
-    config = tiny_config(eight, folds_csv, optim={"learning_rate": 1.0})
+def test_config_errors_name_the_file_and_key(tmp_path, data_dir, folds_csv):
+    config = tiny_config(data_dir, folds_csv, optim={"learning_rate": 1.0})
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ValueError, match=r"bad\.yaml.*optim.*learning_rate"):
         TrainConfig.from_yaml(path)
     good = tmp_path / "good.yaml"
-    good.write_text(yaml.safe_dump(tiny_config(eight, folds_csv)))
+    good.write_text(yaml.safe_dump(tiny_config(data_dir, folds_csv)))
     cfg = TrainConfig.from_yaml(good, {"optim.lr": 0.1, "data.fold": 1, "data.crop": [32, 64]})
     assert cfg.optim.lr == 0.1 and cfg.data.fold == 1 and cfg.data.crop == (32, 64)
 
 
-def test_bad_folds_csv_names_the_file(tmp_path, eight):
+def test_bad_folds_csv_names_the_file(tmp_path, data_dir):
     folds = tmp_path / "folds.csv"
     folds.write_text("ImageId,fold\nnot_an_image.jpg,0\n")
-    cfg = TrainConfig.from_dict(tiny_config(eight, folds))
+    cfg = TrainConfig.from_dict(tiny_config(data_dir, folds))
     with pytest.raises(ValueError, match=r"folds\.csv: 1 image\(s\) not in the train labels"):
         train(cfg, tmp_path / "run")
 

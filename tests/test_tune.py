@@ -12,7 +12,6 @@ from test_oof import write_oof
 
 from steel_seg import metric, postprocess, rle
 from steel_seg.cli import tune as tune_cli
-from steel_seg.labels import Labels
 from steel_seg.oof import dequantise, quantise, read_oof
 from steel_seg.postprocess import ClassRule, Rules
 from steel_seg.tune import Grid, StatsCollector, score_class, search, value_cuts
@@ -73,13 +72,19 @@ def test_value_cuts_reproduce_the_float32_comparison():
 def test_scores_equal_brute_force_postprocess_on_every_grid_point(with_cls, one_class_per_pixel):
     truth, values, cls = small_case(np.random.default_rng(7))
     cls = cls if with_cls else None
-    grid = Grid(SMALL_GRID.pixel_thresholds, SMALL_GRID.min_components, SMALL_GRID.min_areas,
-                SMALL_GRID.gates, one_class_per_pixel)
+    grid = Grid(
+        SMALL_GRID.pixel_thresholds,
+        SMALL_GRID.min_components,
+        SMALL_GRID.min_areas,
+        SMALL_GRID.gates,
+        one_class_per_pixel,
+    )
     stats = collect(truth, values, cls, one_class_per_pixel)
     expected = brute_force(truth, values, cls, grid)
     for k in range(4):
-        np.testing.assert_allclose(score_class(stats.classes[k], stats.thresholds, grid), expected[k],
-                                   rtol=0, atol=1e-12)
+        np.testing.assert_allclose(
+            score_class(stats.classes[k], stats.thresholds, grid), expected[k], rtol=0, atol=1e-12
+        )
     for k, result in enumerate(search(stats, grid)):
         assert result.after == pytest.approx(expected[k].max(), abs=1e-12)
         assert result.before == pytest.approx(expected[(k, 1, 0, 0, 0)], abs=1e-12)  # 0.5 / 0 / 0 / 0
@@ -122,19 +127,32 @@ def predictions(oof, rules: Rules) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-def test_tune_cli_dice_is_reproduced_by_postprocess_and_metric(tmp_path, sample_dir, capsys):
-    labels = Labels.from_csv(sample_dir / "train.csv")
+def test_tune_cli_dice_is_reproduced_by_postprocess_and_metric(tmp_path, synthetic_labels, capsys):
+    labels = synthetic_labels
     write_oof(tmp_path / "f0", labels, labels.image_ids[:14], seed=1)
     write_oof(tmp_path / "f1", labels, labels.image_ids[14:], seed=2, fold=1)
     out = tmp_path / "thresholds.json"
-    args = ["--oof", str(tmp_path / "f0"), "--oof", str(tmp_path / "f1"), "--out", str(out),
-            "--pixel-thresholds", "0.4,0.6", "--min-components", "100,400", "--min-areas", "500,1500",
-            "--gates", "0.6,0.8"]
+    args = [
+        "--oof",
+        str(tmp_path / "f0"),
+        "--oof",
+        str(tmp_path / "f1"),
+        "--out",
+        str(out),
+        "--pixel-thresholds",
+        "0.4,0.6",
+        "--min-components",
+        "100,400",
+        "--min-areas",
+        "500,1500",
+        "--gates",
+        "0.6,0.8",
+    ]
     assert tune_command(args) == 0
     assert "mean OOF Dice" in capsys.readouterr().out
     rules = Rules.load(out)
     tuning = rules.tuning
-    assert tuning["n_images"] == 27 and len(tuning["oof_dirs"]) == 2
+    assert tuning["n_images"] == len(labels.image_ids) == 27 and len(tuning["oof_dirs"]) == 2
     assert tuning["gate_source"] == "max pixel probability"
     oof_f0, oof_f1 = read_oof(tmp_path / "f0"), read_oof(tmp_path / "f1")
     truth = labels.table
