@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from steel_seg.models import ModelSpec
 from steel_seg.precision import autocast_context, autocast_dtype
+from steel_seg.trainer_config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
 T4, A100, H200 = (7, 5), (8, 0), (9, 0)
 
@@ -36,3 +38,10 @@ def test_unknown_flag_is_an_error():
 def test_cpu_context_runs_float32():
     with autocast_context(torch.device("cpu"), "auto"):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype is torch.float32
+
+
+def test_training_takes_the_same_flags():
+    model = ModelConfig(ModelSpec(arch="Unet", encoder="resnet18"))
+    assert TrainConfig(DataConfig(), model, train=RunConfig(amp="auto")).train.amp == "auto"
+    with pytest.raises(ValueError, match="train.amp must be one of auto, bf16, fp16, off, got 'half'"):
+        TrainConfig(DataConfig(), model, train=RunConfig(amp="half"))

@@ -33,7 +33,7 @@ from steel_seg.labels import Labels
 from steel_seg.losses import ModelLoss
 from steel_seg.models import build_model, forward_logits, load_init_weights, save, set_seg_prior
 from steel_seg.optim import make_optimizer, make_scheduler
-from steel_seg.precision import autocast_context
+from steel_seg.precision import autocast_context, device_dtype
 from steel_seg.run_log import RunLog
 from steel_seg.runs import RunDir, RunInfo
 from steel_seg.trainer_config import DataConfig, TrainConfig
@@ -91,7 +91,7 @@ class Trainer:
         self.steps_per_epoch = math.ceil(self.batches / cfg.train.accumulate)
         total_steps = cfg.schedule.epochs * self.steps_per_epoch
         self.scheduler = make_scheduler(cfg.schedule, self.optimizer, total_steps)
-        fp16 = cfg.train.amp == "fp16" and dist.device.type == "cuda"
+        fp16 = device_dtype(dist.device, cfg.train.amp) is torch.float16  # "auto" below sm_80 too
         self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
         self.loss_fn = ModelLoss(cfg.loss)
         self.epoch, self.batch, self.step, self.loss_sum, self.loss_count = 0, 0, 0, 0.0, 0

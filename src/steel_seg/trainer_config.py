@@ -18,6 +18,7 @@ import yaml
 from steel_seg.augment import AugmentConfig
 from steel_seg.losses import LossConfig
 from steel_seg.models import ModelSpec
+from steel_seg.precision import AMP_FLAGS
 
 
 @dataclass(frozen=True)
@@ -88,11 +89,12 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """How the loop runs: seed, device ("auto" = cuda when available), AMP ("off" | "bf16" | "fp16", CUDA
-    only), gradient accumulation, EMA decay (0 = off; the EMA model is validated and saved), mid-epoch
-    checkpoints every N optimiser steps (0 = at epoch ends only), and an optional time limit: the run skips
-    an epoch that would end past `time_limit_min` minutes, judged by the last epoch's duration (resumable;
-    the schedule is cut short)."""
+    """How the loop runs: seed, device ("auto" = cuda when available), AMP ("off" | "auto" | "bf16" | "fp16",
+    CUDA only; "auto" = bf16 from compute capability 8.0, fp16 with a gradient scaler below), gradient
+    accumulation, EMA decay (0 = off; the EMA model is validated and saved), mid-epoch checkpoints every N
+    optimiser steps (0 = at epoch ends only), and an optional time limit: the run skips an epoch that would
+    end past `time_limit_min` minutes, judged by the last epoch's duration (resumable; the schedule is cut
+    short)."""
 
     seed: int = 0
     device: str = "auto"
@@ -114,8 +116,8 @@ class TrainConfig:
     train: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
-        if self.train.amp not in ("off", "bf16", "fp16"):
-            raise ValueError(f"train.amp must be off, bf16 or fp16, got {self.train.amp!r}")
+        if self.train.amp not in AMP_FLAGS:
+            raise ValueError(f"train.amp must be one of {', '.join(AMP_FLAGS)}, got {self.train.amp!r}")
         if self.optim.name not in ("adamw", "sgd"):
             raise ValueError(f"optim.name must be adamw or sgd, got {self.optim.name!r}")
         if self.train.accumulate < 1 or self.schedule.epochs < 1:
