@@ -405,8 +405,8 @@ def test_inputs_mounted_elsewhere_are_found_by_their_marker(tmp_path):
 
 def kaggle_input(setup: dict, root: Path) -> Path:
     """An input root as Kaggle mounts it now, everything renamed: the competition under another name, the
-    weights dataset renamed and nested, the model dir renamed (4 levels down), a second dataset with a manifest
-    of its own; returns the root."""
+    weights dataset renamed and nested, the model dir renamed (4 levels down), a second dataset with a
+    manifest of its own; returns the root."""
     competition = root / "competitions" / "steel-comp-copy"
     shutil.copytree(setup["data"], competition)
     shutil.copy(setup["samples"][Layout.FINAL], competition / "sample_submission.csv")

@@ -219,28 +219,14 @@ class _Runner:
 
     def batches(self, finish: Finish) -> Iterator[Batch]:
         """Every batch (batch k on replica k mod D), yielded in order; ends early at the deadline."""
-        n = len(self.replicas)
         if any(r.device.type == "cuda" for r in self.replicas):
             torch.backends.cudnn.benchmark = True
         feed = Feed(iter(self._loader()), name="decode")
         workers = [DeviceWorker(f"replica-{r.device}") for r in self.replicas]
-        inflight: deque[Future] = deque()
         last = time.perf_counter()
         try:
-            for k in itertools.count():
-                item = self._next(feed, k % n)
-                if item is None:
-                    break
-                slot = k % n
-                inflight.append(workers[slot].submit(self._predict, slot, dict(self.plan), item, finish))
-                if len(inflight) == n:
-                    done = self._wait(inflight.popleft())
-                    if done is None:
-                        return
-                    last = self._account(done, last)
-                    yield done.batch
-            while inflight:
-                done = self._wait(inflight.popleft())
+            for future in self._dispatch(feed, workers, finish):
+                done = self._wait(future)
                 if done is None:
                     return
                 last = self._account(done, last)
@@ -249,6 +235,19 @@ class _Runner:
             feed.close()
             for worker in workers:
                 worker.close()
+
+    def _dispatch(self, feed: Feed, workers: list[DeviceWorker], finish: Finish) -> Iterator[Future]:
+        """Batch k to worker k mod D, one batch in flight per device; the futures in batch order."""
+        inflight: deque[Future] = deque()
+        for k in itertools.count():
+            slot = k % len(workers)
+            item = self._next(feed, slot)
+            if item is None:
+                break
+            inflight.append(workers[slot].submit(self._predict, slot, dict(self.plan), item, finish))
+            if len(inflight) == len(workers):
+                yield inflight.popleft()
+        yield from inflight
 
     def _loader(self) -> DataLoader:
         return DataLoader(
@@ -283,6 +282,9 @@ class _Runner:
             return self._stop("a batch was still running")
 
     def _stop(self, why: str) -> None:
+        """Mark the run cut by the deadline (logged once); returns None for the callers to pass on."""
+        if self.cut:
+            return
         self.cut = True
         d = self.deadline
         log.error("DEADLINE: %.1fs of the %gs limit elapsed (%s): predicting stops; every image not reached "
@@ -292,6 +294,8 @@ class _Runner:
         """On replica `slot`'s thread: the forward pass, then `finish` (threshold or copy) on its device."""
         index, grey, status, note = item
         replica = self.replicas[slot]
+        if replica.device.type == "cuda":
+            torch.cuda.set_device(replica.device)  # per thread: "the current device" is this one
         model_s: dict[str, float] = {}
         nonfinite: list[str] = []
         start = time.perf_counter()
@@ -321,15 +325,17 @@ class _Runner:
         if good.all():
             return replica.forward(grey.to(device, non_blocking=True), plan, amp, model_s, nonfinite)
         seg = torch.zeros((len(good), N_CLASSES, *grey.shape[1:]), device=device)
-        cls = torch.zeros((len(good), N_CLASSES), device=device) if replica.has_cls(plan) else None
-        if good.any():
-            seg_good, cls_good = replica.forward(grey[good].to(device), plan, amp, model_s, nonfinite)
-            if seg_good is None:
-                return None, None
-            rows = good.to(device)
-            seg[rows] = seg_good
-            if cls is not None and cls_good is not None:
-                cls[rows] = cls_good
+        cls = torch.zeros((len(good), N_CLASSES), device=device)
+        if not good.any():
+            return seg, cls if replica.has_cls(plan) else None
+        seg_good, cls_good = replica.forward(grey[good].to(device), plan, amp, model_s, nonfinite)
+        if seg_good is None:
+            return None, None
+        rows = good.to(device)
+        seg[rows] = seg_good
+        if cls_good is None:  # no image-level output (or its only source turned NaN in this batch)
+            return seg, None
+        cls[rows] = cls_good
         return seg, cls
 
     def _account(self, done: _Done, last: float) -> float:
