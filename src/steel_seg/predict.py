@@ -458,7 +458,7 @@ def predict_submission(
         ensemble.roles(),
         len(ids),
         settings.budget_start if settings.budget_start is not None else start,
-        warmup_batches=settings.warmup_batches,
+        warmup_batches=settings.warmup_batches * len(settings.devices()),  # each device warms up
     )
     runner = _Runner(ensemble, [Path(images_dir) / i for i in ids], settings, budget)
     writer = submission.SubmissionWriter(out_csv, sample, check_rle=False)
