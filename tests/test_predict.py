@@ -414,7 +414,7 @@ def test_the_deadline_does_not_wait_for_a_batch_that_overruns_it(tmp_path, caplo
 
 @pytest.mark.slow
 def test_two_devices_give_the_same_submission_and_probabilities(sample_dir, tmp_path):
-    """Two CPU replicas, batch k on replica k mod 2, gathered in order: the same bytes as one device."""
+    """Two CPU "devices", batch k on worker k mod 2, gathered in order: the same bytes as one device."""
     ids = sorted(p.name for p in (sample_dir / "train_images").glob("*.jpg"))[:5]
     images = sample_dir / "train_images"
     sample = _sample_csv(tmp_path / "sample.csv", ids, Layout.ORIGINAL)

@@ -1,11 +1,11 @@
 """The devices an inference run uses, and the start-up check that each CUDA card can run this torch build.
 
 `--devices` is a comma list: `cuda` (every visible GPU), `cuda:1`, `cpu`, or repeats such as `cpu,cpu` (two
-replicas on the CPU: how the multi-device path is tested without a GPU). A CUDA card is usable only when this
-torch build carries kernels for its compute capability (`torch.cuda.get_arch_list()`: an `sm_XY` of the same
-major and a minor at most the card's, or PTX `compute_XY` at or below it) and one small op runs on it.
-Kaggle's torch 2.10 (CUDA 12.8) has no sm_60 kernels, so on a P100 (6.0) the run stops here, naming the card
-and the `machine_shape` to ask for, before any model is loaded.
+workers sharing the CPU's model: how the multi-device path is tested without a GPU). A CUDA card is usable
+only when this torch build carries kernels for its compute capability (`torch.cuda.get_arch_list()`: an
+`sm_XY` of the same major and a minor at most the card's, or PTX `compute_XY` at or below it) and one small
+op runs on it. Kaggle's torch 2.10 (CUDA 12.8) has no sm_60 kernels, so on a P100 (6.0) the run stops here,
+naming the card and the `machine_shape` to ask for, before any model is loaded.
 """
 
 from __future__ import annotations

@@ -7,12 +7,12 @@ component filtering + RLE in a worker pool, overlapped with the accelerator -> r
 `iter_probs` runs the same batches and yields probabilities instead (for `steel-seg oof`).
 
 Every device of `settings.device` (a comma list; `cuda` = every visible GPU) holds one replica of the
-ensemble on its own thread; batch k runs on replica k mod D and the results are taken back in batch order, so
-the rows are the same whatever D. A `Budget` may drop views/models mid-run to finish in time, projecting from
-the devices' combined rate; its `Deadline` is hard: at the limit the engine stops (never starting a batch
-its measured time says cannot end in time, never waiting past the limit for decode or a device) and every
-image not reached is written empty. A model whose logits hold NaN/inf is dropped for the rest of the run,
-loudly.
+ensemble (a device listed twice shares it) and runs it on its own thread; batch k runs on replica k mod D and
+the results are taken back in batch order, so the rows are the same whatever D. A `Budget` may drop
+views/models mid-run to finish in time, projecting from the devices' combined rate; its `Deadline` is hard:
+at the limit the engine stops (never starting a batch its measured time says cannot end in time, never
+waiting past the limit for decode or a device) and every image not reached is written empty. A model whose
+logits hold NaN/inf is dropped for the rest of the run, loudly.
 """
 
 from __future__ import annotations
