@@ -409,6 +409,17 @@ def test_the_deadline_does_not_wait_for_a_batch_that_overruns_it(tmp_path, caplo
     assert "a batch was still running" in caplog.text
 
 
+def test_an_infinite_budget_never_cuts(tmp_path):
+    ids = _flat_images(tmp_path / "images", 3)
+    sample = _sample_csv(tmp_path / "sample.csv", ids, Layout.FINAL)
+    ensemble = Ensemble([Member("quick", "seg", SlowSegmenter(0.0), SEG)])
+    settings = PredictSettings(**FAST, budget_s=math.inf)
+    summary = predict_submission(
+        ensemble, postprocess.Rules(), tmp_path / "images", sample, tmp_path / "s.csv", settings
+    )
+    assert summary.cut == 0 and summary.images == 3
+
+
 # --- several devices, NaN/inf outputs ---------------------------------------------------------------------
 
 

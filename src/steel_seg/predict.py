@@ -20,6 +20,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -217,6 +219,13 @@ class _Runner:
     def deadline(self) -> Deadline | None:
         return self.budget.deadline if self.budget is not None else None
 
+    def _timeout(self) -> float | None:
+        """How long a wait may last: until the deadline; None (as long as it takes) without a finite one."""
+        deadline = self.deadline
+        if deadline is None or not math.isfinite(deadline.limit_s):
+            return None
+        return min(max(0.0, deadline.remaining()), threading.TIMEOUT_MAX)
+
     def batches(self, finish: Finish) -> Iterator[Batch]:
         """Every batch (batch k on replica k mod D), yielded in order; ends early at the deadline."""
         if any(r.device.type == "cuda" for r in self.replicas):
@@ -261,7 +270,7 @@ class _Runner:
         """The next decoded batch for `replica`; None at the end, or when the deadline forbids starting it."""
         deadline, start = self.deadline, time.perf_counter()
         try:
-            item = feed.get(None if deadline is None else max(0.0, deadline.remaining()))
+            item = feed.get(self._timeout())
         except StopIteration:
             return None
         except TimeoutError:
@@ -275,9 +284,8 @@ class _Runner:
 
     def _wait(self, future: Future) -> _Done | None:
         """A dispatched batch's result; None when the deadline passes first (the batch is abandoned)."""
-        deadline = self.deadline
         try:
-            return future.result(None if deadline is None else max(0.0, deadline.remaining()))
+            return future.result(self._timeout())
         except FutureTimeout:
             return self._stop("a batch was still running")
 
