@@ -35,7 +35,7 @@ def predict_oof(
     model, spec = models.load(info.model_path, device="cpu")
     if not spec.has_seg:
         raise ValueError(f"{info.model_path}: a {spec.arch} has no segmentation output to store as OOF")
-    ensemble = Ensemble([Member(info.name, "seg", model, spec)], settings.device)
+    ensemble = Ensemble([Member(info.name, "seg", model, spec)], settings.devices()[0])
     ids = heldout_ids(info)[: settings.limit]
     out = Path(out_dir or Path("oof") / info.name)
     writer = OOFWriter(out, str(info.run_dir), info.fold, spec.has_cls, overwrite)
