@@ -15,7 +15,17 @@ from steel_seg.cli import tune as tune_cli
 from steel_seg.labels import Labels
 from steel_seg.oof import dequantise, quantise, read_oof
 from steel_seg.postprocess import ClassRule, Rules
-from steel_seg.tune import Grid, StatsCollector, score_class, search, value_cuts
+from steel_seg.tune import (
+    TIE_BREAK,
+    ClassStats,
+    Grid,
+    StatsCollector,
+    middle_of_ties,
+    score_class,
+    search,
+    search_class,
+    value_cuts,
+)
 
 H, W = 24, 40
 SMALL_GRID = Grid((0.3, 0.6), (0, 4, 9), (0, 10, 30), (0.0, 0.5, 0.8))
@@ -93,16 +103,70 @@ def test_grid_always_holds_the_defaults_sorted():
         Grid((1.5,))
 
 
-def test_ties_choose_the_first_grid_point_and_thresholds_must_match():
+def test_ties_choose_the_middle_grid_point_and_thresholds_must_match():
     collector = StatsCollector(SMALL_GRID.pixel_thresholds)
     for n in range(3):
         collector.add(f"{n}.jpg", np.zeros((4, H, W), np.uint8), np.zeros((4, H, W), np.uint8), None)
     stats = collector.finish()
-    for result in search(stats, SMALL_GRID):
+    for result in search(stats, SMALL_GRID):  # every point scores 1: the middle of every axis
         assert (result.before, result.after) == (1.0, 1.0)
-        assert (result.rule.pixel_threshold, result.rule.min_component, result.rule.gate) == (0.3, 0, 0.0)
+        rule = result.rule
+        assert (rule.pixel_threshold, rule.min_component, rule.min_area, rule.gate) == (0.5, 4, 10, 0.5)
     with pytest.raises(ValueError, match="statistics were taken at"):
         search(stats, Grid((0.2,)))
+
+
+def test_middle_of_ties_single_point_box_and_staircase():
+    tied = np.zeros((5, 8), bool)
+    tied[3, 6] = True
+    assert middle_of_ties(tied) == (3, 6)  # no tie: the one best point
+    tied[1:4, 2:6] = True  # a box: rows 1..3 (odd: 2), columns 2..5 (even: the lower middle, 3)
+    tied[3, 6] = False
+    assert middle_of_ties(tied) == (2, 3)
+    stairs = np.zeros((3, 3), bool)
+    stairs[0, :] = stairs[:, 2] = True  # per-axis medians (1, 1) are not tied: row 1 first, then its column
+    assert middle_of_ties(stairs) == (1, 2)
+    gaps = np.zeros(9, bool)
+    gaps[[0, 1, 7]] = True  # the middle of a gapped range is the median tied value, not the centre index 4
+    assert middle_of_ties(gaps) == (1,)
+    with pytest.raises(ValueError, match="no tied point"):
+        middle_of_ties(np.zeros((2, 2), bool))
+
+
+def test_middle_of_ties_always_returns_a_tied_point():
+    rng = np.random.default_rng(3)
+    for density in (0.01, 0.1, 0.5, 0.9):
+        for _ in range(50):
+            tied = rng.random((3, 4, 5, 2)) < density
+            tied.flat[rng.integers(tied.size)] = True
+            assert tied[middle_of_ties(tied)]
+
+
+def test_search_class_takes_the_middle_of_a_hand_made_tied_range():
+    """Image 0: truth 20 px, one exact 20 px component at thresholds 0.3 and 0.5, 12 px inside it at 0.6;
+    gate score 0.9. Image 1: empty truth, a 3 px false positive at 0.3 only; gate score 0.6.
+    Mean Dice 1 exactly when t in {0.3, 0.5}, min_area in {0, 10} (image 0 kept) and the false positive goes
+    (t = 0.5, or min_component 4 / 9, or min_area 10, or gate 0.8)."""
+    i32 = np.int32
+    stats = ClassStats(
+        truth_area=np.array([20, 0], np.int64),
+        gate_score=np.array([0.9, 0.6], np.float32),
+        sizes=[np.array([20, 3], i32), np.array([20], i32), np.array([12], i32)],
+        overlaps=[np.array([20, 0], i32), np.array([20], i32), np.array([12], i32)],
+        counts=[np.array([1, 1], i32), np.array([1, 0], i32), np.array([1, 0], i32)],
+    )
+    thresholds = SMALL_GRID.pixel_thresholds
+    assert thresholds == (0.3, 0.5, 0.6)
+    t, c, a, g = np.indices((3, 3, 3, 3))
+    expected_tied = (t < 2) & (a < 2) & ((t == 1) | (c >= 1) | (a == 1) | (g == 2))
+    scores = score_class(stats, thresholds, SMALL_GRID)
+    np.testing.assert_array_equal(scores == 1.0, expected_tied)
+    assert scores[~expected_tied].max() <= 0.875
+    result = search_class(stats, thresholds, SMALL_GRID, 2)
+    # threshold: tied {0.3, 0.5} -> lower middle 0.3; at 0.3, min_component tied {0, 4, 9} -> 4;
+    # at (0.3, 4) min_area {0, 10} -> 0; then gate {0, 0.5, 0.8} -> 0.5
+    assert result.rule == ClassRule(2, 0.3, 4, 0, 0.5)
+    assert (result.before, result.after) == (1.0, 1.0)
 
 
 def tune_command(argv: list[str]) -> int:
@@ -134,7 +198,7 @@ def test_tune_cli_dice_is_reproduced_by_postprocess_and_metric(tmp_path, sample_
     assert "mean OOF Dice" in capsys.readouterr().out
     rules = Rules.load(out)
     tuning = rules.tuning
-    assert tuning["n_images"] == 27 and len(tuning["oof_dirs"]) == 2
+    assert tuning["n_images"] == 27 and len(tuning["oof_dirs"]) == 2 and tuning["tie_break"] == TIE_BREAK
     assert tuning["gate_source"] == "max pixel probability"
     oof_f0, oof_f1 = read_oof(tmp_path / "f0"), read_oof(tmp_path / "f1")
     truth = labels.table

@@ -30,6 +30,12 @@ from steel_seg.oof import OOF, dequantise, read_oofs
 from steel_seg.postprocess import N_CLASSES, ClassRule, Rules, bounding_box, components
 
 DEFAULT_RULE = ClassRule(1)
+TIE_TOLERANCE = 1e-12  # grid points within this of the best mean Dice are tied
+TIE_BREAK = (
+    f"among the grid points within {TIE_TOLERANCE:g} of the best score, per parameter in the order "
+    "pixel_threshold, min_component, min_area, gate: keep the median of the distinct values still tied "
+    "(the lower middle one of an even count) and only the tied points with it"
+)
 
 
 @dataclass(frozen=True)
@@ -207,10 +213,9 @@ class ClassResult:
 
 
 def search_class(stats: ClassStats, thresholds: Sequence[float], grid: Grid, class_id: int) -> ClassResult:
-    """Best grid point of one class; ties go to the first point in ascending grid order
-    (threshold, then min_component, min_area, gate), scores compared rounded to 12 decimals."""
+    """Best grid point of one class, ties broken by `middle_of_ties` (the rule in TIE_BREAK)."""
     scores = score_class(stats, thresholds, grid)
-    t, c, a, g = np.unravel_index(np.argmax(np.round(scores, 12)), scores.shape)
+    t, c, a, g = middle_of_ties(scores >= scores.max() - TIE_TOLERANCE)
     rule = ClassRule(class_id, float(thresholds[t]), grid.min_components[c], grid.min_areas[a], grid.gates[g])
     d = DEFAULT_RULE
     before = scores[
@@ -220,6 +225,24 @@ def search_class(stats: ClassStats, thresholds: Sequence[float], grid: Grid, cla
         grid.gates.index(d.gate),
     ]
     return ClassResult(rule, float(before), float(scores[t, c, a, g]))
+
+
+def middle_of_ties(tied: np.ndarray) -> tuple[int, ...]:
+    """The index of one True point of `tied` (bool, any shape), in the middle of the tied region.
+
+    Axis by axis in order (for `score_class`: threshold, min_component, min_area, gate): among the tied
+    points still candidates, take the distinct indices along the axis, keep the median one (the lower
+    middle of an even count) and only the candidates with it. Each step keeps at least one candidate,
+    the last leaves exactly one: a tied point. A box of ties gives the middle of each range; without ties,
+    the one best point. ValueError when nothing is tied.
+    """
+    points = np.argwhere(tied)
+    if points.size == 0:
+        raise ValueError("no tied point to choose from")
+    for axis in range(tied.ndim):
+        values = np.unique(points[:, axis])
+        points = points[points[:, axis] == values[(values.size - 1) // 2]]
+    return tuple(int(i) for i in points[0])
 
 
 def search(stats: Stats, grid: Grid) -> list[ClassResult]:
@@ -241,7 +264,7 @@ def tuned_rules(results: list[ClassResult], stats: Stats, grid: Grid, oof_dirs: 
         "n_images": len(stats.image_ids),
         "gate_source": gate_source,
         "grid": grid.to_dict(),
-        "tie_break": "first best point in ascending grid order (threshold, min_component, min_area, gate)",
+        "tie_break": TIE_BREAK,
         "dice_before": _dice_record([r.before for r in results]),
         "dice_after": _dice_record([r.after for r in results]),
     }
