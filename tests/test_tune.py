@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import argparse
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from test_oof import write_oof
 
-from steel_seg import metric, postprocess, rle
+from steel_seg import metric, postprocess, rle, tune
 from steel_seg.cli import tune as tune_cli
+from steel_seg.competition import CLASSES, N_CLASSES, TIDY_COLUMNS
 from steel_seg.labels import Labels
-from steel_seg.oof import dequantise, quantise, read_oof
+from steel_seg.oof import OOFWriter, dequantise, quantise, read_oof, read_oofs
 from steel_seg.postprocess import ClassRule, Rules
 from steel_seg.tune import (
     TIE_BREAK,
     ClassStats,
     Grid,
+    Stats,
     StatsCollector,
+    chunk_ranges,
+    collect_stats,
     middle_of_ties,
     score_class,
     search,
@@ -33,15 +38,42 @@ SMALL_GRID = Grid((0.3, 0.6), (0, 4, 9), (0, 10, 30), (0.0, 0.5, 0.8))
 
 def small_case(rng: np.random.Generator, n: int = 24):
     """n images of (4, H, W): random blob truths (some empty) and noisy uint8 probability values."""
-    truth = np.zeros((n, 4, H, W), np.uint8)
-    for i, k in itertools.product(range(n), range(4)):
+    truth = np.zeros((n, N_CLASSES, H, W), np.uint8)
+    for i, k in itertools.product(range(n), range(N_CLASSES)):
         if rng.random() < 0.4:
             r, c = rng.integers(0, H - 6), rng.integers(0, W - 10)
             truth[i, k, r : r + rng.integers(2, 7), c : c + rng.integers(2, 11)] = 1
-    noise = rng.random((n, 4, H, W)) ** 4
+    noise = rng.random((n, N_CLASSES, H, W)) ** 4
     values = quantise((0.7 * truth + 0.8 * noise).astype(np.float32))
-    cls = rng.random((n, 4)).astype(np.float32)
+    cls = rng.random((n, N_CLASSES)).astype(np.float32)
     return truth, values, cls
+
+
+def write_small_oof(path: Path, truth, values, cls, first: int = 0, fold: int = 0) -> Path:
+    """An OOF dir of `small_case` images (ids `first`.jpg onwards) written with OOFWriter."""
+    ids = [f"{first + n:04d}.jpg" for n in range(len(values))]
+    rows = [(i, c, rle.encode(m)) for i, masks in zip(ids, truth, strict=True)
+            for c, m in zip(CLASSES, masks, strict=True) if m.any()]
+    labels = Labels(pd.DataFrame(rows, columns=list(TIDY_COLUMNS)), ids, (H, W))
+    writer = OOFWriter(path, source="test", fold=fold, has_cls=cls is not None)
+    for n, image_id in enumerate(ids):
+        writer.add(image_id, dequantise(values[n]), None if cls is None else cls[n])
+    return writer.close(labels)
+
+
+def assert_stats_equal(got: Stats, expected: Stats) -> None:
+    """Every field, array values and dtypes alike."""
+    assert (got.thresholds, got.one_class_per_pixel) == (expected.thresholds, expected.one_class_per_pixel)
+    assert got.image_ids == expected.image_ids
+    for g, e in zip(got.classes, expected.classes, strict=True):
+        for name in ("truth_area", "gate_score"):
+            a, b = getattr(g, name), getattr(e, name)
+            assert a.dtype == b.dtype
+            np.testing.assert_array_equal(a, b)
+        for name in ("sizes", "overlaps", "counts"):
+            for a, b in zip(getattr(g, name), getattr(e, name), strict=True):
+                assert a.dtype == b.dtype
+                np.testing.assert_array_equal(a, b)
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -67,7 +99,7 @@ def brute_force(truth, values, cls, grid: Grid) -> np.ndarray:
 def collect(truth, values, cls, one_class_per_pixel):
     collector = StatsCollector(SMALL_GRID.pixel_thresholds, one_class_per_pixel)
     for n in range(len(values)):
-        collector.add(f"{n}.jpg", values[n], truth[n], None if cls is None else cls[n])
+        collector.add(f"{n:04d}.jpg", values[n], truth[n], None if cls is None else cls[n])
     return collector.finish()
 
 
@@ -169,6 +201,59 @@ def test_search_class_takes_the_middle_of_a_hand_made_tied_range():
     assert (result.before, result.after) == (1.0, 1.0)
 
 
+def test_chunk_ranges_cover_every_image_once_in_order(monkeypatch):
+    monkeypatch.setattr(tune, "CHUNK_IMAGES", 4)
+    for n, workers in itertools.product((0, 1, 5, 9, 24), (1, 2, 3, 16)):
+        ranges = chunk_ranges(n, workers)
+        assert [i for r in ranges for i in r] == list(range(n))
+        assert all(0 < len(r) <= 4 for r in ranges) or (n == 0 and ranges == [range(0)])
+        assert len(ranges) >= min(n, workers)
+
+
+def test_concatenated_chunk_statistics_equal_one_collector():
+    truth, values, cls = small_case(np.random.default_rng(5), n=10)
+    whole = collect(truth, values, cls, True)
+    parts = []
+    for r in (range(0, 3), range(3, 4), range(4, 10)):
+        collector = StatsCollector(SMALL_GRID.pixel_thresholds, True)
+        for n in r:
+            collector.add(f"{n:04d}.jpg", values[n], truth[n], cls[n])
+        parts.append(collector.finish())
+    assert_stats_equal(Stats.concat(parts), whole)
+    with pytest.raises(ValueError, match="cannot join"):
+        Stats.concat([parts[0], collect(truth, values, cls, False)])
+    with pytest.raises(ValueError, match="no statistics"):
+        Stats.concat([])
+
+
+@pytest.mark.parametrize("with_cls", [False, True])
+def test_two_workers_collect_the_statistics_of_one(tmp_path, monkeypatch, with_cls):
+    truth, values, cls = small_case(np.random.default_rng(11), n=13)
+    cls, one_class_per_pixel = (cls, True) if with_cls else (None, False)
+    oof = read_oofs([write_small_oof(tmp_path / "oof", truth, values, cls)])
+    monkeypatch.setattr(tune, "CHUNK_IMAGES", 3)  # 5 chunks over 2 workers, finishing in any order
+    two = collect_stats(oof, SMALL_GRID.pixel_thresholds, one_class_per_pixel, workers=2)
+    one = collect_stats(oof, SMALL_GRID.pixel_thresholds, one_class_per_pixel, workers=1)
+    assert_stats_equal(two, one)
+    assert_stats_equal(one, collect(truth, values, cls, one_class_per_pixel))
+
+
+def test_tune_cli_thresholds_are_byte_identical_for_one_and_two_workers(tmp_path, monkeypatch):
+    truth, values, cls = small_case(np.random.default_rng(12), n=20)
+    dirs = [write_small_oof(tmp_path / "f0", truth[:11], values[:11], None),
+            write_small_oof(tmp_path / "f1", truth[11:], values[11:], None, first=11, fold=1)]
+    monkeypatch.setattr(tune, "CHUNK_IMAGES", 4)
+    grid = ["--pixel-thresholds", "0.3,0.6", "--min-components", "4,9", "--min-areas", "10,30",
+            "--gates", "0.5,0.8"]
+    written = []
+    for workers in (1, 2):
+        out = tmp_path / f"thresholds_{workers}.json"
+        args = ["--oof", str(dirs[0]), "--oof", str(dirs[1]), "--out", str(out), "--workers", str(workers)]
+        assert tune_command([*args, *grid]) == 0
+        written.append(out.read_bytes())
+    assert written[0] == written[1]
+
+
 def tune_command(argv: list[str]) -> int:
     """Run `steel-seg tune argv` through its own parser (independent of the other subcommands)."""
     parser = argparse.ArgumentParser()
@@ -211,6 +296,10 @@ def test_tune_cli_dice_is_reproduced_by_postprocess_and_metric(tmp_path, sample_
     assert tuning["dice_after"]["mean"] > tuning["dice_before"]["mean"]
 
 
-def test_tune_cli_reports_bad_oof_dir(tmp_path, capsys):
+def test_tune_cli_reports_bad_oof_dir_and_worker_count(tmp_path, capsys):
     assert tune_command(["--oof", str(tmp_path), "--out", str(tmp_path / "t.json")]) == 2
     assert "meta.json" in capsys.readouterr().err
+    truth, values, _ = small_case(np.random.default_rng(1), n=2)
+    oof = write_small_oof(tmp_path / "oof", truth, values, None)
+    assert tune_command(["--oof", str(oof), "--out", str(tmp_path / "t.json"), "--workers", "0"]) == 2
+    assert "workers must be >= 1" in capsys.readouterr().err
