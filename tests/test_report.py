@@ -17,8 +17,9 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from test_tune import assert_stats_equal, small_case, write_small_oof
 
-from steel_seg import metric, postprocess, rle
+from steel_seg import metric, postprocess, rle, tune
 from steel_seg.cli import COMMANDS
 from steel_seg.cli import report as report_cli
 from steel_seg.competition import CLASSES
@@ -361,6 +362,30 @@ def test_worst_pairs_are_the_lowest_dice(evaluation):
         worst = evaluation.worst(c, 2)
         dice = pairs.loc[(pairs["ClassId"] == c) & (pairs["dice"] < 1), "dice"].sort_values()
         assert worst["dice"].tolist() == dice.head(2).tolist()
+
+
+def test_two_workers_evaluate_exactly_as_one(tmp_path, monkeypatch):
+    """A synthetic 24 x 40 OOF (no ../shared): every number of the evaluation is the same with 2 workers."""
+    truth, values, cls = small_case(np.random.default_rng(21), n=11)
+    oof = read_oofs([write_small_oof(tmp_path / "oof", truth, values, cls)])
+    rules = Rules(
+        (
+            ClassRule(1, 0.45, 3, 0, 0.3),
+            ClassRule(2, 0.5, 0, 10, 0.0),
+            ClassRule(3, 0.55, 5, 20, 0.5),
+            ClassRule(4),
+        )
+    )
+    monkeypatch.setattr(tune, "CHUNK_IMAGES", 2)  # 6 chunks over 2 workers
+    one, two = (evaluate.collect(oof, rules, CURVE_THRESHOLDS, workers) for workers in (1, 2))
+    assert one.score.n_images == 11 and 0 < one.score.mean_dice < 1
+    for name in ("score", "empty_baseline"):
+        assert getattr(two, name).to_dict() == getattr(one, name).to_dict()
+        pd.testing.assert_frame_equal(getattr(two, name).pairs, getattr(one, name).pairs)
+    pd.testing.assert_frame_equal(two.gate, one.gate)
+    assert two.gate_source == one.gate_source == "classifier"
+    assert_stats_equal(two.curve_stats, one.curve_stats)
+    pd.testing.assert_frame_equal(two.loss_table(), one.loss_table())
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -28,6 +29,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                               description=__doc__)
     p.add_argument("--oof", type=Path, action="append", required=True, help="OOF dir (repeat for folds)")
     p.add_argument("--out", type=Path, required=True, help="thresholds JSON to write")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="processes collecting the OOF statistics; 1 = in this process (default: all cores, "
+                   f"{os.cpu_count()} here); the result does not depend on it")
     grid = p.add_argument_group("grid (comma lists; the defaults 0.5/0/0/0 are always added)")
     grid.add_argument("--pixel-thresholds", type=_floats, default=DEFAULT.pixel_thresholds,
                       help=f"default {_joined(DEFAULT.pixel_thresholds)}")
@@ -46,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         grid = Grid(args.pixel_thresholds, args.min_components, args.min_areas, args.gates,
                     args.one_class_per_pixel)
-        rules = tune_oof(args.oof, grid)
+        rules = tune_oof(args.oof, grid, args.workers)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
