@@ -12,7 +12,6 @@ an offline machine or attach to a Kaggle notebook as a dataset (`model.encoder_w
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -164,16 +163,13 @@ def read_preprocessing(weights_path: str | Path, encoder: str) -> Preprocessing 
     path = preprocessing_file(weights_path)
     if not path.is_file():
         return None
-    try:
-        d = json.loads(path.read_text())
-        prep = Preprocessing.from_dict(d)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{path}: not an encoder preprocessing file: {exc}") from exc
+    return fileio.load_json(path, "encoder preprocessing file", lambda d: _for_encoder(d, encoder))
+
+
+def _for_encoder(d: dict, encoder: str) -> Preprocessing:
     if d.get("encoder", encoder) != encoder:
-        raise ValueError(
-            f"{path}: exported for encoder {d['encoder']!r}, but the model's encoder is {encoder!r}"
-        )
-    return prep
+        raise ValueError(f"exported for encoder {d['encoder']!r}, but the model's encoder is {encoder!r}")
+    return Preprocessing.from_dict(d)
 
 
 def export(encoder: str, weights: str, out: str | Path) -> tuple[Path, Path]:

@@ -16,7 +16,9 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def write_with(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -64,6 +66,21 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: invalid {what}: not readable JSON ({exc})") from None
+
+
+def load_json(
+    path: str | os.PathLike, what: str, parse: Callable[[Any], T], error: type[ValueError] = ValueError
+) -> T:
+    """`parse(read_json(path))`: the typed content of a JSON file the kit wrote. Any problem — missing, not
+    JSON, a missing key, a bad value — is `error` naming the file and `what` it should hold."""
+    try:
+        data = read_json(path, what)
+    except ValueError as exc:
+        raise error(str(exc)) from None
+    try:
+        return parse(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise error(f"{path}: invalid {what}: {exc}") from exc
 
 
 def staging_dir(target: str | os.PathLike, overwrite: bool, what: str) -> Path:

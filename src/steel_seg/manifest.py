@@ -114,14 +114,7 @@ class Manifest:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Manifest:
         """Read a manifest.json; ManifestError naming the file on bad content."""
-        try:
-            data = fileio.read_json(path, "manifest")
-        except ValueError as exc:
-            raise ManifestError(str(exc)) from None
-        try:
-            return cls.from_dict(data)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ManifestError(f"{path}: invalid manifest: {exc}") from exc
+        return fileio.load_json(path, "manifest", cls.from_dict, ManifestError)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the manifest as JSON atomically (temp file + rename)."""

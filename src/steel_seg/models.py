@@ -95,11 +95,7 @@ class ModelSpec:
 
     @classmethod
     def from_json(cls, path: str | Path) -> ModelSpec:
-        data = fileio.read_json(path, "model spec")
-        try:
-            return cls.from_dict(data)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"{path}: not a valid model spec: {exc}") from exc
+        return fileio.load_json(path, "model spec", cls.from_dict)
 
 
 def _per_channel(name: str, value: float | Sequence[float], channels: int) -> tuple[float, ...]:

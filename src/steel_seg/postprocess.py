@@ -108,11 +108,7 @@ class Rules:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Rules:
         """Read a thresholds.json; ValueError naming the file on bad content."""
-        data = fileio.read_json(path, "post-processing rules")
-        try:
-            return cls.from_dict(data)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: invalid post-processing rules: {exc!r}") from exc
+        return fileio.load_json(path, "post-processing rules", cls.from_dict)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the rules as JSON atomically (temp file + rename)."""

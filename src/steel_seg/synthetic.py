@@ -107,11 +107,7 @@ class SyntheticStats:
     @classmethod
     def load(cls, path: str | Path = STATS_PATH) -> SyntheticStats:
         """The shipped statistics by default; ValueError naming the file when it is not valid."""
-        data = fileio.read_json(path, "synthetic statistics file")
-        try:
-            return cls.from_dict(data)
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{path}: not a synthetic statistics file ({err})") from None
+        return fileio.load_json(path, "synthetic statistics file", cls.from_dict)
 
 
 def read_index(path: str | Path) -> pd.DataFrame:
