@@ -1,4 +1,7 @@
-"""Build ONE offline Kaggle kernel script and the Kaggle CLI metadata; the logic is steel_seg.bundle."""
+"""Build ONE offline Kaggle kernel script and the Kaggle CLI metadata; the logic is steel_seg.bundle.
+
+The kernel asks Kaggle for a T4 (`machine_shape`); slugs and titles are checked before anything is written.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import sys
 from pathlib import Path
 
 from steel_seg.bundle import KaggleIds, build, summary
+from steel_seg.devices import GPU_MACHINE_SHAPES, RETIRED_MACHINE_SHAPES
 
 ROOT = Path(__file__).resolve().parent
 TEMPLATE = ROOT / "kernel" / "bootstrap.py.tmpl"
@@ -27,12 +31,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--weights-dataset", default=defaults.weights_slug, help="weights dataset slug")
     parser.add_argument("--competition", default=defaults.competition)
     parser.add_argument("--license", default=defaults.license, help="license of the weights dataset")
+    parser.add_argument(
+        "--machine-shape",
+        default=defaults.machine_shape,
+        help=f"the Kaggle GPU the kernel asks for (default {defaults.machine_shape}, two T4s): one of "
+        f"{', '.join(GPU_MACHINE_SHAPES)}; retired ones ({', '.join(RETIRED_MACHINE_SHAPES)}) with a warning",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    ids = KaggleIds(args.kaggle_user, args.kernel_slug, args.weights_dataset, args.competition, args.license)
+    ids = KaggleIds(
+        args.kaggle_user,
+        args.kernel_slug,
+        args.weights_dataset,
+        args.competition,
+        args.license,
+        args.machine_shape,
+    )
     try:
         result = build(args.weights_dir, args.out, TEMPLATE, ids)
     except ValueError as exc:

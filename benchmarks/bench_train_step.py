@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/bench_train_step.py [--config configs/demo_cpu.yaml] [--device cpu|cuda]
 
-"ours": the trainer's step as configured (forward under the config's AMP, the config's loss, AdamW/SGD step,
-EMA update when enabled, GradScaler for fp16). "textbook": fp32 forward, plain BCE, backward, step. Both on
-random input of the config's crop and batch size (data loading excluded). Prints one JSON line.
+"ours": the trainer's step as configured (forward under the config's AMP as `precision` resolves it, the
+config's loss, AdamW/SGD step, EMA update when enabled, GradScaler for fp16). "textbook": fp32 forward, plain
+BCE, backward, step. Both on random input of the config's crop and batch size (data loading excluded), with
+random weights (the config's `encoder_weights` is not loaded: the step costs the same). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from steel_seg.checkpoint import Ema  # noqa: E402
 from steel_seg.losses import ModelLoss  # noqa: E402
 from steel_seg.models import build_model, forward_logits  # noqa: E402
 from steel_seg.optim import make_optimizer  # noqa: E402
+from steel_seg.precision import device_dtype  # noqa: E402
 from steel_seg.trainer_config import TrainConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,12 +45,11 @@ def ours(cfg: TrainConfig, device: torch.device):
     model = build_model(cfg.model.spec).to(device).train()
     optimizer, loss_fn = make_optimizer(cfg.optim, model), ModelLoss(cfg.loss)
     ema = Ema(model, cfg.train.ema_decay) if cfg.train.ema_decay else None
-    amp = cfg.train.amp != "off" and device.type == "cuda"
-    dtype = torch.bfloat16 if cfg.train.amp == "bf16" else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and cfg.train.amp == "fp16")
+    dtype = device_dtype(device, cfg.train.amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
 
     def step(x, mask, presence):
-        with torch.autocast("cuda", dtype=dtype) if amp else contextlib.nullcontext():
+        with torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext():
             seg, cls = forward_logits(model, cfg.model.spec, x)
         seg, cls = (None if t is None else t.float() for t in (seg, cls))
         loss = loss_fn(seg, cls, mask, presence)
@@ -98,7 +99,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
     args = p.parse_args()
-    cfg = TrainConfig.from_yaml(args.config)
+    cfg = TrainConfig.from_yaml(args.config, {"model.encoder_weights": None})
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = device.type == "cuda"
     data = batch(cfg, device, args.batch_size or cfg.data.batch_size)
@@ -108,7 +109,7 @@ def main() -> None:
     print(json.dumps({
         "config": str(args.config), "device": name, "threads": torch.get_num_threads(),
         "batch": len(data[0]), "crop": list(data[0].shape[-2:]),
-        "amp": cfg.train.amp if device.type == "cuda" else "off",
+        "amp": str(device_dtype(device, cfg.train.amp)),
         "ours_images_per_s": round(ours_ips, 2), "textbook_images_per_s": round(textbook_ips, 2),
         "ratio_ours_vs_textbook": round(ours_ips / textbook_ips, 3),
     }))  # fmt: skip

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
+from real_sample import available, real_sample_test_dir
 
 from steel_seg.metric import score_files
 from steel_seg.submission import SubmissionWriter, read_sample
@@ -24,7 +24,6 @@ from steel_seg.submission import SubmissionWriter, read_sample
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "demo"
 DATA = DEMO / "data"
-REAL_SAMPLE = ROOT.parent / "shared" / "data" / "severstal_sample"
 TRAIN_IMAGES, TEST_IMAGES, SEED = 300, 60, 0
 
 
@@ -66,66 +65,140 @@ def empty_baseline(sample_csv: Path, truth_csv: Path, images: Path) -> float:
     return score_files(truth_csv, path, images).mean_dice
 
 
-def real_sample_test_dir() -> Path:
-    """The real sample's 27 JPEGs laid out as a Kaggle test folder with a stage-1 sample submission."""
-    out = DEMO / "real_sample"
-    images = out / "test_images"
-    images.mkdir(parents=True, exist_ok=True)
-    ids = sorted(p.name for p in (REAL_SAMPLE / "train_images").glob("*.jpg"))
-    for image_id in ids:
-        link = images / image_id
-        if not link.exists():
-            link.symlink_to(REAL_SAMPLE / "train_images" / image_id)
-    rows = [(f"{i}_{c}", "1 1") for i in ids for c in range(1, 5)]
-    sample = pd.DataFrame(rows, columns=["ImageId_ClassId", "EncodedPixels"])
-    sample.to_csv(out / "sample_submission.csv", index=False)
-    return out
-
-
 def main() -> int:
     start = time.perf_counter()
     demo = Demo()
     py = sys.executable
     if not (DATA / "train.csv").is_file():
-        demo.run("synthesise a Severstal-like set", *steel_seg(
-            "synth", "--out", DATA, "--images", TRAIN_IMAGES, "--test-images", TEST_IMAGES, "--seed", SEED))
-    demo.run("folds that keep near-duplicates together", *steel_seg(
-        "folds", "--train-csv", DATA / "train.csv", "--images", DATA / "train_images", "--k", "5",
-        "--out", DEMO / "folds.csv"))
+        demo.run(
+            "synthesise a Severstal-like set",
+            *steel_seg(
+                "synth", "--out", DATA, "--images", TRAIN_IMAGES, "--test-images", TEST_IMAGES, "--seed", SEED
+            ),
+        )
+    demo.run(
+        "folds that keep near-duplicates together",
+        *steel_seg(
+            "folds",
+            "--train-csv",
+            DATA / "train.csv",
+            "--images",
+            DATA / "train_images",
+            "--k",
+            "5",
+            "--out",
+            DEMO / "folds.csv",
+        ),
+    )
     run_dir = DEMO / "runs" / "demo_cpu-f0"
-    demo.run("train the CPU demo model on folds 1-4", *steel_seg(
-        "train", "--config", "configs/demo_cpu.yaml", "--fold", "0", "--out", run_dir,
-        "--set", f"data.folds_csv={DEMO / 'folds.csv'}"))
-    demo.run("out-of-fold predictions of fold 0", *steel_seg(
-        "oof", "--run", run_dir, "--out", DEMO / "oof" / "f0", "--device", "cpu", "--tta", "none,h"))
+    demo.run(
+        "train the CPU demo model on folds 1-4",
+        *steel_seg(
+            "train",
+            "--config",
+            "configs/demo_cpu.yaml",
+            "--fold",
+            "0",
+            "--out",
+            run_dir,
+            "--set",
+            f"data.folds_csv={DEMO / 'folds.csv'}",
+        ),
+    )
+    demo.run(
+        "out-of-fold predictions of fold 0",
+        *steel_seg(
+            "oof", "--run", run_dir, "--out", DEMO / "oof" / "f0", "--device", "cpu", "--tta", "none,h"
+        ),
+    )
     weights = DEMO / "weights"
-    demo.run("tune the post-processing on the OOF", *steel_seg(
-        "tune", "--oof", DEMO / "oof" / "f0", "--out", weights / "thresholds.json"))
-    demo.run("EDA report", *steel_seg(
-        "report", "eda", "--train-csv", DATA / "train.csv", "--images", DATA / "train_images",
-        "--out", DEMO / "report" / "eda"))
-    demo.run("evaluation report", *steel_seg(
-        "report", "eval", "--oof", DEMO / "oof" / "f0", "--thresholds", weights / "thresholds.json",
-        "--images", DATA / "train_images", "--out", DEMO / "report" / "eval"))
-    demo.run("collect the weights + manifest", *steel_seg(
-        "manifest", "--weights-dir", weights, "--model", f"demo-f0={run_dir / 'best'}", "--tta", "none,h"))
+    demo.run(
+        "tune the post-processing on the OOF",
+        *steel_seg("tune", "--oof", DEMO / "oof" / "f0", "--out", weights / "thresholds.json"),
+    )
+    demo.run(
+        "EDA report",
+        *steel_seg(
+            "report",
+            "eda",
+            "--train-csv",
+            DATA / "train.csv",
+            "--images",
+            DATA / "train_images",
+            "--out",
+            DEMO / "report" / "eda",
+        ),
+    )
+    demo.run(
+        "evaluation report",
+        *steel_seg(
+            "report",
+            "eval",
+            "--oof",
+            DEMO / "oof" / "f0",
+            "--thresholds",
+            weights / "thresholds.json",
+            "--images",
+            DATA / "train_images",
+            "--out",
+            DEMO / "report" / "eval",
+        ),
+    )
+    demo.run(
+        "collect the weights + manifest",
+        *steel_seg(
+            "manifest", "--weights-dir", weights, "--model", f"demo-f0={run_dir / 'best'}", "--tta", "none,h"
+        ),
+    )
     kernel_dir = DEMO / "kernel"
-    demo.run("build the one-file kernel", py, "build_kernel.py", "--weights-dir", weights,
-             "--out", kernel_dir,
-             "--kaggle-user", "your-kaggle-user")
+    demo.run(
+        "build the one-file kernel",
+        py,
+        "build_kernel.py",
+        "--weights-dir",
+        weights,
+        "--out",
+        kernel_dir,
+        "--kaggle-user",
+        "your-kaggle-user",
+    )
     submission = DEMO / "submission.csv"
-    demo.run("dry-run the kernel on the synthetic test images", py, kernel_dir / "kernel.py",
-             "--data-dir", DATA, "--weights-dir", weights, "--out", submission, "--device", "cpu")
+    demo.run(
+        "dry-run the kernel on the synthetic test images",
+        py,
+        kernel_dir / "kernel.py",
+        "--data-dir",
+        DATA,
+        "--weights-dir",
+        weights,
+        "--out",
+        submission,
+        "--device",
+        "cpu",
+    )
     tuned = score_files(DATA / "test_truth.csv", submission, DATA / "test_images")
     baseline = empty_baseline(DATA / "sample_submission.csv", DATA / "test_truth.csv", DATA / "test_images")
     real = None
-    if (REAL_SAMPLE / "train.csv").is_file():
-        real_dir = real_sample_test_dir()
+    if available():
+        real_dir = real_sample_test_dir(DEMO / "real_sample")
         real = DEMO / "submission_real_sample.csv"
-        demo.run("dry-run the kernel on the real Severstal sample", py, kernel_dir / "kernel.py",
-                 "--data-dir", real_dir, "--weights-dir", weights, "--out", real, "--device", "cpu")
-        demo.run("validate that submission", *steel_seg(
-            "validate", "--sample", real_dir / "sample_submission.csv", "--pred", real))
+        demo.run(
+            "dry-run the kernel on the real Severstal sample",
+            py,
+            kernel_dir / "kernel.py",
+            "--data-dir",
+            real_dir,
+            "--weights-dir",
+            weights,
+            "--out",
+            real,
+            "--device",
+            "cpu",
+        )
+        demo.run(
+            "validate that submission",
+            *steel_seg("validate", "--sample", real_dir / "sample_submission.csv", "--pred", real),
+        )
     print_summary(demo, tuned, baseline, real, time.perf_counter() - start)
     return 0
 
@@ -136,13 +209,17 @@ def print_summary(demo: Demo, tuned, baseline: float, real: Path | None, seconds
         print(f"  {secs:7.1f} s  {title}")
     print(f"  {seconds:7.1f} s  in all\n")
     per_class = "  ".join(f"c{c} {d:.3f}" for c, d in tuned.per_class.items())
-    print(f"synthetic test set ({tuned.n_pairs} pairs): tuned kernel mean Dice {tuned.mean_dice:.4f} "
-          f"vs all-empty baseline {baseline:.4f} ({tuned.mean_dice - baseline:+.4f})")
+    print(
+        f"synthetic test set ({tuned.n_pairs} pairs): tuned kernel mean Dice {tuned.mean_dice:.4f} "
+        f"vs all-empty baseline {baseline:.4f} ({tuned.mean_dice - baseline:+.4f})"
+    )
     print(f"  per class: {per_class}")
     rules = json.loads((DEMO / "weights" / "thresholds.json").read_text())
     tuning = rules["tuning"]
-    print(f"  OOF mean Dice before / after tuning: {tuning['dice_before']['mean']:.4f} -> "
-          f"{tuning['dice_after']['mean']:.4f} on {tuning['n_images']} images")
+    print(
+        f"  OOF mean Dice before / after tuning: {tuning['dice_before']['mean']:.4f} -> "
+        f"{tuning['dice_after']['mean']:.4f} on {tuning['n_images']} images"
+    )
     print("\nwritten:")
     for path, what in [
         (DEMO / "data", "synthetic train/test set, train.csv, sample_submission.csv, test_truth.csv"),

@@ -1,8 +1,8 @@
-"""The time budget: projections, drops in the manifest's order, warm-up, and what is never dropped."""
+"""The time budget: projections, drops in order, warm-up, what is never dropped; the hard deadline."""
 
 from __future__ import annotations
 
-from steel_seg.budget import Budget, apply_step
+from steel_seg.budget import Budget, Deadline, apply_step
 
 ROLES = {"a": "seg", "b": "seg", "c": "cls"}
 
@@ -120,3 +120,14 @@ def test_overhead_counts_in_the_projection():
     _run_batches(budget, clock, plan, {"a": 1.0}, n=3, overhead=2.0)
     assert budget.cost_per_image(plan) == 3.0
     assert budget.cost_per_image({"a": ("none", "h")}) == 4.0
+
+
+def test_the_deadline_counts_from_the_budget_start():
+    clock = Clock()
+    clock.now = 100.0
+    budget = Budget(60.0, [], ROLES, total_images=10, start=90.0, clock=clock)
+    assert budget.deadline == Deadline(60.0, 90.0)
+    assert (budget.deadline.elapsed(), budget.deadline.remaining()) == (10.0, 50.0)
+    assert budget.deadline.allows(50.0) and not budget.deadline.allows(50.5)
+    clock.now = 151.0
+    assert budget.deadline.remaining() == -1.0 and not budget.deadline.allows(0.0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import runpy
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 import steel_seg
 from steel_seg import bundle, models
-from steel_seg.manifest import ManifestError, write_manifest
+from steel_seg.manifest import ManifestError, sha256_file, write_manifest
 from steel_seg.postprocess import ClassRule, Rules
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,6 +92,8 @@ def test_build_writes_one_script_and_kaggle_metadata(weights, tmp_path):
     assert kernel_meta["id"] == "someone/steel-seg-kernel"
     assert kernel_meta["code_file"] == "kernel.py" and kernel_meta["kernel_type"] == "script"
     assert kernel_meta["enable_gpu"] is True and kernel_meta["enable_internet"] is False
+    assert kernel_meta["machine_shape"] == "NvidiaTeslaT4"  # left to chance it was a P100 torch cannot run
+    assert kernel_meta["title"] == "steel seg kernel"
     assert kernel_meta["is_private"] is True
     assert kernel_meta["dataset_sources"] == ["someone/my-weights"]
     assert kernel_meta["competition_sources"] == ["severstal-steel-defect-detection"]
@@ -98,6 +101,8 @@ def test_build_writes_one_script_and_kaggle_metadata(weights, tmp_path):
     assert dataset_meta["id"] == "someone/my-weights" and dataset_meta["licenses"] == [{"name": "CC0-1.0"}]
     text = bundle.summary(result)
     assert "tiny" in text and "none/h" in text and "class 4: pixel > 0.6" in text and "budget 3300" in text
+    submit = "kaggle competitions submit -c severstal-steel-defect-detection -k someone/steel-seg-kernel"
+    assert f"{submit} -f submission.csv -v N" in text and "warning" not in text
 
 
 def test_script_carries_the_package_manifest_and_rules(weights, tmp_path):
@@ -172,6 +177,87 @@ def test_build_kernel_entry_point(weights, tmp_path, capsys):
     main = runpy.run_path(str(ROOT / "build_kernel.py"), run_name="build_kernel")["main"]
     assert main(["--weights-dir", str(weights), "--out", str(tmp_path), "--kaggle-user", "u"]) == 0
     out = capsys.readouterr().out
-    assert "kernel.py" in out and "kaggle kernels push" in out
+    assert "kernel.py" in out and "kaggle kernels push" in out and "kaggle competitions submit" in out
+    assert main(["--weights-dir", str(weights), "--out", str(tmp_path), "--machine-shape", "Gpu9000"]) == 2
+    assert "--machine-shape 'Gpu9000': not a Kaggle GPU" in capsys.readouterr().err
     assert main(["--weights-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path)]) == 2
     assert "manifest.json: weights manifest not found" in capsys.readouterr().err
+
+
+def test_weights_that_cannot_load_fail_the_build(weights, tmp_path):
+    """A truncated safetensors whose manifest sha256 was recomputed: the kernel could not load it, so the
+    build refuses it before anything is uploaded."""
+    broken = tmp_path / "weights"
+    shutil.copytree(weights, broken)
+    path = broken / "tiny" / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-100])
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["models"][0]["sha256"] = sha256_file(path)
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ManifestError, match=r"model 'tiny'.*cannot read weights"):
+        bundle.build(broken, tmp_path / "kernel", TEMPLATE, IDS)
+    assert not (tmp_path / "kernel" / "kernel.py").exists()
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        (bundle.KaggleIds("u", kernel_slug="Steel_Kernel"), "--kernel-slug 'Steel_Kernel': a Kaggle slug is"),
+        (
+            bundle.KaggleIds("u", weights_slug="my weights"),
+            "--weights-dataset 'my weights': a Kaggle slug is",
+        ),
+        (
+            bundle.KaggleIds("u", weights_slug="w-1"),
+            "dataset title 'w 1' .* has 3 characters; Kaggle needs 6 to 50",
+        ),
+        (bundle.KaggleIds("u", weights_slug="w" * 51), "has 51 characters; Kaggle needs 6 to 50"),
+        (
+            bundle.KaggleIds("u", kernel_slug="k-1"),
+            "kernel title 'k 1' .* has 3 characters; Kaggle needs more than 5",
+        ),
+        (bundle.KaggleIds("u/x"), "--kaggle-user 'u/x': not a Kaggle user name"),
+        (
+            bundle.KaggleIds("u", machine_shape="TpuV38"),
+            "--machine-shape 'TpuV38': not a Kaggle GPU; use one of",
+        ),
+    ],
+)
+def test_bad_slugs_titles_and_shapes_stop_the_build_before_anything_is_written(
+    weights, tmp_path, ids, message
+):
+    with pytest.raises(bundle.BuildError, match=message):
+        bundle.build(weights, tmp_path / "k", TEMPLATE, ids)
+    assert not (tmp_path / "k").exists()
+
+
+def test_every_problem_is_named_at_once():
+    with pytest.raises(bundle.BuildError) as error:
+        bundle.KaggleIds("u", kernel_slug="K", weights_slug="W").check()
+    assert len(str(error.value).splitlines()) == 4  # two slugs, two titles
+
+
+def test_another_machine_shape_and_a_retired_one(weights, tmp_path):
+    ids = bundle.KaggleIds("someone", machine_shape="NvidiaL4")
+    result = bundle.build(weights, tmp_path / "a", TEMPLATE, ids)
+    assert json.loads(result.kernel_metadata.read_text())["machine_shape"] == "NvidiaL4"
+    retired = bundle.build(
+        weights, tmp_path / "b", TEMPLATE, bundle.KaggleIds("someone", machine_shape="NvidiaTeslaP100")
+    )
+    assert json.loads(retired.kernel_metadata.read_text())["machine_shape"] == "NvidiaTeslaP100"
+    assert "warning: --machine-shape NvidiaTeslaP100 is retired" in bundle.summary(retired)
+    assert "Use NvidiaTeslaT4" in retired.warnings[0]
+
+
+def test_the_push_command_asks_for_the_accelerator_where_the_cli_can():
+    kernel = Path("kernel")
+    assert (
+        bundle.push_command(kernel, "NvidiaTeslaT4", "2.2.5")
+        == "kaggle kernels push -p kernel --accelerator NvidiaTeslaT4"
+    )
+    assert bundle.push_command(kernel, "NvidiaTeslaT4", "1.8.4").endswith("--accelerator NvidiaTeslaT4")
+    old = bundle.push_command(kernel, "NvidiaTeslaT4", "1.7.4.5")
+    assert (
+        old.startswith("kaggle kernels push -p kernel   (")
+        and "1.7.4.5 has no --accelerator; >= 1.8.4" in old
+    )

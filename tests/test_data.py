@@ -1,13 +1,23 @@
-"""steel_seg.data: the one normalisation, crops, the Dataset on real JPEGs, balanced weights, the sampler."""
+"""steel_seg.data: one normalisation, crops, the Dataset on synthetic JPEGs, balanced weights, the sampler."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import default_collate
 
 from steel_seg.augment import AugmentConfig, build_pipeline
-from steel_seg.data import EpochSampler, SteelDataset, balanced_weights, choose_crop, draw_weights, to_tensor
+from steel_seg.data import (
+    EpochSampler,
+    SteelDataset,
+    balanced_weights,
+    choose_crop,
+    draw_weights,
+    raise_image_errors,
+    to_tensor,
+)
 from steel_seg.labels import Labels
 from steel_seg.models import ModelSpec
 
@@ -42,44 +52,54 @@ def test_defect_biased_crops_contain_a_defect_and_stay_inside():
 
 
 @pytest.fixture(scope="module")
-def labels(sample_dir):
-    return Labels.from_csv(sample_dir / "train.csv", sample_dir / "train_images")
+def labels(synthetic_labels) -> Labels:
+    return synthetic_labels
 
 
-def test_dataset_items_on_the_real_sample(sample_dir, labels):
+def test_dataset_items_on_synthetic_jpegs(synthetic_set, labels):
     ids = labels.image_ids
-    full = SteelDataset(sample_dir / "train_images", ids, labels, SPEC3)
-    item = full[ids.index("0c6720401.jpg")]
+    images = synthetic_set.out_dir / "train_images"
+    full = SteelDataset(images, ids, labels, SPEC3)
+    presence = labels.presence()
+    image_id = next(i for i in ids if presence.loc[i, 2] and presence.loc[i].sum() == 1)  # class 2 only
+    item = full[ids.index(image_id)]
     assert item["image"].shape == (3, 256, 1600) and item["mask"].shape == (4, 256, 1600)
-    torch.testing.assert_close(item["mask"], torch.from_numpy(labels.masks("0c6720401.jpg")).float())
+    grey = cv2.imread(str(images / image_id), cv2.IMREAD_GRAYSCALE)
+    for channel in item["image"]:
+        torch.testing.assert_close(channel, to_tensor(grey[None], SPEC1)[0, 0])
+    torch.testing.assert_close(item["mask"], torch.from_numpy(labels.masks(image_id)).float())
     torch.testing.assert_close(item["presence"], torch.tensor([0.0, 1.0, 0.0, 0.0]))
 
     pipeline = build_pipeline(AugmentConfig(affine=0.5, mask_dropout=0.2), seed=0)
-    crops = SteelDataset(sample_dir / "train_images", ids, labels, SPEC1, (256, 512), 1.0, pipeline)
+    crops = SteelDataset(images, ids, labels, SPEC1, (256, 512), 1.0, pipeline)
     a, b = crops[(3, 1234)], crops[(3, 1234)]
     assert a["image"].shape == (1, 256, 512) and a["mask"].shape == (4, 256, 512)
     torch.testing.assert_close(a["image"], b["image"])
     torch.testing.assert_close(a["presence"], a["mask"].flatten(1).amax(1))
 
 
-def test_dataset_reads_each_image_from_its_own_folder(sample_dir, labels, tmp_path):
+def test_dataset_reads_each_image_from_its_own_folder(synthetic_set, labels, tmp_path):
     """`folders` (the extra sources' images) wins over `images_dir`; each path is resolved once."""
     ids = labels.image_ids[:2]
     copy = tmp_path / ids[1]
-    copy.write_bytes((sample_dir / "train_images" / ids[1]).read_bytes())
-    dataset = SteelDataset(sample_dir / "train_images", ids, labels, SPEC1, folders={ids[1]: tmp_path})
-    assert dataset.paths == [sample_dir / "train_images" / ids[0], copy]
+    copy.write_bytes((synthetic_set.out_dir / "train_images" / ids[1]).read_bytes())
+    dataset = SteelDataset(
+        synthetic_set.out_dir / "train_images", ids, labels, SPEC1, folders={ids[1]: tmp_path}
+    )
+    assert dataset.paths == [synthetic_set.out_dir / "train_images" / ids[0], copy]
     torch.testing.assert_close(dataset[1]["mask"], torch.from_numpy(labels.masks(ids[1])).float())
     copy.write_bytes(b"not a jpeg")
-    with pytest.raises(ValueError, match=str(copy)):
-        dataset[1]
+    assert dataset[1]["error"].startswith(str(copy))
 
 
 def test_dataset_names_an_unreadable_image(tmp_path, labels):
+    """The item carries the reason (a DataLoader worker never raises it); the batch raises it, plainly."""
     ids = labels.image_ids[:1]
     (tmp_path / ids[0]).write_bytes(b"not a jpeg")
+    item = SteelDataset(tmp_path, ids, labels, SPEC1)[0]
+    assert item["error"].endswith(f"{ids[0]}: not a decodable image") and not item["mask"].any()
     with pytest.raises(ValueError, match=ids[0]):
-        SteelDataset(tmp_path, ids, labels, SPEC1)[0]
+        raise_image_errors(default_collate([item]))
 
 
 def test_balanced_weights_favour_rare_classes():

@@ -11,8 +11,10 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from damage import copy_set, oversized_jpeg
 
 from steel_seg.cli import folds as folds_cli
+from steel_seg.cli import main
 from steel_seg.folds import (
     HASH_THRESHOLD,
     assign_folds,
@@ -83,6 +85,20 @@ def test_missing_image_error_names_the_file(synth, tmp_path, capsys):
     assert f"{missing}: file not found" in capsys.readouterr().err
 
 
+def test_hashes_are_distinct_and_robust(synthetic_set):
+    """Synthetic images outside the near-duplicate clusters hash apart; a nudged copy hashes close."""
+    in_clusters = {i for cluster in synthetic_set.clusters for i in cluster}
+    ids = [i for i in synthetic_set.train_ids if i not in in_clusters]
+    paths = [synthetic_set.out_dir / "train_images" / i for i in ids]
+    hashes = hash_images(paths, progress=False)
+    assert hashes.dtype == np.uint64 and len(hashes) == len(ids) >= 20
+    assert np.array_equal(hashes, hash_images(paths, progress=False))
+    assert len(near_pairs(hashes, HASH_THRESHOLD)) == 0, "different synthetic images look like duplicates"
+    grey = cv2.imread(str(paths[0]), cv2.IMREAD_GRAYSCALE)
+    nudged = np.clip(np.roll(grey, 4, axis=1) * 1.04 + 3, 0, 255).astype(np.uint8)
+    assert int(np.bitwise_count(phash(grey) ^ phash(nudged))) <= HASH_THRESHOLD
+
+
 def test_real_sample_hashes_are_distinct_and_robust(sample_dir):
     paths = sorted((sample_dir / "train_images").glob("*.jpg"))
     hashes = hash_images(paths, progress=False)
@@ -149,3 +165,16 @@ def test_real_index_folds_are_balanced_within_3_percent(sample_dir):
     assert counts.sum().tolist() == [897, 247, 5150, 801, 5902]
     deviation = (counts / counts.mean() - 1).abs()
     assert (deviation <= 0.03).all().all(), counts
+
+
+def test_an_image_opencv_refuses_is_named_by_folds_and_eda(synthetic_set, tmp_path, capsys):
+    """OpenCV raises its own cv2.error on a header claiming 65000 x 65000 pixels: both commands that read
+    every train image name the file and exit 2, no traceback."""
+    data = copy_set(synthetic_set.out_dir, tmp_path / "set")
+    ids = sorted(p.name for p in (data / "train_images").glob("*.jpg"))
+    victim = oversized_jpeg(data / "train_images" / ids[3], data / "train_images" / ids[0])
+    common = ["--train-csv", str(data / "train.csv"), "--images", str(data / "train_images")]
+    assert main(["folds", *common, "--out", str(tmp_path / "folds.csv")]) == 2
+    assert f"{victim}: OpenCV cannot decode it" in capsys.readouterr().err
+    assert main(["report", "eda", *common, "--out", str(tmp_path / "eda")]) == 2
+    assert f"{victim}: OpenCV cannot decode it" in capsys.readouterr().err

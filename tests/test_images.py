@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import pickle
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
+from damage import oversized_jpeg, truncated_jpeg
 
-from steel_seg.images import IMAGE_SHAPE, ImageError, fit_shape, read_grey
+from steel_seg.competition import IMAGE_SHAPE
+from steel_seg.images import ImageError, check_image, check_images, fit_shape, read_grey
 
 
 def _write_jpeg(path, array):
@@ -58,3 +63,33 @@ def test_wrong_size_is_reported_and_can_be_fitted(tmp_path):
         read_grey(path)
     fitted = fit_shape(read_grey(path, shape=None))
     assert fitted.shape == IMAGE_SHAPE and abs(int(fitted.mean()) - 77) <= 1
+
+
+def test_opencv_refusing_a_file_is_an_image_error_naming_it(tmp_path):
+    """A header claiming 65000 x 65000 pixels: OpenCV raises its own cv2.error (not None)."""
+    source = _write_jpeg(tmp_path / "good.jpg", np.full(IMAGE_SHAPE, 90, np.uint8))
+    huge = oversized_jpeg(tmp_path / "huge.jpg", source)
+    with pytest.raises(cv2.error):
+        cv2.imdecode(np.fromfile(huge, np.uint8), cv2.IMREAD_GRAYSCALE)
+    with pytest.raises(ImageError, match=r"huge\.jpg: OpenCV cannot decode it \(.*\)") as err:
+        read_grey(huge)
+    assert pickle.loads(pickle.dumps(err.value)).reason == err.value.reason  # intact across processes
+
+
+def test_the_header_check_finds_what_a_decode_would(tmp_path):
+    source = _write_jpeg(tmp_path / "good.jpg", np.full(IMAGE_SHAPE, 90, np.uint8))
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "junk.jpg").write_bytes(b"not a jpeg" * 50)
+    bad = {
+        "huge.jpg": (oversized_jpeg(tmp_path / "huge.jpg", source), "size 65000x65000, expected 1600x256"),
+        "cut.jpg": (truncated_jpeg(tmp_path / "cut.jpg", source), "truncated JPEG (no end-of-image marker)"),
+        "small.jpg": (_write_jpeg(tmp_path / "small.jpg", np.zeros((128, 800), np.uint8)), "size 800x128"),
+        "empty.jpg": (tmp_path / "empty.jpg", "empty file"),
+        "junk.jpg": (tmp_path / "junk.jpg", "not a JPEG with a readable header"),
+        "gone.jpg": (tmp_path / "gone.jpg", "file not found"),
+    }
+    assert check_image(source) is None
+    problems = check_images([source, *(path for path, _ in bad.values())], progress=False)
+    assert [Path(p.path).name for p in problems] == list(bad)
+    for problem, (_, reason) in zip(problems, bad.values(), strict=True):
+        assert problem.reason.startswith(reason)

@@ -2,7 +2,8 @@
 
 The isolated interpreter is the venv's python with `-s -S` (no site-packages, no .pth, so no editable install)
 and a PYTHONPATH of symlinks to every site-packages entry except steel_seg and segmentation_models_pytorch.
-Models are real tiny smp Unets (random init), images the real sample's JPEGs laid out as a Kaggle test folder.
+Models are real tiny smp Unets (random init), images the synthetic set's test JPEGs laid out as a Kaggle test
+folder.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 import cv2
@@ -54,13 +56,14 @@ def make_weights(weights_dir: Path) -> Path:
     return weights_dir
 
 
-def make_test_folder(sample_dir: Path, root: Path) -> list[str]:
-    """`root/test_images` with real JPEGs, the bad files and the odd ones; returns every listed ImageId."""
+def make_test_folder(source: Path, root: Path) -> list[str]:
+    """`root/test_images` with good JPEGs of `source`, the bad files and the odd ones; returns every listed
+    ImageId."""
     images = root / "test_images"
     images.mkdir(parents=True)
-    good = sorted(p.name for p in (sample_dir / "train_images").glob("*.jpg"))[:N_GOOD]
+    good = sorted(p.name for p in source.glob("*.jpg"))[:N_GOOD]
     for name in good:
-        shutil.copy(sample_dir / "train_images" / name, images / name)
+        shutil.copy(source / name, images / name)
     data = bytearray((images / good[0]).read_bytes())
     (images / "truncated.jpg").write_bytes(data[: len(data) * 2 // 5])
     data[2:600] = bytes(598)
@@ -91,13 +94,13 @@ def write_sample(path: Path, image_ids: list[str], layout: Layout) -> Path:
 
 
 @pytest.fixture(scope="module")
-def setup(sample_dir, tmp_path_factory):
+def setup(synthetic_set, tmp_path_factory):
     """Weights, the built kernel, a Kaggle-like data dir with both sample layouts, the isolated site dir."""
     root = tmp_path_factory.mktemp("kernel")
     weights = make_weights(root / "weights")
     script = bundle.build(weights, root / "kernel", TEMPLATE).script
     data = root / "data"
-    ids = make_test_folder(sample_dir, data)
+    ids = make_test_folder(synthetic_set.out_dir / "test_images", data)
     samples = {
         layout: write_sample(data / f"sample_{layout.name}.csv", ids, layout) for layout in SAMPLE_LAYOUTS
     }
@@ -220,15 +223,22 @@ def test_kernel_runs_from_its_embedded_copies(setup, reference, tmp_path, layout
         assert out.read_bytes() == reference.read_bytes()
 
 
+def embedded(setup: dict, weights: Path | None = None) -> tuple[dict, dict]:
+    """The manifest and rules the built script carries."""
+    weights = weights or setup["weights"]
+    return json.loads((weights / "manifest.json").read_text()), json.loads(
+        (weights / "thresholds.json").read_text()
+    )
+
+
 def run_in_process(
     setup: dict, out: Path, *extra: str, weights: Path | None = None, manifest: dict | None = None
 ) -> int:
     """`kernel.main` as the bundled script calls it, with the embedded manifest and rules."""
     weights = weights or setup["weights"]
-    manifest = manifest or json.loads((weights / "manifest.json").read_text())
-    rules = json.loads((weights / "thresholds.json").read_text())
+    default_manifest, rules = embedded(setup, weights)
     args = kernel_args(setup, setup["samples"][Layout.ORIGINAL], out, weights)[1:]
-    return kernel.main([*args, "--workers", "0", *extra], manifest, rules)
+    return kernel.main([*args, "--workers", "0", *extra], manifest or default_manifest, rules)
 
 
 def test_wrong_checksum_stops_the_kernel_before_any_image(setup, tmp_path, caplog):
@@ -269,12 +279,64 @@ def test_missing_inputs_stop_the_kernel(setup, tmp_path, caplog):
     assert not out.exists()
 
 
-def test_limit_predicts_the_first_images_and_writes_the_rest_empty(setup, tmp_path):
+def test_limit_predicts_the_first_images_and_writes_the_rest_empty(setup, tmp_path, caplog):
     out = tmp_path / "submission.csv"
     assert run_in_process(setup, out, "--limit", "1") == kernel.OK
     sample = setup["samples"][Layout.ORIGINAL]
     assert submission.validate(out, sample) == []
     assert set(tidy(out)["ImageId"]) <= {setup["ids"][0]}
+    others = len(setup["ids"]) - 1
+    assert f"--limit 1: the other {others} images of the sample are written empty" in caplog.text
+    assert "DEADLINE" not in caplog.text and "written empty in" not in caplog.text
+
+
+@pytest.mark.parametrize("layout", list(SAMPLE_LAYOUTS))
+def test_the_kernel_stops_at_its_budget_with_a_complete_submission(
+    setup, tmp_path, monkeypatch, caplog, layout
+):
+    """Each forward of the real model sleeps 2 s more: a 3 s budget cuts the run, which still exits 0."""
+    forward = Ensemble.forward
+
+    def slow_forward(self, *args, **kwargs):
+        time.sleep(2.0)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(Ensemble, "forward", slow_forward)
+    out, sample = tmp_path / "submission.csv", setup["samples"][layout]
+    args = kernel_args(setup, sample, out)[1:]
+    start = time.perf_counter()
+    code = kernel.main([*args, "--workers", "0", "--batch-size", "1", "--budget-s", "3"], *embedded(setup))
+    assert code == kernel.OK and time.perf_counter() - start < 3.0 + 3.0
+    assert submission.validate(out, sample) == []
+    assert re.search(r"DEADLINE: [1-7] of 7 images were not reached and are written empty", caplog.text)
+
+
+@pytest.mark.slow
+def test_the_built_kernel_never_outlives_its_budget(setup, tmp_path):
+    """The demo kernel on 200 real images on the CPU with --budget-s 15: it stops at the limit, exit 0.
+
+    Only the imports and checks before the first image can outlast the limit (on a loaded machine); the run
+    then writes everything empty at once."""
+    data = tmp_path / "data"
+    (data / "test_images").mkdir(parents=True)
+    good = [setup["data"] / "test_images" / i for i in setup["ids"][:3:2]]
+    ids = [f"{i:04d}{good[i % 2].name}" for i in range(200)]
+    for i, image_id in enumerate(ids):
+        shutil.copy(good[i % 2], data / "test_images" / image_id)
+    sample = write_sample(data / "sample_submission.csv", ids, Layout.FINAL)
+    out = tmp_path / "submission.csv"
+    args = [str(setup["script"]), "--data-dir", str(data), "--weights-dir", str(setup["weights"]),
+            "--out", str(out), "--devices", "cpu", "--batch-size", "4", "--budget-s", "15"]  # fmt: skip
+    start = time.perf_counter()
+    result = run_isolated(setup, args, tmp_path)
+    wall = time.perf_counter() - start
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log
+    startup = float(re.search(r"start-up checks passed in ([\d.]+)s", log).group(1))
+    assert wall < max(15, startup) + 6, log
+    assert submission.validate(out, sample) == []
+    assert re.search(r"DEADLINE: \d+ of 200 images were not reached", log)
+    assert len(re.findall(r"INFO predict: \d+/200 images", log)) <= 10  # no progress bar off a terminal
 
 
 def test_failure_mid_run_still_leaves_a_complete_submission(setup, tmp_path, monkeypatch, caplog):
@@ -319,6 +381,7 @@ def test_default_paths_are_kaggle_inputs(tmp_path):
         competition / "sample_submission.csv",
         tmp_path / "input" / "w",
         tmp_path / "working" / "submission.csv",
+        search_root=tmp_path / "input",
     )
 
 
@@ -335,8 +398,88 @@ def test_inputs_mounted_elsewhere_are_found_by_their_marker(tmp_path):
     assert (inputs.images_dir, inputs.weights_dir) == (competition / "test_images", weights)
     (tmp_path / "input" / "other").mkdir()
     (tmp_path / "input" / "other" / "manifest.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match=r"steel-seg-weights/manifest\.json not found; expected one"):
+    assert kernel.resolve_inputs(args, where).weights_dir == weights  # the one named after the slug
+    args = kernel.parse_args(["--weights-dataset", "renamed"])
+    with pytest.raises(
+        FileNotFoundError, match=r"renamed does not hold manifest.json; expected one"
+    ) as error:
         kernel.resolve_inputs(args, where)
+    assert f"{tmp_path / 'input'} holds:\n  competitions/\n    severstal-steel-defect-detection/\n" in str(
+        error.value
+    )
+
+
+def kaggle_input(setup: dict, root: Path) -> Path:
+    """An input root as Kaggle mounts it now, everything renamed: the competition under another name, the
+    weights dataset renamed and nested, the model dir renamed (4 levels down), a second dataset with a
+    manifest of its own; returns the root."""
+    competition = root / "competitions" / "steel-comp-copy"
+    shutil.copytree(setup["data"], competition)
+    shutil.copy(setup["samples"][Layout.FINAL], competition / "sample_submission.csv")
+    weights = root / "datasets" / "someone" / "steel-seg-weights-v2"
+    weights.mkdir(parents=True)
+    shutil.copy(setup["weights"] / "manifest.json", weights / "manifest.json")
+    shutil.copytree(setup["weights"] / "tiny", weights / "tiny-v2")
+    other = root / "datasets" / "someone" / "other-models"
+    shutil.copytree(setup["weights"], other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["models"][0]["sha256"] = "f" * 64
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    (other / "tiny" / "model.safetensors").write_bytes(b"other weights")
+    return root
+
+
+def test_renamed_and_nested_inputs_are_found(setup, tmp_path, monkeypatch, caplog):
+    root = kaggle_input(setup, tmp_path / "input")
+    monkeypatch.setenv("STEEL_SEG_INPUT", str(root))
+    out = tmp_path / "submission.csv"
+    args = [
+        "--weights-dataset",
+        "steel-seg-weights",
+        "--out",
+        str(out),
+        *RUN_FLAGS,
+        "--workers",
+        "0",
+        "--limit",
+        "2",
+    ]
+    assert kernel.main(args, *embedded(setup)) == kernel.OK
+    weights = root / "datasets" / "someone" / "steel-seg-weights-v2"
+    assert f"model 'tiny': not in {weights}; using {weights / 'tiny-v2'} (same sha256)" in caplog.text
+    assert submission.validate(out, root / "competitions" / "steel-comp-copy" / "sample_submission.csv") == []
+
+
+def test_a_model_found_nowhere_stops_the_kernel_with_a_listing(setup, tmp_path, monkeypatch, caplog):
+    root = kaggle_input(setup, tmp_path / "input")
+    shutil.rmtree(root / "datasets" / "someone" / "steel-seg-weights-v2" / "tiny-v2")
+    monkeypatch.setenv("STEEL_SEG_INPUT", str(root))
+    out = tmp_path / "submission.csv"
+    assert kernel.main(["--out", str(out), *RUN_FLAGS], *embedded(setup)) == kernel.STARTUP_FAILED
+    assert (
+        "model(s) 'tiny' (dir tiny, sha256" in caplog.text
+        and "is the weights dataset attached" in caplog.text
+    )
+    assert f"{root} holds:\n  competitions/\n    steel-comp-copy/\n  datasets/\n    someone/\n" in caplog.text
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
+def test_without_a_gpu_the_kernel_stops_unless_asked_for_the_cpu(setup, tmp_path, caplog):
+    out = tmp_path / "submission.csv"
+    args = [
+        a for a in kernel_args(setup, setup["samples"][Layout.FINAL], out)[1:] if a not in ("--device", "cpu")
+    ]
+    assert kernel.main(args, *embedded(setup)) == kernel.STARTUP_FAILED
+    assert "no GPU is visible" in caplog.text and "--devices cpu" in caplog.text
+    assert "NvidiaTeslaT4" in caplog.text and not out.exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan"])
+def test_a_bad_budget_is_refused_by_the_parser(value, capsys):
+    with pytest.raises(SystemExit):
+        kernel.parse_args(["--budget-s", value])
+    assert f"argument --budget-s: {value!r} is not a finite number of seconds > 0" in capsys.readouterr().err
 
 
 def test_a_missing_package_stops_the_kernel_with_its_name(setup, tmp_path, monkeypatch, caplog):

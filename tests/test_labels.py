@@ -1,6 +1,11 @@
-"""Labels: both train.csv layouts of the real sample agree; bad files fail naming file and line."""
+"""Labels: both train.csv layouts of the real sample agree; bad files fail naming file and line.
+
+Behaviour runs on the synthetic set (both layouts, made by the repo); the real sample's facts need ../shared.
+"""
 
 from __future__ import annotations
+
+import random
 
 import numpy as np
 import pandas as pd
@@ -21,11 +26,16 @@ def test_both_layouts_of_the_sample_agree(sample_dir):
     assert len(original.image_ids) == 27 and original.image_ids == sorted(original.image_ids)
     for image_id in original.image_ids:
         np.testing.assert_array_equal(original.masks(image_id), rereleased.masks(image_id))
+    # Without the images folder the re-release layout knows only the 12 images with a defect.
+    assert len(Labels.from_csv(sample_dir / "train_new_format.csv").image_ids) == 12
 
 
-def test_rerelease_without_images_dir_knows_only_defect_images(sample_dir):
-    labels = Labels.from_csv(sample_dir / "train_new_format.csv")
-    assert len(labels.image_ids) == 12
+def test_rerelease_without_images_dir_knows_only_defect_images(synthetic_set):
+    labels = Labels.from_csv(synthetic_set.out_dir / "train.csv")
+    defect_images = sorted(set(labels.table["ImageId"]))
+    assert labels.image_ids == defect_images
+    assert len(defect_images) == len(synthetic_set.train_ids) - synthetic_set.n_defect_free
+    assert synthetic_set.n_defect_free > 0
 
 
 def test_presence_and_masks_match_the_index(sample_dir):
@@ -42,16 +52,24 @@ def test_presence_and_masks_match_the_index(sample_dir):
         assert presence.loc[image_id].tolist() == [a > 0 for a in expected_area]
 
 
-def test_unknown_image_is_a_key_error(sample_dir):
+def test_unknown_image_is_a_key_error(synthetic_original):
     with pytest.raises(KeyError, match="nope.jpg"):
-        Labels.from_csv(sample_dir / "train.csv").masks("nope.jpg")
+        Labels.from_csv(synthetic_original.out_dir / "train.csv").masks("nope.jpg")
 
 
-def test_read_train_csv_is_the_tidy_table(sample_dir):
-    table = read_train_csv(sample_dir / "train_new_format.csv")
+@pytest.mark.parametrize("which", ["synthetic_set", "synthetic_original"])
+def test_read_train_csv_is_the_tidy_table(tmp_path, request, which):
+    """Defect rows only, sorted by image then class, whatever the layout and the file's row order."""
+    made = request.getfixturevalue(which)
+    header, *body = (made.out_dir / "train.csv").read_text().splitlines()
+    random.Random(0).shuffle(body)
+    path = tmp_path / "train.csv"
+    path.write_text("\n".join([header, *body]) + "\n")
+    table = read_train_csv(path)
     pairs = list(zip(table["ImageId"], table["ClassId"], strict=True))
-    assert pairs == sorted(pairs) and len(pairs) == 13
+    assert pairs == sorted(pairs) and len(pairs) == sum(made.class_counts.values())
     assert set(table["ClassId"]) == {1, 2, 3, 4}
+    assert list(table.columns) == ["ImageId", "ClassId", "EncodedPixels"] and table["EncodedPixels"].all()
 
 
 def test_submission_layouts_read_too(sample_dir):
@@ -92,11 +110,11 @@ def test_bad_files_name_file_line_and_problem(tmp_path, text, problem):
         Labels.from_csv(path)
 
 
-def test_missing_file_and_missing_images_dir(tmp_path, sample_dir):
+def test_missing_file_and_missing_images_dir(tmp_path, synthetic_original):
     with pytest.raises(ValueError, match="no such file"):
         read_train_csv(tmp_path / "absent.csv")
     with pytest.raises(ValueError, match="not a directory"):
-        Labels.from_csv(sample_dir / "train.csv", images_dir=tmp_path / "absent")
+        Labels.from_csv(synthetic_original.out_dir / "train.csv", images_dir=tmp_path / "absent")
 
 
 def test_small_shape_and_blank_lines(tmp_path):

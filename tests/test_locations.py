@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from steel_seg.competition import SLUG
-from steel_seg.locations import Locations, default_device, locate
+from steel_seg.locations import Locations, default_device, files_named, listing, locate
 
 
 def test_kaggle_when_the_run_type_is_set():
@@ -36,7 +36,7 @@ def test_local_roots(tmp_path, monkeypatch):
 def test_find_input(tmp_path):
     where = Locations(True, tmp_path, tmp_path / "out")
     (tmp_path / SLUG).mkdir()
-    with pytest.raises(FileNotFoundError, match=r"expected one folder holding manifest.json, found \[\]"):
+    with pytest.raises(FileNotFoundError, match=r"expected one folder holding manifest.json up to 4 levels"):
         where.find_input("manifest.json")
     (tmp_path / "weights-v1").mkdir()
     (tmp_path / "weights-v1" / "manifest.json").write_text("{}")
@@ -45,8 +45,45 @@ def test_find_input(tmp_path):
     assert where.find_input("manifest.json", "other") == tmp_path / "weights-v1"  # found by its marker
     (tmp_path / "nested" / "inner").mkdir(parents=True)
     (tmp_path / "nested" / "inner" / "manifest.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match=r"other/manifest.json not found; .*inner"):
+    with pytest.raises(FileNotFoundError, match=r"other does not hold manifest.json; .*inner"):
         where.find_input("manifest.json", "other")
+    assert where.find_input("manifest.json", "inner") == tmp_path / "nested" / "inner"  # by its folder's name
+    assert (
+        where.find_input("manifest.json", prefer=lambda d: d.name == "weights-v1") == tmp_path / "weights-v1"
+    )
+
+
+def test_every_marker_must_be_there_and_four_levels_are_searched(tmp_path):
+    where = Locations(True, tmp_path, tmp_path / "out")
+    deep = tmp_path / "a" / "b" / "c" / "d"
+    (deep / "test_images").mkdir(parents=True)
+    (tmp_path / "decoy").mkdir()
+    for folder in (deep, tmp_path / "decoy"):  # the decoy has a sample but no test images
+        (folder / "sample_submission.csv").write_text("")
+    assert where.find_competition_dir() == deep
+    (deep / "e").mkdir()
+    for folder in (deep, deep / "e"):
+        (folder / "model.safetensors").write_bytes(b"")
+    assert files_named(tmp_path, "model.safetensors") == [deep / "model.safetensors"]  # level 5: too deep
+    assert len(files_named(tmp_path, "model.safetensors", depth=5)) == 2
+
+
+def test_listing_shows_two_levels_and_cuts_long_folders(tmp_path):
+    (tmp_path / "comp" / "test_images").mkdir(parents=True)
+    for i in range(12):
+        (tmp_path / "comp" / "test_images" / f"{i:02d}.jpg").write_bytes(b"")
+    (tmp_path / "comp" / "sample_submission.csv").write_text("")
+    (tmp_path / "my-weights").mkdir()
+    assert listing(tmp_path).splitlines() == [
+        f"{tmp_path} holds:",
+        "  comp/",
+        "    sample_submission.csv",
+        "    test_images/",
+        "  my-weights/",
+    ]
+    assert listing(tmp_path / "comp" / "test_images").splitlines()[-1] == "  ... and 4 more"
+    assert listing(tmp_path / "absent") == f"{tmp_path / 'absent'} does not exist."
+    assert listing(tmp_path / "my-weights") == f"{tmp_path / 'my-weights'} is empty."
 
 
 def test_default_device():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 
 import pytest
 import torch
@@ -189,3 +190,34 @@ def test_manifest_command_names_a_missing_model_dir(tmp_path, capsys):
     code = cli.main(["manifest", "--weights-dir", str(tmp_path / "w"), "--model", f"a={tmp_path / 'nope'}"])
     assert code == 2
     assert "nope/spec.json: missing" in capsys.readouterr().err
+
+
+def _truncated_copy(source, target):
+    """A copy of a model dir whose safetensors lost its last 100 bytes (its sha256 is that of the copy)."""
+    shutil.copytree(source, target)
+    path = target / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:-100])
+    return target
+
+
+def test_manifest_command_refuses_weights_that_cannot_load(weights_dir, tmp_path, capsys):
+    """What would stop the kernel at start-up on Kaggle is refused before the upload."""
+    broken = _truncated_copy(weights_dir / "seg-a", tmp_path / "broken")
+    args = ["manifest", "--weights-dir", str(tmp_path / "w1"), "--model", f"a={broken}"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "model 'a'" in err and "model.safetensors: cannot read weights" in err
+    mismatch = tmp_path / "mismatch"
+    shutil.copytree(weights_dir / "seg-a", mismatch)
+    spec = json.loads((mismatch / "spec.json").read_text())
+    (mismatch / "spec.json").write_text(json.dumps({**spec, "arch": "FPN", "decoder_channels": []}))
+    assert cli.main(["manifest", "--weights-dir", str(tmp_path / "w2"), "--model", f"b={mismatch}"]) == 2
+    assert "weights do not match the model" in capsys.readouterr().err
+    assert not (tmp_path / "w1").exists() and not (tmp_path / "w2").exists()  # nothing copied
+
+
+def test_a_model_with_another_number_of_classes_is_refused(tmp_path):
+    spec = models.ModelSpec(**{**TINY.to_dict(), "classes": 3})
+    models.save(models.build_model(spec), spec, tmp_path / "three")
+    with pytest.raises(ManifestError, match="the model has 3 output classes; the competition has 4"):
+        build_manifest(tmp_path, ["three"])

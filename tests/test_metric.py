@@ -119,6 +119,16 @@ def test_bad_tables_raise(rows, problem):
         score(tidy([]), tidy(rows), ["a.jpg"], SHAPE)
 
 
+def test_truth_vs_truth_and_all_empty(synthetic_labels):
+    labels = synthetic_labels
+    n_pairs, n_masks = 4 * len(labels.image_ids), len(labels.table)
+    assert 0 < n_masks < n_pairs
+    assert score(labels.table, labels.table, labels.image_ids).mean_dice == 1.0
+    empty = score(labels.table, labels.table.iloc[:0], labels.image_ids)
+    assert empty.n_pairs == n_pairs and empty.mean_dice == pytest.approx((n_pairs - n_masks) / n_pairs)
+    assert empty.nonempty_truth.n_pairs == n_masks and empty.nonempty_truth.mean_dice == 0.0
+
+
 def test_real_sample_truth_vs_truth_and_all_empty(sample_dir):
     labels = Labels.from_csv(sample_dir / "train.csv")
     assert score(labels.table, labels.table, labels.image_ids).mean_dice == 1.0
@@ -127,9 +137,8 @@ def test_real_sample_truth_vs_truth_and_all_empty(sample_dir):
     assert empty.nonempty_truth.n_pairs == 13 and empty.nonempty_truth.mean_dice == 0.0
 
 
-def test_real_masks_shifted_by_one_pixel(sample_dir):
-    """The starter-kernel bug (start off by one): scored exactly as decoding and comparing the masks."""
-    labels = Labels.from_csv(sample_dir / "train.csv")
+def shifted_by_one_pixel(labels: Labels) -> list[float]:
+    """The starter-kernel bug (start off by one) on every mask, and each mask's Dice by decoding both."""
     shifted = labels.table.copy()
     shifted["EncodedPixels"] = [
         rle.encode(np.roll(rle.decode(e).T.ravel(), 1).reshape(1600, 256).T) for e in shifted.EncodedPixels
@@ -141,15 +150,36 @@ def test_real_masks_shifted_by_one_pixel(sample_dir):
     ]
     nonempty = result.pairs[result.pairs.truth_area > 0]
     np.testing.assert_allclose(nonempty["dice"], expected)
+    return expected
+
+
+def test_masks_shifted_by_one_pixel(synthetic_labels):
+    """Scored exactly as decoding and comparing the masks."""
+    expected = shifted_by_one_pixel(synthetic_labels)
+    assert len(expected) == len(synthetic_labels.table) and 0.0 < min(expected) < 1.0
+
+
+def test_real_masks_shifted_by_one_pixel(sample_dir):
+    """The real masks lose little to the bug (Dice above 0.9), yet every one loses something."""
+    expected = shifted_by_one_pixel(Labels.from_csv(sample_dir / "train.csv"))
     assert 0.9 < min(expected) < 1.0
 
 
-def test_score_files_image_sets(sample_dir, tmp_path):
-    stage1 = sample_dir / "sample_submission_stage1.csv"
-    assert score_files(sample_dir / "train.csv", sample_dir / "train_new_format.csv").n_images == 27
-    union = score_files(sample_dir / "train_new_format.csv", stage1)
-    assert union.n_images == 12 + 1801
-    folder = score_files(sample_dir / "train_new_format.csv", stage1, images_dir=sample_dir / "train_images")
-    assert folder.n_images == 27 and folder.mean_dice == pytest.approx(95 / 108)
+def test_score_files_image_sets(synthetic_set, synthetic_original, tmp_path):
+    """Which images are scored: the truth's, the union of both files' images, or every JPEG of the images
+    folder; a prediction that does not match them is refused unless `subset`."""
+    train_new = synthetic_set.out_dir / "train.csv"  # re-release layout: defect images only
+    stage1 = synthetic_original.out_dir / "sample_submission.csv"  # the 6 test images, `1 1` placeholders
+    n_train, n_test = len(synthetic_set.train_ids), len(synthetic_set.test_ids)
+    n_defect = n_train - synthetic_set.n_defect_free
+    assert score_files(synthetic_original.out_dir / "train.csv", train_new).n_images == n_train
+    with pytest.raises(ValueError, match=rf"the prediction has no rows for {n_defect} of the scored images"):
+        score_files(train_new, stage1)  # a test-set sample against train truth
+    assert score_files(train_new, stage1, subset=True).n_images == n_test
+    empty = tmp_path / "empty.csv"
+    empty.write_text("ImageId,EncodedPixels,ClassId\n")
+    folder = score_files(train_new, empty, images_dir=synthetic_set.out_dir / "train_images")
+    n_masks = sum(synthetic_set.class_counts.values())
+    assert folder.n_images == n_train and folder.mean_dice == pytest.approx(1 - n_masks / (4 * n_train))
     with pytest.raises(ValueError, match="not a folder of"):
-        score_files(sample_dir / "train.csv", stage1, images_dir=tmp_path)
+        score_files(synthetic_original.out_dir / "train.csv", stage1, images_dir=tmp_path)

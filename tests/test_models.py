@@ -40,6 +40,60 @@ def test_spec_rejects_bad_values(tmp_path):
         ModelSpec.from_json(bad)
 
 
+def test_mean_and_std_are_per_channel():
+    spec = ModelSpec("Unet", TINY, in_channels=3, mean=[0.2, 0.5, 0.8], std=0.25)
+    assert spec.mean == (0.2, 0.5, 0.8) and spec.std == (0.25, 0.25, 0.25)
+    assert spec.to_dict()["mean"] == [0.2, 0.5, 0.8] and ModelSpec.from_dict(spec.to_dict()) == spec
+    assert ModelSpec("Unet", TINY, in_channels=1).mean == (models.GREY_MEAN,)
+    with pytest.raises(ValueError, match=r"mean must be one number or 1 \(one per channel\)"):
+        ModelSpec("Unet", TINY, in_channels=1, mean=(0.2, 0.5, 0.8))
+    with pytest.raises(ValueError, match="std must be positive"):
+        ModelSpec("Unet", TINY, std=(0.2, 0.0, 0.2))
+    with pytest.raises(ValueError, match="mean must be one number or 3"):
+        ModelSpec("Unet", TINY, mean="auto")
+
+
+def test_to_tensor_replicates_grey_and_normalises_each_channel():
+    spec = ModelSpec("Unet", TINY, in_channels=3, mean=(0.2, 0.5, 0.8), std=(0.1, 0.2, 0.4))
+    grey = torch.randint(0, 256, (2, 5, 7), dtype=torch.uint8)
+    x = models.to_tensor(grey, spec)
+    expected = torch.stack([(grey / 255 - m) / s for m, s in zip(spec.mean, spec.std, strict=True)], dim=1)
+    assert x.shape == (2, 3, 5, 7) and x.dtype == torch.float32 and x.is_contiguous()
+    torch.testing.assert_close(x, expected)
+    torch.testing.assert_close(models.to_tensor(grey.numpy(), spec), expected)
+
+
+# spec.json exactly as `models.save` wrote it before mean / std became per-channel (one number each).
+OLD_SPEC_JSON = """{
+  "arch": "Unet",
+  "encoder": "tu-mobilenetv3_small_050",
+  "in_channels": 3,
+  "classes": 4,
+  "aux_head": false,
+  "mean": 0.37,
+  "std": 0.17,
+  "encoder_depth": 3,
+  "decoder_channels": [
+    8,
+    8,
+    8
+  ]
+}
+"""
+
+
+def test_a_spec_json_from_before_per_channel_values_still_loads(tmp_path):
+    old = ModelSpec("Unet", TINY, encoder_depth=3, decoder_channels=(8, 8, 8))
+    models.save(build_model(old), old, tmp_path / "m")
+    (tmp_path / "m" / "spec.json").write_text(OLD_SPEC_JSON)
+    model, spec = models.load(tmp_path / "m")
+    assert spec.mean == (0.37, 0.37, 0.37) and spec.std == (0.17, 0.17, 0.17)
+    grey = torch.tensor([[[0, 94, 255]]], dtype=torch.uint8)
+    x = models.to_tensor(grey, spec)
+    for c in range(3):
+        torch.testing.assert_close(x[0, c, 0], (grey[0, 0].float() / 255 - 0.37) / 0.17)
+
+
 def test_unknown_architecture_lists_the_valid_names():
     with pytest.raises(KeyError, match="FPN"):
         build_model(ModelSpec("NoSuchNet", TINY))
@@ -113,7 +167,7 @@ def test_imagenet_style_file_loads_into_a_grey_encoder(tmp_path):
     source = build_model(rgb).encoder.state_dict()
     file_state = {**source, "fc.weight": torch.zeros(1000, 512), "fc.bias": torch.zeros(1000)}
     save_file(file_state, str(tmp_path / "imagenet.safetensors"))
-    grey = ModelSpec(**{**rgb.to_dict(), "in_channels": 1})
+    grey = ModelSpec(**{**rgb.to_dict(), "in_channels": 1, "mean": 0.37, "std": 0.17})
     model = build_model(grey, encoder_weights_path=tmp_path / "imagenet.safetensors")
     torch.testing.assert_close(model.encoder.conv1.weight, source["conv1.weight"].sum(dim=1, keepdim=True))
 

@@ -38,8 +38,9 @@ def write_oof(path, labels: Labels, image_ids, seed=0, with_cls=False, fold=0):
 
 
 @pytest.fixture(scope="module")
-def labels(sample_dir) -> Labels:
-    return Labels.from_csv(sample_dir / "train.csv")
+def labels(synthetic_original) -> Labels:
+    """The synthetic set's 27 train images (original layout: defect-free images known without a folder)."""
+    return Labels.from_csv(synthetic_original.out_dir / "train.csv")
 
 
 def test_quantise_round_trip_is_within_half_a_step():
@@ -117,14 +118,18 @@ def test_wrong_png_shape_is_named(tmp_path, labels):
         oof.probs(labels.image_ids[0])
 
 
-def test_rewriting_a_dir_invalidates_its_old_meta_until_closed(tmp_path, labels):
+def test_rewriting_a_dir_never_mixes_two_runs(tmp_path, labels):
+    """An existing dir is refused; with overwrite it stays whole (the old run) until the new one replaces it
+    whole: never an old meta.json over new PNGs, never stale PNGs."""
     write_oof(tmp_path, labels, labels.image_ids[:2])
-    writer = OOFWriter(tmp_path, "again", 1, has_cls=False)
-    with pytest.raises(ValueError, match="meta.json"):
-        read_oof(tmp_path)
+    with pytest.raises(ValueError, match="already holds files"):
+        OOFWriter(tmp_path, "again", 1, has_cls=False)
+    writer = OOFWriter(tmp_path, "again", 1, has_cls=False, overwrite=True)
     writer.add(labels.image_ids[2], np.zeros((4, *SHAPE), np.float32))
+    assert read_oof(tmp_path).image_ids == labels.image_ids[:2]
     writer.close(labels)
     assert read_oof(tmp_path).image_ids == [labels.image_ids[2]]
+    assert len(list((tmp_path / "probs").iterdir())) == 1
 
 
 def test_meta_problems_are_named(tmp_path, labels):

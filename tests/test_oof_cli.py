@@ -24,27 +24,34 @@ SPEC = models.ModelSpec(
     decoder_channels=(8, 8, 8),
     aux_head=True,
 )
-HELDOUT = ["000a4bcdd.jpg", "03db6bbc3.jpg"]  # fold 1: class 1; classes 3 and 4
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+@pytest.fixture(scope="module")
+def heldout(synthetic_labels) -> list[str]:
+    """Fold 1, sorted: the first synthetic image with one defect class and the first with two."""
+    per_image = synthetic_labels.presence().sum(axis=1)
+    return sorted([per_image.index[per_image == 1][0], per_image.index[per_image == 2][0]])
+
+
 @pytest.fixture
-def run_dir(sample_dir, tmp_path) -> Path:
+def run_dir(synthetic_set, heldout, tmp_path) -> Path:
     """A run dir as `steel-seg train` writes it: run.json, folds.csv and best/ (a real saved smp model)."""
+    data = synthetic_set.out_dir
     run = tmp_path / "runs" / "unet-f1"
     torch.manual_seed(0)
     models.save(models.build_model(SPEC), SPEC, run / "best")
-    ids = sorted(p.name for p in (sample_dir / "train_images").glob("*.jpg"))
-    folds = pd.DataFrame({"ImageId": ids, "fold": [1 if i in HELDOUT else 0 for i in ids]})
+    ids = sorted(p.name for p in (data / "train_images").glob("*.jpg"))
+    folds = pd.DataFrame({"ImageId": ids, "fold": [1 if i in heldout else 0 for i in ids]})
     folds.to_csv(tmp_path / "folds.csv", index=False)
     info = {
         "name": "unet-f1",
         "fold": 1,
         "folds_csv": str(tmp_path / "folds.csv"),
-        "train_csv": str(sample_dir / "train.csv"),
-        "images_dir": str(sample_dir / "train_images"),
+        "train_csv": str(data / "train.csv"),
+        "images_dir": str(data / "train_images"),
         "model_dir": "best",
     }
     (run / "run.json").write_text(json.dumps(info))
@@ -52,7 +59,7 @@ def run_dir(sample_dir, tmp_path) -> Path:
 
 
 @pytest.mark.slow
-def test_oof_writes_the_heldout_fold(run_dir, tmp_path, capsys):
+def test_oof_writes_the_heldout_fold(run_dir, heldout, synthetic_labels, tmp_path, capsys):
     out = tmp_path / "oof" / "unet-f1"
     code = cli_main(
         [
@@ -72,32 +79,33 @@ def test_oof_writes_the_heldout_fold(run_dir, tmp_path, capsys):
     assert code == 0
     assert str(out) in capsys.readouterr().out
     oof = read_oof(out)
-    assert oof.image_ids == HELDOUT
+    assert oof.image_ids == heldout
     assert oof.has_cls and oof.cls is not None
     meta = json.loads((out / "meta.json").read_text())
     assert (meta["fold"], meta["source"]) == (1, str(run_dir))
-    truth = oof.truth.table
-    assert sorted(zip(truth["ImageId"], truth["ClassId"], strict=True)) == [
-        ("000a4bcdd.jpg", 1),
-        ("03db6bbc3.jpg", 3),
-        ("03db6bbc3.jpg", 4),
-    ]
+    truth, labels = oof.truth.table, synthetic_labels.table
+    expected = labels[labels["ImageId"].isin(heldout)]
+    assert len(expected) == 3  # one class on one image, two on the other
+    assert sorted(zip(truth["ImageId"], truth["ClassId"], strict=True)) == sorted(
+        zip(expected["ImageId"], expected["ClassId"], strict=True)
+    )
+    pd.testing.assert_frame_equal(truth.reset_index(drop=True), expected.reset_index(drop=True))
     # The stored probabilities are the engine's, through the same TTA: checked on one image.
     model, spec = models.load(run_dir / "best")
     ensemble = Ensemble([Member("unet-f1", "seg", model, spec, views=("none", "h"))])
     settings = PredictSettings(workers=0, progress=False)
     [(image_id, probs, cls)] = iter_probs(
-        ensemble, [Path(json.loads((run_dir / "run.json").read_text())["images_dir"]) / HELDOUT[1]], settings
+        ensemble, [Path(json.loads((run_dir / "run.json").read_text())["images_dir"]) / heldout[1]], settings
     )
-    np.testing.assert_array_equal(oof.probs_u8(HELDOUT[1]), quantise(probs))
-    np.testing.assert_allclose(oof.cls_of(HELDOUT[1]), cls, rtol=1e-6)
+    np.testing.assert_array_equal(oof.probs_u8(heldout[1]), quantise(probs))
+    np.testing.assert_allclose(oof.cls_of(heldout[1]), cls, rtol=1e-6)
 
 
 @pytest.mark.slow
-def test_oof_limit_and_default_out(run_dir, tmp_path, monkeypatch):
+def test_oof_limit_and_default_out(run_dir, heldout, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert cli_main(["oof", "--run", str(run_dir), "--device", "cpu", "--workers", "0", "--limit", "1"]) == 0
-    assert read_oof(tmp_path / "oof" / "unet-f1").image_ids == HELDOUT[:1]
+    assert read_oof(tmp_path / "oof" / "unet-f1").image_ids == heldout[:1]
 
 
 def test_oof_reports_a_bad_run(run_dir, capsys):

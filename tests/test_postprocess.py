@@ -113,12 +113,14 @@ def test_rules_combined():
         (1, slice(0, 10), slice(0, 10), 0.8),  # big enough component but class area too small
         (2, slice(0, 10), slice(0, 10), 0.65),  # gate not reached
     )
-    rules = Rules((
-        ClassRule(1, pixel_threshold=0.6, min_component=5, min_area=50, gate=0.7),
-        ClassRule(2, pixel_threshold=0.6, min_component=5, min_area=101, gate=0.7),
-        ClassRule(3, pixel_threshold=0.6, min_component=5, min_area=50, gate=0.7),
-        ClassRule(4),
-    ))
+    rules = Rules(
+        (
+            ClassRule(1, pixel_threshold=0.6, min_component=5, min_area=50, gate=0.7),
+            ClassRule(2, pixel_threshold=0.6, min_component=5, min_area=101, gate=0.7),
+            ClassRule(3, pixel_threshold=0.6, min_component=5, min_area=50, gate=0.7),
+            ClassRule(4),
+        )
+    )
     out = postprocess.apply(probs, rules)
     assert out[0].sum() == 100 and out[0, :10, :10].all()
     assert out[1:].sum() == 0
@@ -155,8 +157,12 @@ def test_component_filter_matches_a_per_component_reference():
 
 
 def test_rules_round_trip_and_loaded_errors_name_the_file(tmp_path):
-    rules = Rules(tuple(ClassRule(k + 1, 0.55, 150, a, 0.6) for k, a in enumerate([600, 600, 900, 2000])),
-                  True, {"grid": "x"}, "a note")
+    rules = Rules(
+        tuple(ClassRule(k + 1, 0.55, 150, a, 0.6) for k, a in enumerate([600, 600, 900, 2000])),
+        True,
+        {"grid": "x"},
+        "a note",
+    )
     path = rules.save(tmp_path / "t.json")
     loaded = Rules.load(path)
     assert loaded == rules and loaded.tuning == {"grid": "x"} and loaded.note == "a note"
@@ -190,3 +196,16 @@ def test_component_filter_on_local_blobs_and_image_corners():
     assert postprocess.bounding_box(local) == (slice(5, 8), slice(30, 32))
     np.testing.assert_array_equal(postprocess.drop_small_components(local, 6), local)
     assert postprocess.drop_small_components(local, 7).sum() == 0
+
+
+def test_a_misspelt_key_is_an_error_not_a_default(tmp_path):
+    """`min_comp` for `min_component` used to leave the class at min_component 0, silently."""
+    good = Rules(tuple(ClassRule(c, 0.5, 150, 600, 0.6) for c in (1, 2, 3, 4))).to_dict()
+    path = tmp_path / "thresholds.json"
+    good["classes"][2]["min_comp"] = good["classes"][2].pop("min_component")
+    path.write_text(json.dumps(good))
+    with pytest.raises(ValueError, match=r"thresholds\.json: .*class 3: unknown key\(s\) \['min_comp'\]"):
+        Rules.load(path)
+    path.write_text(json.dumps({**Rules().to_dict(), "one_class_per_pixle": True}))
+    with pytest.raises(ValueError, match=r"rules: unknown key\(s\) \['one_class_per_pixle'\]"):
+        Rules.load(path)

@@ -1,9 +1,11 @@
-"""The inference engine on real (tiny, random-weight) smp models, real JPEGs and real sample CSVs."""
+"""The inference engine on real (tiny, random-weight) smp models, synthetic JPEGs and Kaggle-style samples."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import math
 import shutil
 import time
 from pathlib import Path
@@ -16,7 +18,7 @@ from torch import nn
 
 from steel_seg import models, postprocess, rle, submission
 from steel_seg.cli import main as cli_main
-from steel_seg.competition import Layout
+from steel_seg.competition import SAMPLE_LAYOUTS, Layout
 from steel_seg.ensemble import Ensemble, Member, flip
 from steel_seg.images import read_grey
 from steel_seg.manifest import Manifest, ManifestError, write_manifest
@@ -27,6 +29,7 @@ from steel_seg.predict import (
     predict_submission,
     threshold_on_device,
 )
+from steel_seg.progress import Progress
 
 ENCODER = "tu-mobilenetv3_small_050"
 SEG = models.ModelSpec(
@@ -191,13 +194,13 @@ def test_load_rejects_missing_files_and_wrong_roles(weights_dir, tmp_path):
         Ensemble.load(broken, Manifest.load(broken / "manifest.json"))
 
 
-# --- end to end on real JPEGs -----------------------------------------------------------------------------
+# --- end to end on JPEGs ----------------------------------------------------------------------------------
 
 
 @pytest.fixture
-def messy_images(sample_dir, tmp_path) -> tuple[Path, list[str]]:
-    """2 real JPEGs plus a corrupt, a truncated, a missing, a 1-channel and a wrongly sized one."""
-    real = sorted((sample_dir / "train_images").glob("*.jpg"))
+def messy_images(synthetic_set, tmp_path) -> tuple[Path, list[str]]:
+    """2 good JPEGs plus a corrupt, a truncated, a missing, a 1-channel and a wrongly sized one."""
+    real = sorted((synthetic_set.out_dir / "test_images").glob("*.jpg"))
     images = tmp_path / "images"
     images.mkdir()
     for path in real[:2]:
@@ -267,10 +270,10 @@ def test_one_channel_jpeg_predicts_like_its_three_channel_twin(weights_dir, mess
 
 
 @pytest.mark.slow
-def test_iter_probs_matches_predict_submission(sample_dir, tmp_path):
+def test_iter_probs_matches_predict_submission(synthetic_set, tmp_path):
     """One implementation: the probabilities of `iter_probs` post-processed on the CPU give the same rows."""
-    ids = ["0002cc93b.jpg", "0007a71bf.jpg", "000a4bcdd.jpg"]
-    images = sample_dir / "train_images"
+    ids = synthetic_set.test_ids[:3]
+    images = synthetic_set.out_dir / "test_images"
     ensemble = Ensemble([_member("aux", SEG_AUX, 0, views=("none", "h"))])
     settings = PredictSettings(**FAST)
     probs = list(iter_probs(ensemble, [images / i for i in ids], settings))
@@ -357,12 +360,185 @@ def test_budget_drops_views_then_models_and_finishes_in_time(tmp_path, caplog):
         assert decision.text() in caplog.text
 
 
+def _flat_images(folder: Path, n: int) -> list[str]:
+    """`n` identical mid-grey JPEGs in `folder`; returns their ImageIds."""
+    folder.mkdir()
+    cv2.imwrite(str(folder / "0.jpg"), np.full((256, 1600), 128, np.uint8))
+    ids = [f"{i:03d}.jpg" for i in range(n)]
+    for image_id in ids:
+        shutil.copy(folder / "0.jpg", folder / image_id)
+    return ids
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", list(SAMPLE_LAYOUTS))
+def test_the_deadline_stops_the_run_and_writes_the_rest_empty(tmp_path, caplog, layout):
+    """A model that needs ~24 s for the set, a 3 s limit: the run ends near the limit with a valid file."""
+    ids = _flat_images(tmp_path / "images", 40)
+    sample = _sample_csv(tmp_path / "sample.csv", ids, layout)
+    ensemble = Ensemble([Member("slow", "seg", SlowSegmenter(0.3), SEG)], budget_s=3.0)
+    rules = postprocess.Rules(tuple(postprocess.ClassRule(k + 1, pixel_threshold=0.0) for k in range(4)))
+    out, start = tmp_path / "sub.csv", time.perf_counter()
+    settings = PredictSettings(**{**FAST, "batch_size": 2}, budget_start=start)
+    with caplog.at_level(logging.INFO, logger="steel_seg.predict"):
+        summary = predict_submission(ensemble, rules, tmp_path / "images", sample, out, settings)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 3.0 + 2.5  # the last batch that fits ends before the limit
+    assert submission.validate(out, sample) == [] and submission.detect_layout(out) is layout
+    rows = _rows(out)
+    full = rle.encode(np.ones((256, 1600), np.uint8))
+    predicted = [i for i in ids if rows.get(i, ["", "", "", ""]) == [full] * 4]
+    assert predicted == ids[: len(predicted)] and 0 < len(predicted) < len(ids)  # a prefix, in order
+    assert summary.cut == len(ids) - len(predicted)
+    assert f"DEADLINE: {summary.cut} of 40 images were not reached and are written empty" in caplog.text
+
+
+@pytest.mark.slow
+def test_the_deadline_does_not_wait_for_a_batch_that_overruns_it(tmp_path, caplog):
+    """The first batch alone takes 8 s (nothing measured yet to refuse it): the run stops waiting at 2 s."""
+    ids = _flat_images(tmp_path / "images", 4)
+    sample = _sample_csv(tmp_path / "sample.csv", ids, Layout.FINAL)
+    ensemble = Ensemble([Member("stuck", "seg", SlowSegmenter(4.0), SEG)], budget_s=2.0)
+    start = time.perf_counter()
+    settings = PredictSettings(**{**FAST, "batch_size": 2}, budget_start=start)
+    summary = predict_submission(
+        ensemble, postprocess.Rules(), tmp_path / "images", sample, tmp_path / "s.csv", settings
+    )
+    assert time.perf_counter() - start < 2.0 + 2.0
+    assert summary.cut == 4 and submission.validate(tmp_path / "s.csv", sample) == []
+    assert "a batch was still running" in caplog.text
+
+
+def test_an_infinite_budget_never_cuts(tmp_path):
+    ids = _flat_images(tmp_path / "images", 3)
+    sample = _sample_csv(tmp_path / "sample.csv", ids, Layout.FINAL)
+    ensemble = Ensemble([Member("quick", "seg", SlowSegmenter(0.0), SEG)])
+    settings = PredictSettings(**FAST, budget_s=math.inf)
+    summary = predict_submission(
+        ensemble, postprocess.Rules(), tmp_path / "images", sample, tmp_path / "s.csv", settings
+    )
+    assert summary.cut == 0 and summary.images == 3
+
+
+# --- several devices, NaN/inf outputs ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_devices_give_the_same_submission_and_probabilities(sample_dir, tmp_path):
+    """Two CPU "devices", batch k on worker k mod 2, gathered in order: the same bytes as one device."""
+    ids = sorted(p.name for p in (sample_dir / "train_images").glob("*.jpg"))[:5]
+    images = sample_dir / "train_images"
+    sample = _sample_csv(tmp_path / "sample.csv", ids, Layout.ORIGINAL)
+    ensemble = Ensemble([_member("aux", SEG_AUX, 0, views=("none", "h")), _member("plain", SEG, 1)])
+    rules = postprocess.Rules(tuple(postprocess.ClassRule(k + 1, pixel_threshold=0.5) for k in range(4)))
+    outputs = {}
+    for device in ("cpu", "cpu,cpu"):
+        settings = PredictSettings(**FAST, device=device)
+        predict_submission(ensemble, rules, images, sample, tmp_path / f"{device}.csv", settings)
+        outputs[device] = list(iter_probs(ensemble, [images / i for i in ids], settings))
+    assert (tmp_path / "cpu.csv").read_bytes() == (tmp_path / "cpu,cpu.csv").read_bytes()
+    assert any(any(r) for r in _rows(tmp_path / "cpu.csv").values())
+    one, two = outputs["cpu"], outputs["cpu,cpu"]
+    assert [i for i, _, _ in one] == [i for i, _, _ in two] == ids
+    for (_, seg1, cls1), (_, seg2, cls2) in zip(one, two, strict=True):
+        np.testing.assert_array_equal(seg1, seg2)
+        np.testing.assert_array_equal(cls1, cls2)
+
+
+class NaNSegmenter(nn.Module):
+    """A real module whose logits are NaN from its `after`-th call on (an fp16 overflow, in effect)."""
+
+    def __init__(self, after: int = 0):
+        super().__init__()
+        self.after, self.calls = after, 0
+        self.head = nn.Conv2d(1, 4, kernel_size=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        out = self.head(x)
+        return out * math.nan if self.calls > self.after else out
+
+
+@pytest.mark.slow
+def test_a_model_with_nan_outputs_is_dropped_loudly(sample_dir, tmp_path, caplog):
+    ids = sorted(p.name for p in (sample_dir / "train_images").glob("*.jpg"))[:3]
+    images = sample_dir / "train_images"
+    sample = _sample_csv(tmp_path / "sample.csv", ids, Layout.FINAL)
+    rules = postprocess.Rules(tuple(postprocess.ClassRule(k + 1, pixel_threshold=0.5) for k in range(4)))
+    settings = PredictSettings(**{**FAST, "batch_size": 1})
+    good = _member("plain", SEG, 1)
+    predict_submission(Ensemble([good]), rules, images, sample, tmp_path / "good.csv", settings)
+    nan = NaNSegmenter()
+    with caplog.at_level(logging.ERROR, logger="steel_seg.predict"):
+        summary = predict_submission(
+            Ensemble([good, Member("nan", "seg", nan, SEG)]),
+            rules,
+            images,
+            sample,
+            tmp_path / "both.csv",
+            settings,
+        )
+    assert summary.nonfinite == ["nan"] and summary.plan == {"plain": ("none",)}
+    assert "model 'nan' produced NaN/inf outputs" in caplog.text and "model nan: NaN/inf" in summary.text()
+    assert nan.calls == 1  # dropped after its first batch, which averaged the good model alone
+    assert (tmp_path / "both.csv").read_bytes() == (tmp_path / "good.csv").read_bytes()
+
+
+@pytest.mark.slow
+def test_when_the_last_segmenter_turns_nan_the_rest_is_empty_and_iter_probs_stops(
+    sample_dir, tmp_path, caplog
+):
+    ids = sorted(p.name for p in (sample_dir / "train_images").glob("*.jpg"))[:3]
+    images = sample_dir / "train_images"
+    sample = _sample_csv(tmp_path / "sample.csv", ids, Layout.ORIGINAL)
+    rules = postprocess.Rules(tuple(postprocess.ClassRule(k + 1, pixel_threshold=0.0) for k in range(4)))
+    ensemble = Ensemble([Member("nan", "seg", NaNSegmenter(after=1), SEG)])
+    settings = PredictSettings(**{**FAST, "batch_size": 1})
+    summary = predict_submission(ensemble, rules, images, sample, tmp_path / "sub.csv", settings)
+    assert summary.nonfinite == ["nan"] and "no segmenter left" in caplog.text
+    assert submission.validate(tmp_path / "sub.csv", sample) == []
+    rows = _rows(tmp_path / "sub.csv")
+    assert all(rows[ids[0]]) and ids[1] not in rows and ids[2] not in rows  # first predicted, then empty
+    probs = iter_probs(
+        Ensemble([Member("nan", "seg", NaNSegmenter(after=1), SEG)]), [images / i for i in ids], settings
+    )
+    assert next(probs)[1].any()  # OOF and pseudo-labels would read zeros as sure "no defect": they stop
+    with pytest.raises(ValueError, match=f"no segmenter left at image {ids[1]}: nan produced NaN/inf"):
+        next(probs)
+
+
+def test_progress_logs_every_tenth_off_a_terminal(caplog):
+    with (
+        caplog.at_level(logging.INFO, logger="steel_seg.progress"),
+        Progress(100, "predict", stream=io.StringIO()) as p,
+    ):
+        for _ in range(50):
+            p.update(2)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 10 and lines[0].startswith("predict: 10/100 images (10%)")
+    assert lines[-1].startswith("predict: 100/100 images (100%)")
+
+
+def test_progress_draws_a_bar_on_a_terminal(caplog):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    with (
+        caplog.at_level(logging.INFO, logger="steel_seg.progress"),
+        Progress(10, "predict", stream=stream) as p,
+    ):
+        p.update(10)
+    assert "10/10" in stream.getvalue() and caplog.records == []
+
+
 # --- the CLI ----------------------------------------------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_cli_predict_writes_a_valid_submission(weights_dir, sample_dir, tmp_path, capsys):
-    ids = ["0002cc93b.jpg", "0007a71bf.jpg", "000a4bcdd.jpg"]
+def test_cli_predict_writes_a_valid_submission(weights_dir, synthetic_set, tmp_path, capsys):
+    ids = synthetic_set.test_ids[:3]
     sample = _sample_csv(tmp_path / "sample.csv", ids, Layout.ORIGINAL)
     out = tmp_path / "sub.csv"
     code = cli_main(
@@ -371,7 +547,7 @@ def test_cli_predict_writes_a_valid_submission(weights_dir, sample_dir, tmp_path
             "--weights-dir",
             str(weights_dir),
             "--images",
-            str(sample_dir / "train_images"),
+            str(synthetic_set.out_dir / "test_images"),
             "--sample",
             str(sample),
             "--out",
@@ -408,3 +584,13 @@ def test_cli_predict_reports_a_bad_weights_dir(tmp_path, capsys):
     )
     assert code == 2
     assert f"{tmp_path / 'manifest.json'}: manifest not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf", "soon"])
+def test_cli_rejects_a_budget_that_is_not_a_positive_number(tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["predict", "--weights-dir", str(tmp_path), "--images", str(tmp_path),
+                  "--sample", str(tmp_path / "s.csv"), "--out", str(tmp_path / "o.csv"),
+                  "--budget-s", value])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert f"--budget-s: {value!r} is not a finite number of seconds > 0" in capsys.readouterr().err

@@ -27,7 +27,6 @@ from steel_seg.pseudo import (
     UNREADABLE,
     Confidence,
     Summary,
-    check_out_dir,
     check_readable,
     class_verdict,
     decide,
@@ -191,12 +190,20 @@ def test_outputs_read_back_through_labels(tmp_path):
     assert "3 images: 2 selected" in summary.text() and "data.extra_sources" in summary.text()
 
 
-def test_an_earlier_runs_outputs_are_kept_unless_overwrite(tmp_path):
-    check_out_dir(tmp_path / "new", overwrite=False)
-    (tmp_path / "selection.csv").write_text("x\n")
-    with pytest.raises(FileExistsError, match=r"selection\.csv already; pass --overwrite"):
-        check_out_dir(tmp_path, overwrite=False)
-    check_out_dir(tmp_path, overwrite=True)
+def test_an_earlier_rounds_outputs_are_kept_unless_overwrite_and_until_the_new_is_whole(tmp_path):
+    images, out = tmp_path / "images", tmp_path / "out"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.jpg"), np.zeros(IMAGE_SHAPE, np.uint8))
+    Rules().save(tmp_path / "thresholds.json")
+    out.mkdir()
+    (out / "train.csv").write_text("earlier\n")
+    with pytest.raises(ValueError, match=r"out: already holds .* pass --overwrite"):
+        pseudo.run(tmp_path, images, out)
+    with pytest.raises(ValueError, match=r"manifest\.json"):  # fails after the staging folder is made
+        pseudo.run(tmp_path, images, out, overwrite=True)
+    assert (out / "train.csv").read_text() == "earlier\n" and sorted(p.name for p in out.iterdir()) == [
+        "train.csv"
+    ]
 
 
 def test_bad_inputs_are_named_before_any_prediction(tmp_path):

@@ -1,7 +1,8 @@
-"""Reports: overlays draw the real masks, tables carry `metric`'s numbers, every figure is embedded.
+"""Reports: overlays draw the masks, tables carry `metric`'s numbers, every figure is embedded.
 
-The EDA page runs on the real sample; the evaluation page on an OOF folder written by `OOFWriter` from the
-real sample's masks plus blur, shift, noise and false-positive blobs (a classifier column included).
+The EDA page runs on the synthetic set (its statistics are also checked against the real sample where
+`../shared` is present); the evaluation page on an OOF folder written by `OOFWriter` from the synthetic set's
+masks plus blur, shift, noise and false-positive blobs (a classifier column included).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from test_tune import assert_stats_equal, small_case, write_small_oof
 
-from steel_seg import metric, postprocess, rle
+from steel_seg import metric, postprocess, rle, tune
 from steel_seg.cli import COMMANDS
 from steel_seg.cli import report as report_cli
 from steel_seg.competition import CLASSES
@@ -41,9 +43,8 @@ RULES = Rules(
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def write_noisy_oof(sample_dir: Path, out: Path, has_cls: bool, seed: int = 0) -> Path:
-    """An OOF dir from the real masks: blurred, shifted a few px, noisy, with false-positive blobs."""
-    labels = Labels.from_csv(sample_dir / "train.csv", sample_dir / "train_images")
+def write_noisy_oof(labels: Labels, out: Path, has_cls: bool, seed: int = 0) -> Path:
+    """An OOF dir from the true masks: blurred, shifted a few px, noisy, with false-positive blobs."""
     rng = np.random.default_rng(seed)
     writer = OOFWriter(out, source="test", fold=0, has_cls=has_cls)
     for i, image_id in enumerate(labels.image_ids):
@@ -136,10 +137,11 @@ def check_written(written) -> _Page:
 
 
 # --------------------------------------------------------------------------------------------- overlay
-def test_contours_follow_the_rle_of_real_masks(sample_dir):
-    image_id = "03db6bbc3.jpg"  # classes 3 and 4
-    labels = Labels.from_csv(sample_dir / "train.csv", sample_dir / "train_images")
-    grey = read_grey(sample_dir / "train_images" / image_id)
+def test_contours_follow_the_rle_of_the_masks(synthetic_set, synthetic_labels):
+    labels = synthetic_labels
+    presence = labels.presence()
+    image_id = presence.index[presence[3] & presence[4]][0]  # classes 3 and 4
+    grey = read_grey(synthetic_set.out_dir / "train_images" / image_id)
     masks = labels.masks(image_id)
     drawn = draw_contours(grey, masks, thickness=1)
     for c in (3, 4):
@@ -229,28 +231,54 @@ def test_eda_statistics_match_the_real_sample(sample_dir):
     assert np.isclose(stats.heat[3].sum() * eda.HEAT_STEP**2, stats.areas[4].sum())
 
 
-def test_near_duplicate_clusters_group_a_shifted_relit_copy(sample_dir, tmp_path):
-    src = sample_dir / "train_images"
-    names = ["000a4bcdd.jpg", "0a1cade03.jpg", "0c6720401.jpg"]
+def test_eda_statistics_of_the_synthetic_set(synthetic_set, synthetic_labels):
+    labels = synthetic_labels
+    stats = eda.collect(labels)
+    assert stats.class_table()["images"].tolist() == [synthetic_set.class_counts[c] for c in CLASSES]
+    assert stats.classes_per_image().loc["0 classes", "images"] == synthetic_set.n_defect_free
+    presence = labels.presence()
+    both = (presence[3] & presence[4]).sum()
+    assert both > 0 and stats.cooccurrence()[2, 3] == both
+    for c in CLASSES:
+        ids = labels.table.loc[labels.table["ClassId"] == c, "ImageId"]
+        areas = [int(labels.masks(i)[c - 1].sum()) for i in ids]
+        assert sorted(stats.areas[c].tolist()) == sorted(areas)
+        assert np.all(stats.components[c] >= 1)
+        # the heat map is the share of the class's masks covering each block: it sums to the mean area
+        assert np.isclose(stats.heat[c - 1].sum() * eda.HEAT_STEP**2, np.mean(areas), rtol=1e-5)
+    assert stats.heat.shape == (4, 64, 400)
+
+
+def test_near_duplicate_clusters_group_a_shifted_relit_copy(synthetic_set, tmp_path):
+    src = synthetic_set.out_dir / "train_images"
+    in_clusters = {i for cluster in synthetic_set.clusters for i in cluster}
+    names = [i for i in synthetic_set.train_ids if i not in in_clusters][:3]
     for name in names:
         (tmp_path / name).write_bytes((src / name).read_bytes())
     grey = read_grey(src / names[0]).astype(np.float32)
     copy = np.clip(np.roll(grey, 3, axis=1) * 1.03 + 2, 0, 255).astype(np.uint8)
     cv2.imwrite(str(tmp_path / "ffffffff0.jpg"), copy)
     found = eda.near_duplicate_clusters([*names, "ffffffff0.jpg"], tmp_path)
-    assert found == [["000a4bcdd.jpg", "ffffffff0.jpg"]]
+    assert found == [[names[0], "ffffffff0.jpg"]]
 
 
 @pytest.fixture(scope="module")
-def eda_report(sample_dir, tmp_path_factory):
-    labels = Labels.from_csv(sample_dir / "train.csv", sample_dir / "train_images")
+def eda_clusters(synthetic_set) -> list[list[str]]:
+    """One near-duplicate cluster of the synthetic set and one single image (not a cluster)."""
+    single = next(i for i in synthetic_set.train_ids if i not in synthetic_set.clusters[0])
+    return [synthetic_set.clusters[0], [single]]
+
+
+@pytest.fixture(scope="module")
+def eda_report(synthetic_set, synthetic_labels, eda_clusters, tmp_path_factory):
     out = tmp_path_factory.mktemp("eda")
-    clusters = [["0a1cade03.jpg", "0c6720401.jpg"], ["000a4bcdd.jpg"]]
     settings = eda_page.EdaSettings(per_class=1)
-    return eda_page.build(labels, sample_dir / "train_images", out, clusters, settings)
+    return eda_page.build(
+        synthetic_labels, synthetic_set.out_dir / "train_images", out, eda_clusters, settings
+    )
 
 
-def test_eda_report_embeds_every_figure(eda_report):
+def test_eda_report_embeds_every_figure(eda_report, synthetic_set, synthetic_labels):
     page = check_written(eda_report)
     names = {p.name for p in eda_report.figures}
     assert {"class_counts.png", "cooccurrence.png", "mask_areas.png", "components.png"} <= names
@@ -258,8 +286,10 @@ def test_eda_report_embeds_every_figure(eda_report):
     assert {f"overlays_class{c}.png" for c in (1, 2, 3, 4)} <= names and "cluster_1.png" in names
     assert "overlays.png" in names
     table = page.table("Per class")
-    assert table["images"].tolist() == ["3", "1", "8", "1"]
-    assert eda_report.summary == "27 images, 13 masks, 1 near-duplicate clusters"
+    assert table["images"].tolist() == [str(synthetic_set.class_counts[c]) for c in CLASSES]
+    n_masks = len(synthetic_labels.table)
+    assert n_masks == sum(synthetic_set.class_counts.values())
+    assert eda_report.summary == f"27 images, {n_masks} masks, 1 near-duplicate clusters"
 
 
 def test_overlay_figure_is_full_width_with_one_row_per_image(eda_report):
@@ -279,8 +309,8 @@ def test_roc_matches_a_hand_computed_case():
 
 
 @pytest.fixture(scope="module")
-def oof_dir(sample_dir, tmp_path_factory):
-    return write_noisy_oof(sample_dir, tmp_path_factory.mktemp("oof") / "fold0", has_cls=True)
+def oof_dir(synthetic_labels, tmp_path_factory):
+    return write_noisy_oof(synthetic_labels, tmp_path_factory.mktemp("oof") / "fold0", has_cls=True)
 
 
 @pytest.fixture(scope="module")
@@ -334,12 +364,37 @@ def test_worst_pairs_are_the_lowest_dice(evaluation):
         assert worst["dice"].tolist() == dice.head(2).tolist()
 
 
+def test_two_workers_evaluate_exactly_as_one(tmp_path, monkeypatch):
+    """A synthetic 24 x 40 OOF (no ../shared): every number of the evaluation is the same with 2 workers."""
+    truth, values, cls = small_case(np.random.default_rng(21), n=11)
+    oof = read_oofs([write_small_oof(tmp_path / "oof", truth, values, cls)])
+    rules = Rules(
+        (
+            ClassRule(1, 0.45, 3, 0, 0.3),
+            ClassRule(2, 0.5, 0, 10, 0.0),
+            ClassRule(3, 0.55, 5, 20, 0.5),
+            ClassRule(4),
+        )
+    )
+    monkeypatch.setattr(tune, "CHUNK_IMAGES", 2)  # 6 chunks over 2 workers
+    one, two = (evaluate.collect(oof, rules, CURVE_THRESHOLDS, workers) for workers in (1, 2))
+    assert one.score.n_images == 11 and 0 < one.score.mean_dice < 1
+    for name in ("score", "empty_baseline"):
+        assert getattr(two, name).to_dict() == getattr(one, name).to_dict()
+        pd.testing.assert_frame_equal(getattr(two, name).pairs, getattr(one, name).pairs)
+    pd.testing.assert_frame_equal(two.gate, one.gate)
+    assert two.gate_source == one.gate_source == "classifier"
+    assert_stats_equal(two.curve_stats, one.curve_stats)
+    pd.testing.assert_frame_equal(two.loss_table(), one.loss_table())
+
+
 @pytest.fixture(scope="module")
-def eval_report(evaluation, oof_dir, sample_dir, tmp_path_factory):
+def eval_report(evaluation, oof_dir, synthetic_set, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval")
     settings = eval_page.EvalSettings(worst=1)
     oof = read_oofs([oof_dir])
-    return eval_page.render(evaluation, oof, out, sample_dir / "train_images", settings, "test rules")
+    images = synthetic_set.out_dir / "train_images"
+    return eval_page.render(evaluation, oof, out, images, settings, "test rules")
 
 
 def test_eval_report_tables_match_metric(eval_report, expected_score):
@@ -383,17 +438,16 @@ def test_cli_eval_names_a_bad_thresholds_file(oof_dir, tmp_path, capsys):
     assert f"{bad}: invalid post-processing rules" in capsys.readouterr().err
 
 
-def test_cli_eda_names_a_missing_images_folder(sample_dir, tmp_path, capsys):
-    args = ["report", "eda", "--train-csv", str(sample_dir / "train.csv"), "--images", str(tmp_path / "none")]
+def test_cli_eda_names_a_missing_images_folder(synthetic_set, tmp_path, capsys):
+    train_csv = synthetic_set.out_dir / "train.csv"
+    args = ["report", "eda", "--train-csv", str(train_csv), "--images", str(tmp_path / "none")]
     assert run_report_cli([*args, "--out", str(tmp_path / "out")]) == 2
     assert f"{tmp_path / 'none'}" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_cli_eda_on_a_synthetic_set_finds_its_clusters(tmp_path, capsys):
-    from steel_seg.synthetic import write_dataset
-
-    made = write_dataset(tmp_path / "data", n_train=30, n_test=0, seed=3, progress=False)
+def test_cli_eda_on_a_synthetic_set_finds_its_clusters(synthetic_set, tmp_path, capsys):
+    made = synthetic_set
     assert made.clusters
     out = tmp_path / "report"
     args = ["--train-csv", str(made.out_dir / "train.csv"), "--images", str(made.out_dir / "train_images")]
@@ -407,8 +461,9 @@ def test_cli_eda_on_a_synthetic_set_finds_its_clusters(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_cli_eval_with_two_oof_folds(sample_dir, tmp_path, capsys):
-    labels = Labels.from_csv(sample_dir / "train.csv", sample_dir / "train_images")
+def test_cli_eval_with_two_oof_folds(synthetic_labels, tmp_path, capsys):
+    labels = synthetic_labels
+    assert len(labels.image_ids) == 27
     dirs = []
     for fold, ids in enumerate((labels.image_ids[:14], labels.image_ids[14:])):
         sub = Labels(labels.table[labels.table["ImageId"].isin(ids)], ids)

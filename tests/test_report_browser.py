@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from steel_seg.labels import Labels
 from steel_seg.report import eda_page
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
@@ -70,13 +69,12 @@ def browser_check(page: Path, work: Path) -> dict:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed")
-def test_eda_report_loads_every_figure_in_chromium(sample_dir, tmp_path):
-    labels = Labels.from_csv(sample_dir / "train.csv", sample_dir / "train_images")
+def test_eda_report_loads_every_figure_in_chromium(synthetic_set, synthetic_labels, tmp_path):
     written = eda_page.build(
-        labels,
-        sample_dir / "train_images",
+        synthetic_labels,
+        synthetic_set.out_dir / "train_images",
         tmp_path / "eda",
-        [["0a1cade03.jpg", "0c6720401.jpg"]],
+        synthetic_set.clusters[:1],
         eda_page.EdaSettings(per_class=1),
     )
     seen = browser_check(written.html, tmp_path)

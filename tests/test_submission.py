@@ -1,8 +1,14 @@
-"""Submission: layouts of the real samples, the streaming writer's order, reading and validating."""
+"""Submission: layouts of the real samples, the streaming writer's order, reading and validating.
+
+The behaviour runs on the synthetic set's samples (Kaggle's two layouts, made by the repo); only the checks of
+the real Kaggle files need `../shared`.
+"""
 
 from __future__ import annotations
 
+import random
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -20,18 +26,35 @@ from steel_seg.submission import (
 IMAGES = ["c.jpg", "a.jpg", "b.jpg"]
 
 
-def test_real_sample_layouts(sample_dir):
+def test_real_sample_layouts(sample_dir, tmp_path):
+    """The real Kaggle files: both sample submission layouts, both train.csv layouts."""
     final = read_sample(sample_dir / "sample_submission.csv")
     assert final.layout is Layout.FINAL and len(final.image_ids) == 5506
     assert final.image_ids[:2] == ["0000f269f.jpg", "000ccc2ac.jpg"]
     stage1 = read_sample(sample_dir / "sample_submission_stage1.csv")
     assert stage1.layout is Layout.ORIGINAL and len(stage1.image_ids) == 1801
     assert set(stage1.image_ids) <= set(final.image_ids)
+    # Kaggle's final sample holds one placeholder row an image (`1 409600`, ClassId 0): no class at all.
+    assert read_predictions(sample_dir / "sample_submission.csv").empty
+    # The real train.csv in both layouts reads as the same 13 defect rows.
+    shutil.copy(sample_dir / "train.csv", tmp_path / "train.csv")
+    original = read_predictions(tmp_path / "train.csv")
+    pd.testing.assert_frame_equal(original, read_predictions(sample_dir / "train_new_format.csv"))
+    assert len(original) == 13
 
 
-def test_detect_layout_rejects_train_csv(sample_dir):
-    with pytest.raises(ValueError, match="train_new_format.csv: header 'ImageId,ClassId,EncodedPixels'"):
-        detect_layout(sample_dir / "train_new_format.csv")
+@pytest.fixture(scope="module")
+def samples(synthetic_set, synthetic_original) -> dict[str, Path]:
+    """The synthetic set's two sample submissions, by the real samples' file names: final and stage 1."""
+    return {
+        "sample_submission.csv": synthetic_set.out_dir / "sample_submission.csv",
+        "sample_submission_stage1.csv": synthetic_original.out_dir / "sample_submission.csv",
+    }
+
+
+def test_detect_layout_rejects_train_csv(synthetic_set):
+    with pytest.raises(ValueError, match="train.csv: header 'ImageId,ClassId,EncodedPixels'"):
+        detect_layout(synthetic_set.out_dir / "train.csv")
 
 
 @pytest.mark.parametrize("layout", list(SAMPLE_LAYOUTS))
@@ -90,21 +113,22 @@ def write_full(path, sample: Sample):
 
 
 @pytest.mark.parametrize("name", ["sample_submission.csv", "sample_submission_stage1.csv"])
-def test_complete_submission_is_valid(tmp_path, sample_dir, name):
+def test_complete_submission_is_valid(tmp_path, samples, name):
     path = tmp_path / "submission.csv"
-    write_full(path, read_sample(sample_dir / name))
-    assert validate(path, sample_dir / name) == []
+    sample = read_sample(samples[name])
+    assert sample.layout is (Layout.FINAL if name == "sample_submission.csv" else Layout.ORIGINAL)
+    write_full(path, sample)
+    assert validate(path, samples[name]) == []
 
 
-def test_final_sample_placeholders_read_as_no_class_and_are_reported(sample_dir):
-    sample = sample_dir / "sample_submission.csv"
+def test_final_sample_placeholders_read_as_no_class_and_are_reported(samples, synthetic_set):
+    sample = samples["sample_submission.csv"]
+    first = synthetic_set.test_ids[0]
     assert read_predictions(sample).empty
     problems = validate(sample, sample)
-    assert (
-        problems[0]
-        == "line 2: ClassId '0' (the sample's placeholder) of 0000f269f.jpg is not one of 1, 2, 3, 4"
-    )
-    assert "image 0000f269f.jpg has no row for ClassId 1, 2, 3, 4" in problems
+    placeholder = f"line 2: ClassId '0' (the sample's placeholder) of {first} is not one of 1, 2, 3, 4"
+    assert problems[0] == placeholder
+    assert f"image {first} has no row for ClassId 1, 2, 3, 4" in problems
 
 
 def test_validate_lists_every_problem(tmp_path):
@@ -124,27 +148,31 @@ def test_validate_lists_every_problem(tmp_path):
     ]
 
 
-def test_validate_reports_header_of_another_layout(tmp_path, sample_dir):
+def test_validate_reports_header_of_another_layout(tmp_path, samples):
     stage1 = tmp_path / "stage1.csv"
-    write_full(stage1, Sample(Layout.ORIGINAL, read_sample(sample_dir / "sample_submission.csv").image_ids))
-    problems = validate(stage1, sample_dir / "sample_submission.csv")
+    write_full(stage1, Sample(Layout.ORIGINAL, read_sample(samples["sample_submission.csv"]).image_ids))
+    problems = validate(stage1, samples["sample_submission.csv"])
     assert problems == [
         "header is the original layout; the sample's is FINAL ('ImageId,EncodedPixels,ClassId')"
     ]
 
 
-def test_validate_raises_on_unreadable_submission(tmp_path, sample_dir):
+def test_validate_raises_on_unreadable_submission(tmp_path, samples):
     bad = tmp_path / "s.csv"
     bad.write_text("Image,Pixels\n")
     with pytest.raises(ValueError, match="s.csv: unknown columns Image,Pixels"):
-        validate(bad, sample_dir / "sample_submission.csv")
+        validate(bad, samples["sample_submission.csv"])
 
 
-def test_read_predictions_reads_train_layouts(tmp_path, sample_dir):
-    shutil.copy(sample_dir / "train.csv", tmp_path / "train.csv")
+def test_read_predictions_reads_train_layouts(tmp_path, synthetic_set, synthetic_original):
+    """Both train.csv layouts read as the same defect rows, whatever order the file's rows come in."""
+    lines = (synthetic_original.out_dir / "train.csv").read_text().splitlines()
+    body = lines[1:]
+    random.Random(0).shuffle(body)
+    (tmp_path / "train.csv").write_text("\n".join([lines[0], *body]) + "\n")
     original = read_predictions(tmp_path / "train.csv")
-    pd.testing.assert_frame_equal(original, read_predictions(sample_dir / "train_new_format.csv"))
-    assert len(original) == 13
+    pd.testing.assert_frame_equal(original, read_predictions(synthetic_set.out_dir / "train.csv"))
+    assert len(original) == sum(synthetic_set.class_counts.values())
 
 
 def test_writer_without_rle_check_trusts_encoded_strings(tmp_path):

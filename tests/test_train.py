@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from damage import truncated_jpeg
 from safetensors.torch import load_file
 
 from steel_seg import models
@@ -30,16 +32,12 @@ from steel_seg.train import Trainer, resolve_folds, train
 from steel_seg.trainer_config import DataConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-VAL_IDS = ["0c6720401.jpg", "0a058fcb6.jpg"]
-TRAIN_IDS = [
-    "000a4bcdd.jpg", "03db6bbc3.jpg", "0a21ce787.jpg", "0a4ad45a5.jpg", "0a122ef42.jpg", "0a1cade03.jpg",
-]  # fmt: skip
 
 
-def tiny_config(sample_dir: Path, folds_csv: Path, **sections) -> dict:
-    """A seconds-long run on 6 real train images (2 batches of 2 crops an epoch), validated on 2."""
+def tiny_config(data_dir: Path, folds_csv: Path, **sections) -> dict:
+    """A seconds-long run on 6 synthetic train images (2 batches of 2 crops an epoch), validated on 2."""
     config = {
-        "data": {"train_csv": str(sample_dir / "train.csv"), "images_dir": str(sample_dir / "train_images"),
+        "data": {"train_csv": str(data_dir / "train.csv"), "images_dir": str(data_dir / "train_images"),
                  "folds_csv": str(folds_csv), "fold": 0, "crop": [64, 128], "defect_crop_p": 0.8,
                  "batch_size": 2, "val_batch_size": 2, "workers": 0, "batches_per_epoch": 2,
                  "augment": {"affine": 0.3, "mask_dropout": 0.2}},
@@ -55,21 +53,45 @@ def tiny_config(sample_dir: Path, folds_csv: Path, **sections) -> dict:
 
 
 @pytest.fixture(scope="module")
-def folds_csv(sample_dir, tmp_path_factory) -> Path:
+def chosen(synthetic_set, synthetic_labels) -> tuple[list[str], list[str]]:
+    """(validation, training) images of the tiny runs: 2 (one with a defect, one without) and 6 more."""
+    presence = synthetic_labels.presence()
+    ids = synthetic_set.train_ids
+    val = [next(i for i in ids if presence.loc[i].any()), next(i for i in ids if not presence.loc[i].any())]
+    return val, [i for i in ids if i not in val][:6]
+
+
+@pytest.fixture(scope="module")
+def data_dir(synthetic_set, chosen, tmp_path_factory) -> Path:
+    """The 8 chosen images as a train set of their own (train.csv + train_images/): a folds.csv must cover
+    its train set."""
+    root = tmp_path_factory.mktemp("eight")
+    (root / "train_images").mkdir()
+    for image_id in chosen[0] + chosen[1]:
+        (root / "train_images" / image_id).symlink_to(synthetic_set.out_dir / "train_images" / image_id)
+    table = pd.read_csv(synthetic_set.out_dir / "train.csv")
+    table[table["ImageId"].isin(chosen[0] + chosen[1])].to_csv(root / "train.csv", index=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def folds_csv(chosen, tmp_path_factory) -> Path:
+    """Fold 0 (validation): 2 images, one of them with a defect; folds 1 and 2: 6 more train images."""
+    val, train_ids = chosen
     path = tmp_path_factory.mktemp("folds") / "folds.csv"
-    rows = [(i, 0) for i in VAL_IDS] + [(i, 1 + n % 2) for n, i in enumerate(TRAIN_IDS)]
+    rows = [(i, 0) for i in val] + [(i, 1 + n % 2) for n, i in enumerate(train_ids)]
     pd.DataFrame(rows, columns=["ImageId", "fold"]).to_csv(path, index=False)
     return path
 
 
 @pytest.fixture(scope="module")
-def straight_run(sample_dir, folds_csv, tmp_path_factory):
-    cfg = TrainConfig.from_dict(tiny_config(sample_dir, folds_csv, train={"ema_decay": 0.5}))
+def straight_run(data_dir, folds_csv, tmp_path_factory):
+    cfg = TrainConfig.from_dict(tiny_config(data_dir, folds_csv, train={"ema_decay": 0.5}))
     run_dir = tmp_path_factory.mktemp("runs") / "straight"
     return cfg, train(cfg, run_dir)
 
 
-def test_run_directory_layout(straight_run, sample_dir):
+def test_run_directory_layout(straight_run, data_dir):
     cfg, result = straight_run
     run = result.run_dir
     info = json.loads((run / "run.json").read_text())
@@ -86,7 +108,7 @@ def test_run_directory_layout(straight_run, sample_dir):
     assert 0.0 <= records[-1]["val_dice"] <= 1.0 and records[-1]["cls_accuracy"] is not None
     assert len(pd.read_csv(run / "metrics.csv")) == 2
     [primary] = info["sources"]
-    assert primary["role"] == "primary" and primary["train_csv"] == str((sample_dir / "train.csv").resolve())
+    assert primary["role"] == "primary" and primary["train_csv"] == str((data_dir / "train.csv").resolve())
     assert (primary["train_images"], primary["val_images"], primary["weight"]) == (6, 2, 1.0)
     assert any((run / "tb").iterdir())
     last = load_file(str(run / "last" / "model.safetensors"))
@@ -130,8 +152,9 @@ def test_resume_from_a_mid_epoch_checkpoint_matches_the_unbroken_run(straight_ru
         assert torch.equal(a[key], b[key]), f"{key} differs after a mid-epoch resume"
 
 
-def test_random_folds_are_written_for_the_oof_step(sample_dir, tmp_path):
-    labels = Labels.from_csv(sample_dir / "train.csv", sample_dir / "train_images")
+def test_random_folds_are_written_for_the_oof_step(synthetic_labels, tmp_path):
+    labels = synthetic_labels
+    assert len(labels.image_ids) == 27
     folds, path = resolve_folds(DataConfig(folds="random 3"), labels, RunDir(tmp_path), seed=0)
     written = pd.read_csv(path)
     assert list(written.columns) == ["ImageId", "fold"] and sorted(written["ImageId"]) == labels.image_ids
@@ -140,36 +163,36 @@ def test_random_folds_are_written_for_the_oof_step(sample_dir, tmp_path):
         resolve_folds(DataConfig(folds="stratified"), labels, RunDir(tmp_path), seed=0)
 
 
-def test_loss_falls_over_a_short_run(sample_dir, folds_csv, tmp_path):
-    config = tiny_config(sample_dir, folds_csv, schedule={"epochs": 4}, data={"augment": {"affine": 0.0}},
+def test_loss_falls_over_a_short_run(data_dir, folds_csv, tmp_path):
+    config = tiny_config(data_dir, folds_csv, schedule={"epochs": 4}, data={"augment": {"affine": 0.0}},
                          loss={"dice_weight": 0.0}, train={"accumulate": 2})  # fmt: skip
     result = train(TrainConfig.from_dict(config), tmp_path / "run")
     losses = [r["train_loss"] for r in result.records]
     assert losses[-1] < 0.8 * losses[0], losses
 
 
-def test_config_errors_name_the_file_and_key(tmp_path, sample_dir, folds_csv):
-    config = tiny_config(sample_dir, folds_csv, optim={"learning_rate": 1.0})
+def test_config_errors_name_the_file_and_key(tmp_path, data_dir, folds_csv):
+    config = tiny_config(data_dir, folds_csv, optim={"learning_rate": 1.0})
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ValueError, match=r"bad\.yaml.*optim.*learning_rate"):
         TrainConfig.from_yaml(path)
     good = tmp_path / "good.yaml"
-    good.write_text(yaml.safe_dump(tiny_config(sample_dir, folds_csv)))
+    good.write_text(yaml.safe_dump(tiny_config(data_dir, folds_csv)))
     cfg = TrainConfig.from_yaml(good, {"optim.lr": 0.1, "data.fold": 1, "data.crop": [32, 64]})
     assert cfg.optim.lr == 0.1 and cfg.data.fold == 1 and cfg.data.crop == (32, 64)
 
 
-def test_bad_folds_csv_names_the_file(tmp_path, sample_dir):
+def test_bad_folds_csv_names_the_file(tmp_path, data_dir):
     folds = tmp_path / "folds.csv"
     folds.write_text("ImageId,fold\nnot_an_image.jpg,0\n")
-    cfg = TrainConfig.from_dict(tiny_config(sample_dir, folds))
+    cfg = TrainConfig.from_dict(tiny_config(data_dir, folds))
     with pytest.raises(ValueError, match=r"folds\.csv: 1 image\(s\) not in the train labels"):
         train(cfg, tmp_path / "run")
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_configs_parse_and_build(path):
+def test_shipped_configs_parse_and_build(path, shipped_encoders):
     cfg = TrainConfig.from_yaml(path)
     model = models.build_model(cfg.model.spec)
     x = torch.zeros(1, cfg.model.spec.in_channels, 64, 64)
@@ -217,36 +240,36 @@ def extra(tmp_path_factory) -> dict:
             "unnamed": synth.train_ids[4:]}  # fmt: skip
 
 
-def with_sources(sample_dir: Path, folds_csv: Path, *sources: dict, **sections) -> TrainConfig:
-    config = tiny_config(sample_dir, folds_csv, **sections)
+def with_sources(data_dir: Path, folds_csv: Path, *sources: dict, **sections) -> TrainConfig:
+    config = tiny_config(data_dir, folds_csv, **sections)
     config["data"]["extra_sources"] = [{k: str(v) if isinstance(v, Path) else v for k, v in s.items()}
                                        for s in sources]  # fmt: skip
     return TrainConfig.from_dict(config)
 
 
-def test_extra_images_join_the_training_side_only(sample_dir, folds_csv, extra, tmp_path):
+def test_extra_images_join_the_training_side_only(data_dir, folds_csv, chosen, extra, tmp_path):
     source = {"train_csv": extra["csv"], "images_dir": extra["images"], "weight": 3.0}
-    trainer = Trainer(with_sources(sample_dir, folds_csv, source), RunDir(tmp_path), init_dist("cpu"))
+    trainer = Trainer(with_sources(data_dir, folds_csv, source), RunDir(tmp_path), init_dist("cpu"))
     dataset = trainer.loader.dataset
-    assert sorted(dataset.image_ids) == sorted(TRAIN_IDS + extra["named"])  # never the folder's other images
-    assert trainer.val_loader.dataset.image_ids == sorted(VAL_IDS)
+    assert sorted(dataset.image_ids) == sorted(chosen[1] + extra["named"])  # never the folder's other images
+    assert trainer.val_loader.dataset.image_ids == sorted(chosen[0])
     path = dict(zip(dataset.image_ids, dataset.paths, strict=True))
     assert [path[i] for i in extra["named"]] == [extra["images"] / i for i in extra["named"]]
-    assert {path[i].parent for i in TRAIN_IDS} == {sample_dir / "train_images"}
+    assert {path[i].parent for i in chosen[1]} == {data_dir / "train_images"}
     grey, masks = dataset.read(dataset.image_ids.index(extra["named"][0]))
     np.testing.assert_array_equal(grey, read_grey(extra["images"] / extra["named"][0]))
     np.testing.assert_array_equal(masks, Labels.from_csv(extra["csv"]).masks(extra["named"][0]))
     weight = dict(zip(dataset.image_ids, trainer.sampler.weights, strict=True))
-    assert weight[extra["named"][0]] == pytest.approx(3 * weight[TRAIN_IDS[0]])
+    assert weight[extra["named"][0]] == pytest.approx(3 * weight[chosen[1][0]])
     drawn = {dataset.image_ids[i] for i, _ in trainer.sampler}
-    assert drawn & set(extra["named"]) and not drawn & set(VAL_IDS)
+    assert drawn & set(extra["named"]) and not drawn & set(chosen[0])
     batch = next(iter(trainer.loader))
     assert set(batch["index"].tolist()) <= set(range(len(dataset)))
 
 
-def test_run_json_records_every_source(sample_dir, folds_csv, extra, tmp_path):
+def test_run_json_records_every_source(data_dir, folds_csv, chosen, extra, tmp_path):
     source = {"train_csv": extra["csv"], "images_dir": extra["images"]}
-    cfg = with_sources(sample_dir, folds_csv, source, schedule={"epochs": 1})
+    cfg = with_sources(data_dir, folds_csv, source, schedule={"epochs": 1})
     result = train(cfg, tmp_path / "run")
     assert TrainConfig.from_yaml(result.run_dir / "config.yaml") == cfg  # resumable with its sources
     primary, added = json.loads((result.run_dir / "run.json").read_text())["sources"]
@@ -256,18 +279,18 @@ def test_run_json_records_every_source(sample_dir, folds_csv, extra, tmp_path):
                      "train_images": 4, "val_images": 0}  # fmt: skip
 
 
-def test_an_image_in_two_sources_is_an_error_naming_both_files(sample_dir, folds_csv, extra, tmp_path):
+def test_an_image_in_two_sources_is_an_error_naming_both_files(data_dir, folds_csv, chosen, extra, tmp_path):
     clash = tmp_path / "clash.csv"
-    clash.write_text(Layout.ORIGINAL.header + "\n" + "".join(f"{VAL_IDS[0]}_{c},\n" for c in CLASSES))
+    clash.write_text(Layout.ORIGINAL.header + "\n" + "".join(f"{chosen[0][0]}_{c},\n" for c in CLASSES))
     with_primary = with_sources(
-        sample_dir, folds_csv, {"train_csv": clash, "images_dir": sample_dir / "train_images"}
+        data_dir, folds_csv, {"train_csv": clash, "images_dir": data_dir / "train_images"}
     )
-    message = f"{re.escape(str(clash))}: 1 ImageId\\(s\\) also in {re.escape(str(sample_dir / 'train.csv'))}"
+    message = f"{re.escape(str(clash))}: 1 ImageId\\(s\\) also in {re.escape(str(data_dir / 'train.csv'))}"
     with pytest.raises(ValueError, match=message):
         train(with_primary, tmp_path / "run")
     copy = tmp_path / "copy.csv"
     copy.write_bytes(extra["csv"].read_bytes())
-    twice = with_sources(sample_dir, folds_csv, {"train_csv": extra["csv"], "images_dir": extra["images"]},
+    twice = with_sources(data_dir, folds_csv, {"train_csv": extra["csv"], "images_dir": extra["images"]},
                          {"train_csv": copy, "images_dir": extra["images"]})  # fmt: skip
     with pytest.raises(
         ValueError, match=f"{re.escape(str(copy))}: 4 ImageId.*also in {re.escape(str(extra['csv']))}"
@@ -275,10 +298,10 @@ def test_an_image_in_two_sources_is_an_error_naming_both_files(sample_dir, folds
         train(twice, tmp_path / "run")
 
 
-def test_bad_extra_sources_are_named(sample_dir, folds_csv, extra, tmp_path):
+def test_bad_extra_sources_are_named(data_dir, folds_csv, chosen, extra, tmp_path):
     absent = tmp_path / "absent.csv"
     absent.write_text(Layout.ORIGINAL.header + "\nnot_here.jpg_1,\n")
-    cfg = with_sources(sample_dir, folds_csv, {"train_csv": absent, "images_dir": extra["images"]})
+    cfg = with_sources(data_dir, folds_csv, {"train_csv": absent, "images_dir": extra["images"]})
     with pytest.raises(ValueError, match=r"absent\.csv: 1 image\(s\) not found in .*not_here\.jpg"):
         train(cfg, tmp_path / "run")
     for source, message in [
@@ -287,7 +310,25 @@ def test_bad_extra_sources_are_named(sample_dir, folds_csv, extra, tmp_path):
         ({"train_csv": "a.csv", "images_dir": "i", "wieght": 2}, r"data\.extra_sources\[0\].*wieght"),
     ]:
         with pytest.raises(ValueError, match=message):
-            with_sources(sample_dir, folds_csv, source)
-    config = tiny_config(sample_dir, folds_csv, data={"extra_sources": "a.csv"})
+            with_sources(data_dir, folds_csv, source)
+    config = tiny_config(data_dir, folds_csv, data={"extra_sources": "a.csv"})
     with pytest.raises(ValueError, match="extra_sources must be a list"):
         TrainConfig.from_dict(config)
+
+
+def test_an_unusable_extra_image_is_named_or_skipped(data_dir, folds_csv, chosen, extra, tmp_path):
+    """The pre-flight header check covers the extra sources too, with their own CSV in the message."""
+    images = tmp_path / "images"
+    shutil.copytree(extra["images"], images)
+    victim = extra["named"][1]
+    truncated_jpeg(images / victim, extra["images"] / extra["named"][0])
+    source = {"train_csv": extra["csv"], "images_dir": images}
+    with pytest.raises(ValueError, match=f"1 of 4 train images cannot be used:\n.*{victim}: truncated JPEG"
+                                         f".*\\({re.escape(str(extra['csv']))} line \\d+\\)"):  # fmt: skip
+        Trainer(with_sources(data_dir, folds_csv, source), RunDir(tmp_path / "a"), init_dist("cpu"))
+    skip = with_sources(data_dir, folds_csv, source, data={"skip_bad_images": True})
+    trainer = Trainer(skip, RunDir(tmp_path / "b"), init_dist("cpu"))
+    assert sorted(trainer.loader.dataset.image_ids) == sorted(
+        chosen[1] + extra["named"][:1] + extra["named"][2:]
+    )
+    assert [s["train_images"] for s in trainer.sources] == [6, 3]

@@ -4,18 +4,33 @@ from __future__ import annotations
 
 import argparse
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from test_oof import write_oof
 
-from steel_seg import metric, postprocess, rle
+from steel_seg import metric, postprocess, rle, tune
 from steel_seg.cli import tune as tune_cli
+from steel_seg.competition import CLASSES, N_CLASSES, TIDY_COLUMNS
 from steel_seg.labels import Labels
-from steel_seg.oof import dequantise, quantise, read_oof
+from steel_seg.oof import OOFWriter, dequantise, quantise, read_oof, read_oofs
 from steel_seg.postprocess import ClassRule, Rules
-from steel_seg.tune import Grid, StatsCollector, score_class, search, value_cuts
+from steel_seg.tune import (
+    TIE_BREAK,
+    ClassStats,
+    Grid,
+    Stats,
+    StatsCollector,
+    chunk_ranges,
+    collect_stats,
+    middle_of_ties,
+    score_class,
+    search,
+    search_class,
+    value_cuts,
+)
 
 H, W = 24, 40
 SMALL_GRID = Grid((0.3, 0.6), (0, 4, 9), (0, 10, 30), (0.0, 0.5, 0.8))
@@ -23,15 +38,46 @@ SMALL_GRID = Grid((0.3, 0.6), (0, 4, 9), (0, 10, 30), (0.0, 0.5, 0.8))
 
 def small_case(rng: np.random.Generator, n: int = 24):
     """n images of (4, H, W): random blob truths (some empty) and noisy uint8 probability values."""
-    truth = np.zeros((n, 4, H, W), np.uint8)
-    for i, k in itertools.product(range(n), range(4)):
+    truth = np.zeros((n, N_CLASSES, H, W), np.uint8)
+    for i, k in itertools.product(range(n), range(N_CLASSES)):
         if rng.random() < 0.4:
             r, c = rng.integers(0, H - 6), rng.integers(0, W - 10)
             truth[i, k, r : r + rng.integers(2, 7), c : c + rng.integers(2, 11)] = 1
-    noise = rng.random((n, 4, H, W)) ** 4
+    noise = rng.random((n, N_CLASSES, H, W)) ** 4
     values = quantise((0.7 * truth + 0.8 * noise).astype(np.float32))
-    cls = rng.random((n, 4)).astype(np.float32)
+    cls = rng.random((n, N_CLASSES)).astype(np.float32)
     return truth, values, cls
+
+
+def write_small_oof(path: Path, truth, values, cls, first: int = 0, fold: int = 0) -> Path:
+    """An OOF dir of `small_case` images (ids `first`.jpg onwards) written with OOFWriter."""
+    ids = [f"{first + n:04d}.jpg" for n in range(len(values))]
+    rows = [
+        (i, c, rle.encode(m))
+        for i, masks in zip(ids, truth, strict=True)
+        for c, m in zip(CLASSES, masks, strict=True)
+        if m.any()
+    ]
+    labels = Labels(pd.DataFrame(rows, columns=list(TIDY_COLUMNS)), ids, (H, W))
+    writer = OOFWriter(path, source="test", fold=fold, has_cls=cls is not None)
+    for n, image_id in enumerate(ids):
+        writer.add(image_id, dequantise(values[n]), None if cls is None else cls[n])
+    return writer.close(labels)
+
+
+def assert_stats_equal(got: Stats, expected: Stats) -> None:
+    """Every field, array values and dtypes alike."""
+    assert (got.thresholds, got.one_class_per_pixel) == (expected.thresholds, expected.one_class_per_pixel)
+    assert got.image_ids == expected.image_ids
+    for g, e in zip(got.classes, expected.classes, strict=True):
+        for name in ("truth_area", "gate_score"):
+            a, b = getattr(g, name), getattr(e, name)
+            assert a.dtype == b.dtype
+            np.testing.assert_array_equal(a, b)
+        for name in ("sizes", "overlaps", "counts"):
+            for a, b in zip(getattr(g, name), getattr(e, name), strict=True):
+                assert a.dtype == b.dtype
+                np.testing.assert_array_equal(a, b)
 
 
 def dice(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -57,7 +103,7 @@ def brute_force(truth, values, cls, grid: Grid) -> np.ndarray:
 def collect(truth, values, cls, one_class_per_pixel):
     collector = StatsCollector(SMALL_GRID.pixel_thresholds, one_class_per_pixel)
     for n in range(len(values)):
-        collector.add(f"{n}.jpg", values[n], truth[n], None if cls is None else cls[n])
+        collector.add(f"{n:04d}.jpg", values[n], truth[n], None if cls is None else cls[n])
     return collector.finish()
 
 
@@ -73,13 +119,19 @@ def test_value_cuts_reproduce_the_float32_comparison():
 def test_scores_equal_brute_force_postprocess_on_every_grid_point(with_cls, one_class_per_pixel):
     truth, values, cls = small_case(np.random.default_rng(7))
     cls = cls if with_cls else None
-    grid = Grid(SMALL_GRID.pixel_thresholds, SMALL_GRID.min_components, SMALL_GRID.min_areas,
-                SMALL_GRID.gates, one_class_per_pixel)
+    grid = Grid(
+        SMALL_GRID.pixel_thresholds,
+        SMALL_GRID.min_components,
+        SMALL_GRID.min_areas,
+        SMALL_GRID.gates,
+        one_class_per_pixel,
+    )
     stats = collect(truth, values, cls, one_class_per_pixel)
     expected = brute_force(truth, values, cls, grid)
     for k in range(4):
-        np.testing.assert_allclose(score_class(stats.classes[k], stats.thresholds, grid), expected[k],
-                                   rtol=0, atol=1e-12)
+        np.testing.assert_allclose(
+            score_class(stats.classes[k], stats.thresholds, grid), expected[k], rtol=0, atol=1e-12
+        )
     for k, result in enumerate(search(stats, grid)):
         assert result.after == pytest.approx(expected[k].max(), abs=1e-12)
         assert result.before == pytest.approx(expected[(k, 1, 0, 0, 0)], abs=1e-12)  # 0.5 / 0 / 0 / 0
@@ -93,16 +145,133 @@ def test_grid_always_holds_the_defaults_sorted():
         Grid((1.5,))
 
 
-def test_ties_choose_the_first_grid_point_and_thresholds_must_match():
+def test_ties_choose_the_middle_grid_point_and_thresholds_must_match():
     collector = StatsCollector(SMALL_GRID.pixel_thresholds)
     for n in range(3):
         collector.add(f"{n}.jpg", np.zeros((4, H, W), np.uint8), np.zeros((4, H, W), np.uint8), None)
     stats = collector.finish()
-    for result in search(stats, SMALL_GRID):
+    for result in search(stats, SMALL_GRID):  # every point scores 1: the middle of every axis
         assert (result.before, result.after) == (1.0, 1.0)
-        assert (result.rule.pixel_threshold, result.rule.min_component, result.rule.gate) == (0.3, 0, 0.0)
+        rule = result.rule
+        assert (rule.pixel_threshold, rule.min_component, rule.min_area, rule.gate) == (0.5, 4, 10, 0.5)
     with pytest.raises(ValueError, match="statistics were taken at"):
         search(stats, Grid((0.2,)))
+
+
+def test_middle_of_ties_single_point_box_and_staircase():
+    tied = np.zeros((5, 8), bool)
+    tied[3, 6] = True
+    assert middle_of_ties(tied) == (3, 6)  # no tie: the one best point
+    tied[1:4, 2:6] = True  # a box: rows 1..3 (odd: 2), columns 2..5 (even: the lower middle, 3)
+    tied[3, 6] = False
+    assert middle_of_ties(tied) == (2, 3)
+    stairs = np.zeros((3, 3), bool)
+    stairs[0, :] = stairs[:, 2] = True  # per-axis medians (1, 1) are not tied: row 1 first, then its column
+    assert middle_of_ties(stairs) == (1, 2)
+    gaps = np.zeros(9, bool)
+    gaps[[0, 1, 7]] = True  # the middle of a gapped range is the median tied value, not the centre index 4
+    assert middle_of_ties(gaps) == (1,)
+    with pytest.raises(ValueError, match="no tied point"):
+        middle_of_ties(np.zeros((2, 2), bool))
+
+
+def test_middle_of_ties_always_returns_a_tied_point():
+    rng = np.random.default_rng(3)
+    for density in (0.01, 0.1, 0.5, 0.9):
+        for _ in range(50):
+            tied = rng.random((3, 4, 5, 2)) < density
+            tied.flat[rng.integers(tied.size)] = True
+            assert tied[middle_of_ties(tied)]
+
+
+def test_search_class_takes_the_middle_of_a_hand_made_tied_range():
+    """Image 0: truth 20 px, one exact 20 px component at thresholds 0.3 and 0.5, 12 px inside it at 0.6;
+    gate score 0.9. Image 1: empty truth, a 3 px false positive at 0.3 only; gate score 0.6.
+    Mean Dice 1 exactly when t in {0.3, 0.5}, min_area in {0, 10} (image 0 kept) and the false positive goes
+    (t = 0.5, or min_component 4 / 9, or min_area 10, or gate 0.8)."""
+    i32 = np.int32
+    stats = ClassStats(
+        truth_area=np.array([20, 0], np.int64),
+        gate_score=np.array([0.9, 0.6], np.float32),
+        sizes=[np.array([20, 3], i32), np.array([20], i32), np.array([12], i32)],
+        overlaps=[np.array([20, 0], i32), np.array([20], i32), np.array([12], i32)],
+        counts=[np.array([1, 1], i32), np.array([1, 0], i32), np.array([1, 0], i32)],
+    )
+    thresholds = SMALL_GRID.pixel_thresholds
+    assert thresholds == (0.3, 0.5, 0.6)
+    t, c, a, g = np.indices((3, 3, 3, 3))
+    expected_tied = (t < 2) & (a < 2) & ((t == 1) | (c >= 1) | (a == 1) | (g == 2))
+    scores = score_class(stats, thresholds, SMALL_GRID)
+    np.testing.assert_array_equal(scores == 1.0, expected_tied)
+    assert scores[~expected_tied].max() <= 0.875
+    result = search_class(stats, thresholds, SMALL_GRID, 2)
+    # threshold: tied {0.3, 0.5} -> lower middle 0.3; at 0.3, min_component tied {0, 4, 9} -> 4;
+    # at (0.3, 4) min_area {0, 10} -> 0; then gate {0, 0.5, 0.8} -> 0.5
+    assert result.rule == ClassRule(2, 0.3, 4, 0, 0.5)
+    assert (result.before, result.after) == (1.0, 1.0)
+
+
+def test_chunk_ranges_cover_every_image_once_in_order(monkeypatch):
+    monkeypatch.setattr(tune, "CHUNK_IMAGES", 4)
+    for n, workers in itertools.product((0, 1, 5, 9, 24), (1, 2, 3, 16)):
+        ranges = chunk_ranges(n, workers)
+        assert [i for r in ranges for i in r] == list(range(n))
+        assert all(0 < len(r) <= 4 for r in ranges) or (n == 0 and ranges == [range(0)])
+        assert len(ranges) >= min(n, workers)
+
+
+def test_concatenated_chunk_statistics_equal_one_collector():
+    truth, values, cls = small_case(np.random.default_rng(5), n=10)
+    whole = collect(truth, values, cls, True)
+    parts = []
+    for r in (range(0, 3), range(3, 4), range(4, 10)):
+        collector = StatsCollector(SMALL_GRID.pixel_thresholds, True)
+        for n in r:
+            collector.add(f"{n:04d}.jpg", values[n], truth[n], cls[n])
+        parts.append(collector.finish())
+    assert_stats_equal(Stats.concat(parts), whole)
+    with pytest.raises(ValueError, match="cannot join"):
+        Stats.concat([parts[0], collect(truth, values, cls, False)])
+    with pytest.raises(ValueError, match="no statistics"):
+        Stats.concat([])
+
+
+@pytest.mark.parametrize("with_cls", [False, True])
+def test_two_workers_collect_the_statistics_of_one(tmp_path, monkeypatch, with_cls):
+    truth, values, cls = small_case(np.random.default_rng(11), n=13)
+    cls, one_class_per_pixel = (cls, True) if with_cls else (None, False)
+    oof = read_oofs([write_small_oof(tmp_path / "oof", truth, values, cls)])
+    monkeypatch.setattr(tune, "CHUNK_IMAGES", 3)  # 5 chunks over 2 workers, finishing in any order
+    two = collect_stats(oof, SMALL_GRID.pixel_thresholds, one_class_per_pixel, workers=2)
+    one = collect_stats(oof, SMALL_GRID.pixel_thresholds, one_class_per_pixel, workers=1)
+    assert_stats_equal(two, one)
+    assert_stats_equal(one, collect(truth, values, cls, one_class_per_pixel))
+
+
+def test_tune_cli_thresholds_are_byte_identical_for_one_and_two_workers(tmp_path, monkeypatch):
+    truth, values, cls = small_case(np.random.default_rng(12), n=20)
+    dirs = [
+        write_small_oof(tmp_path / "f0", truth[:11], values[:11], None),
+        write_small_oof(tmp_path / "f1", truth[11:], values[11:], None, first=11, fold=1),
+    ]
+    monkeypatch.setattr(tune, "CHUNK_IMAGES", 4)
+    grid = [
+        "--pixel-thresholds",
+        "0.3,0.6",
+        "--min-components",
+        "4,9",
+        "--min-areas",
+        "10,30",
+        "--gates",
+        "0.5,0.8",
+    ]
+    written = []
+    for workers in (1, 2):
+        out = tmp_path / f"thresholds_{workers}.json"
+        args = ["--oof", str(dirs[0]), "--oof", str(dirs[1]), "--out", str(out), "--workers", str(workers)]
+        assert tune_command([*args, *grid]) == 0
+        written.append(out.read_bytes())
+    assert written[0] == written[1]
 
 
 def tune_command(argv: list[str]) -> int:
@@ -122,19 +291,33 @@ def predictions(oof, rules: Rules) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-def test_tune_cli_dice_is_reproduced_by_postprocess_and_metric(tmp_path, sample_dir, capsys):
-    labels = Labels.from_csv(sample_dir / "train.csv")
+def test_tune_cli_dice_is_reproduced_by_postprocess_and_metric(tmp_path, synthetic_labels, capsys):
+    labels = synthetic_labels
     write_oof(tmp_path / "f0", labels, labels.image_ids[:14], seed=1)
     write_oof(tmp_path / "f1", labels, labels.image_ids[14:], seed=2, fold=1)
     out = tmp_path / "thresholds.json"
-    args = ["--oof", str(tmp_path / "f0"), "--oof", str(tmp_path / "f1"), "--out", str(out),
-            "--pixel-thresholds", "0.4,0.6", "--min-components", "100,400", "--min-areas", "500,1500",
-            "--gates", "0.6,0.8"]
+    args = [
+        "--oof",
+        str(tmp_path / "f0"),
+        "--oof",
+        str(tmp_path / "f1"),
+        "--out",
+        str(out),
+        "--pixel-thresholds",
+        "0.4,0.6",
+        "--min-components",
+        "100,400",
+        "--min-areas",
+        "500,1500",
+        "--gates",
+        "0.6,0.8",
+    ]
     assert tune_command(args) == 0
     assert "mean OOF Dice" in capsys.readouterr().out
     rules = Rules.load(out)
     tuning = rules.tuning
-    assert tuning["n_images"] == 27 and len(tuning["oof_dirs"]) == 2
+    assert tuning["n_images"] == len(labels.image_ids) == 27 and len(tuning["oof_dirs"]) == 2
+    assert tuning["tie_break"] == TIE_BREAK
     assert tuning["gate_source"] == "max pixel probability"
     oof_f0, oof_f1 = read_oof(tmp_path / "f0"), read_oof(tmp_path / "f1")
     truth = labels.table
@@ -147,6 +330,10 @@ def test_tune_cli_dice_is_reproduced_by_postprocess_and_metric(tmp_path, sample_
     assert tuning["dice_after"]["mean"] > tuning["dice_before"]["mean"]
 
 
-def test_tune_cli_reports_bad_oof_dir(tmp_path, capsys):
+def test_tune_cli_reports_bad_oof_dir_and_worker_count(tmp_path, capsys):
     assert tune_command(["--oof", str(tmp_path), "--out", str(tmp_path / "t.json")]) == 2
     assert "meta.json" in capsys.readouterr().err
+    truth, values, _ = small_case(np.random.default_rng(1), n=2)
+    oof = write_small_oof(tmp_path / "oof", truth, values, None)
+    assert tune_command(["--oof", str(oof), "--out", str(tmp_path / "t.json"), "--workers", "0"]) == 2
+    assert "workers must be >= 1" in capsys.readouterr().err

@@ -1,18 +1,19 @@
-"""The inference time budget: project the run's total time and drop TTA views, then models, to finish in time.
+"""The inference time budget: drop TTA views, then models, to finish in time; and the hard deadline.
 
 A plan maps each active model's name to its TTA views. The budget measures the wall time per image and each
 model's time per image-view since the last change (the first batches after a change are warm-up and not
 counted), projects `elapsed + remaining images x cost per image`, and when that exceeds the limit applies the
 manifest's `drop_order` steps one by one, re-projecting with the cost model after each, until it fits.
-It never drops the last segmenter nor a model's last view, and never skips images: when nothing is left to
-drop it says so and the run goes on.
+It never drops the last segmenter nor a model's last view: when nothing is left to drop it says so.
+The `Deadline` is the last line of defence: at the limit the engine stops predicting and writes every image
+it has not reached empty (Kaggle kills a run at one hour, and a killed run leaves no submission).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 Plan = dict[str, tuple[str, ...]]
 
@@ -34,6 +35,26 @@ class BudgetDecision:
             f"budget: {self.step} {self.action} after {self.images_done} images, {self.elapsed_s:.1f}s: "
             f"projected {self.projected_s:.1f}s -> {self.projected_after_s:.1f}s (limit {self.budget_s:g}s)"
         )
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """The hard wall-clock limit: `limit_s` seconds after `start` (a `clock()` value)."""
+
+    limit_s: float
+    start: float
+    clock: Callable[[], float] = field(default=time.perf_counter, compare=False)
+
+    def remaining(self) -> float:
+        """Seconds left before the limit (negative past it)."""
+        return self.start + self.limit_s - self.clock()
+
+    def allows(self, seconds: float) -> bool:
+        """Whether work expected to take `seconds` from now ends by the limit."""
+        return seconds <= self.remaining()
+
+    def elapsed(self) -> float:
+        return self.clock() - self.start
 
 
 def apply_step(plan: Plan, roles: Mapping[str, str], step: str) -> tuple[Plan | None, str]:
@@ -79,6 +100,7 @@ class Budget:
         self.total_images = total_images
         self.clock = clock
         self.start = clock() if start is None else start
+        self.deadline = Deadline(budget_s, self.start, clock)
         self.warmup_batches = warmup_batches
         self.min_batches = min_batches
         self.decisions: list[BudgetDecision] = []
@@ -137,7 +159,7 @@ class Budget:
             self._exhausted = True
             self._decide(
                 "-",
-                "nothing left to drop; finishing every image over the limit",
+                "nothing left to drop; the deadline will cut the images it cannot reach",
                 elapsed,
                 projected,
                 projected,

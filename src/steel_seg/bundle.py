@@ -6,6 +6,10 @@ order, plus the weights manifest and the post-processing rules as JSON. At start
 content-addressed temp dir, puts that dir FIRST on `sys.path` and calls `steel_seg.kernel.main`.
 Same inputs give byte-identical output: no timestamps, sorted files, canonical JSON.
 
+With a Kaggle user, `kernel-metadata.json` (GPU on, internet off, `machine_shape`: the T4 unless asked
+otherwise) and the weights' `dataset-metadata.json` are written too; slugs and titles are checked against
+Kaggle's rules before anything is written, since the CLI rejects them only at upload time.
+
 Vendored: only smp. Its other imports are `timm`, `huggingface_hub` and `safetensors`; Kaggle's image has
 timm, and timm itself requires huggingface_hub and safetensors (a compiled package), so wherever timm is
 installed those two are too; the kernel logs their versions at start.
@@ -21,6 +25,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import re
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +33,8 @@ from pathlib import Path
 import steel_seg
 from steel_seg import fileio
 from steel_seg.competition import SLUG
-from steel_seg.manifest import MANIFEST_FILE, Manifest, check_model_dir
+from steel_seg.devices import DEFAULT_MACHINE_SHAPE, GPU_MACHINE_SHAPES, RETIRED_MACHINE_SHAPES
+from steel_seg.manifest import MANIFEST_FILE, Manifest, check_model_dir, load_model
 from steel_seg.postprocess import THRESHOLDS_FILE, Rules
 
 SCRIPT_FILE = "kernel.py"
@@ -37,6 +43,10 @@ DATASET_METADATA_FILE = "dataset-metadata.json"
 VENDORED = ("segmentation_models_pytorch",)
 COMPILED_SUFFIXES = (".so", ".pyd", ".dylib", ".dll")
 LICENSE_PREFIXES = ("LICENSE", "LICENCE", "COPYING", "NOTICE")
+SLUG_RULE = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")  # Kaggle: lowercase letters, digits, hyphens
+DATASET_TITLE_CHARS = (6, 50)
+KERNEL_TITLE_MIN_CHARS = 6  # "longer than 5"
+ACCELERATOR_FLAG_SINCE = (1, 8, 4)  # the Kaggle CLI version that added `kernels push --accelerator`
 
 
 class BuildError(ValueError):
@@ -48,6 +58,7 @@ class KaggleIds:
     """Where the kernel lives on Kaggle: `user/kernel_slug`, reading `user/weights_slug` and the competition.
 
     Without `user` the script is still built (it needs only the slugs), but no Kaggle metadata is written.
+    Titles are the slugs with spaces for hyphens (Kaggle derives a kernel's slug from its title).
     """
 
     user: str | None = None
@@ -55,6 +66,58 @@ class KaggleIds:
     weights_slug: str = "steel-seg-weights"
     competition: str = SLUG
     license: str = "CC0-1.0"
+    machine_shape: str = DEFAULT_MACHINE_SHAPE
+
+    @property
+    def kernel_title(self) -> str:
+        return self.kernel_slug.replace("-", " ")
+
+    @property
+    def dataset_title(self) -> str:
+        return self.weights_slug.replace("-", " ")
+
+    def check(self) -> list[str]:
+        """Kaggle's rules on slugs, titles and the machine shape; returns warnings.
+
+        Raises:
+            BuildError: every rule broken, one per line.
+        """
+        problems = self._slug_problems() + self._title_problems()
+        if self.machine_shape not in (*GPU_MACHINE_SHAPES, *RETIRED_MACHINE_SHAPES):
+            shapes = ", ".join(GPU_MACHINE_SHAPES)
+            problems.append(f"--machine-shape {self.machine_shape!r}: not a Kaggle GPU; use one of {shapes}")
+        if problems:
+            raise BuildError("\n".join(problems))
+        retired = RETIRED_MACHINE_SHAPES.get(self.machine_shape)
+        if retired is None:
+            return []
+        return [
+            f"--machine-shape {self.machine_shape} is retired ({retired}): Kaggle runs its default GPU "
+            f"instead, and should it not, the kernel stops at start-up. Use {DEFAULT_MACHINE_SHAPE}."
+        ]
+
+    def _slug_problems(self) -> list[str]:
+        slugs = {"kernel-slug": self.kernel_slug, "weights-dataset": self.weights_slug}
+        problems = [
+            f"--{flag} {value!r}: a Kaggle slug is lowercase letters, digits and hyphens"
+            for flag, value in {**slugs, "competition": self.competition}.items()
+            if not SLUG_RULE.match(value)
+        ]
+        if self.user is not None and not re.fullmatch(r"[A-Za-z0-9_-]+", self.user):
+            problems.append(f"--kaggle-user {self.user!r}: not a Kaggle user name")
+        return problems
+
+    def _title_problems(self) -> list[str]:
+        low, high = DATASET_TITLE_CHARS
+        dataset, kernel = self.dataset_title, self.kernel_title
+        problems = []
+        if not low <= len(dataset) <= high:
+            problems.append(f"dataset title {dataset!r} (from --weights-dataset) has {len(dataset)} "
+                            f"characters; Kaggle needs {low} to {high}")  # fmt: skip
+        if len(kernel) < KERNEL_TITLE_MIN_CHARS:
+            problems.append(f"kernel title {kernel!r} (from --kernel-slug) has {len(kernel)} characters; "
+                            "Kaggle needs more than 5")  # fmt: skip
+        return problems
 
 
 @dataclass(frozen=True)
@@ -69,6 +132,8 @@ class BuildResult:
     sha256: str
     manifest: Manifest
     rules: Rules
+    ids: KaggleIds = KaggleIds()
+    warnings: tuple[str, ...] = ()
 
 
 def package_files(package_dir: Path, prefix: str) -> dict[str, bytes]:
@@ -143,7 +208,8 @@ def decode(blob: str) -> bytes:
 
 
 def load_inputs(weights_dir: Path) -> tuple[Manifest, Rules]:
-    """Read and check `manifest.json` and `thresholds.json`; every listed model dir must exist and match."""
+    """Read and check `manifest.json` and `thresholds.json`; every listed model dir must exist, match its
+    sha256 and load as the kernel will load it."""
     manifest_path, rules_path = weights_dir / MANIFEST_FILE, weights_dir / THRESHOLDS_FILE
     hints = {
         manifest_path: "weights manifest not found (write it with `steel-seg manifest --weights-dir DIR "
@@ -161,7 +227,7 @@ def load_inputs(weights_dir: Path) -> tuple[Manifest, Rules]:
                 f"{weights_dir / entry.dir}: model dir of {entry.name!r} (listed in "
                 f"{manifest_path}) is missing"
             )
-        check_model_dir(weights_dir, entry)
+        load_model(check_model_dir(weights_dir, entry), entry.name, entry.role)
     return manifest, rules
 
 
@@ -211,15 +277,17 @@ def _version(top: str) -> str:
 
 
 def kernel_metadata(ids: KaggleIds) -> dict:
-    """`kernel-metadata.json` for `kaggle kernels push -p kernel`: private GPU script, internet off."""
+    """`kernel-metadata.json` for `kaggle kernels push -p kernel`: private GPU script on `ids.machine_shape`
+    (left to chance, Kaggle's default GPU was a P100 that today's torch cannot run), internet off."""
     return {
         "id": f"{ids.user}/{ids.kernel_slug}",
-        "title": ids.kernel_slug.replace("-", " "),
+        "title": ids.kernel_title,
         "code_file": SCRIPT_FILE,
         "language": "python",
         "kernel_type": "script",
         "is_private": True,
         "enable_gpu": True,
+        "machine_shape": ids.machine_shape,
         "enable_tpu": False,
         "enable_internet": False,
         "dataset_sources": [f"{ids.user}/{ids.weights_slug}"],
@@ -232,7 +300,7 @@ def kernel_metadata(ids: KaggleIds) -> dict:
 def dataset_metadata(ids: KaggleIds) -> dict:
     """`dataset-metadata.json` for `kaggle datasets create -p weights --dir-mode zip`."""
     return {
-        "title": ids.weights_slug.replace("-", " "),
+        "title": ids.dataset_title,
         "id": f"{ids.user}/{ids.weights_slug}",
         "licenses": [{"name": ids.license}],
     }
@@ -245,7 +313,12 @@ def build(
     ids: KaggleIds = KaggleIds(),
     vendored: tuple[str, ...] = VENDORED,
 ) -> BuildResult:
-    """Check the inputs, write `out_dir/kernel.py` and (with `ids.user`) the two Kaggle metadata files."""
+    """Check the ids and inputs, write `out_dir/kernel.py` and (with `ids.user`) the Kaggle metadata files.
+
+    Raises:
+        BuildError (or ManifestError): before anything is written.
+    """
+    warnings = ids.check()
     weights_dir, out_dir, template = Path(weights_dir), Path(out_dir), Path(template)
     if not template.is_file():
         raise BuildError(f"{template}: kernel template not found")
@@ -268,6 +341,8 @@ def build(
         hashlib.sha256(script).hexdigest(),
         manifest,
         rules,
+        ids,
+        tuple(warnings),
     )
 
 
@@ -293,10 +368,42 @@ def summary(result: BuildResult) -> str:
     lines.append(f"  one class per pixel: {result.rules.one_class_per_pixel}")
     drop = ", ".join(result.manifest.drop_order) or "nothing"
     lines.append(f"  budget {result.manifest.budget_s:g} s; when short, drop in order: {drop}")
+    lines += [f"  warning: {w}" for w in result.warnings]
     if result.kernel_metadata is None:
         lines.append("  no Kaggle metadata written: pass --kaggle-user USER to write it")
-    else:
-        weights = result.dataset_metadata.parent
-        lines.append(f"  upload weights: kaggle datasets create -p {weights} --dir-mode zip")
-        lines.append(f"  push kernel:    kaggle kernels push -p {result.script.parent}")
+        return "\n".join(lines)
+    ids, weights = result.ids, result.dataset_metadata.parent
+    lines.append(f"  upload weights: kaggle datasets create -p {weights} --dir-mode zip")
+    lines.append(f"  push kernel:    {push_command(result.script.parent, ids.machine_shape)}")
+    lines.append(f"  when it has run: {submit_command(ids)}")
     return "\n".join(lines)
+
+
+def push_command(kernel_dir: Path, machine_shape: str, cli_version: str | None = None) -> str:
+    """`kaggle kernels push`, with `--accelerator` unless the installed Kaggle CLI predates that flag.
+
+    `cli_version` defaults to the installed `kaggle` package's (none installed: the flag is given, as any
+    CLI installed today has it). Public kernels needed both the flag and `machine_shape` to get a T4.
+    """
+    command = f"kaggle kernels push -p {kernel_dir}"
+    version = cli_version if cli_version is not None else _installed_version("kaggle")
+    numbers = tuple(int(n) for n in re.findall(r"\d+", version or "")[:3])
+    if version is not None and numbers < ACCELERATOR_FLAG_SINCE:
+        since = ".".join(map(str, ACCELERATOR_FLAG_SINCE))
+        return f"{command}   (Kaggle CLI {version} has no --accelerator; >= {since} adds it)"
+    return f"{command} --accelerator {machine_shape}"
+
+
+def submit_command(ids: KaggleIds) -> str:
+    """The late submission of the kernel's output (N: the kernel version that wrote it)."""
+    return (
+        f"kaggle competitions submit -c {ids.competition} -k {ids.user}/{ids.kernel_slug} "
+        f"-f submission.csv -v N"
+    )
+
+
+def _installed_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None

@@ -8,6 +8,7 @@ loader workers, and a resumed run replays it exactly.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,12 +19,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from steel_seg.augment import augment, build_pipeline
-from steel_seg.images import read_grey
+from steel_seg.competition import IMAGE_SHAPE, N_CLASSES
+from steel_seg.images import ImageError, check_images, read_grey
 from steel_seg.models import ModelSpec, to_tensor
 
 if TYPE_CHECKING:
     from steel_seg.labels import Labels
     from steel_seg.trainer_config import DataConfig
+
+log = logging.getLogger(__name__)
 
 
 def choose_crop(
@@ -51,7 +55,9 @@ class SteelDataset(Dataset):
     """Images with their class masks, optionally cropped and augmented.
 
     An item is a dict: `image (C, h, w) float32` (normalised per the spec), `mask (4, h, w) float32` 0/1,
-    `presence (4,) float32` (class present in the item's mask: the classifier target), `index` (int).
+    `presence (4,) float32` (class present in the item's mask: the classifier target), `index` (int) and
+    `error` ("" or what made the image unusable: the item is then blank, and `raise_image_errors` stops the
+    run where the batch arrives, so a DataLoader worker never turns the message into a worker traceback).
     A key is an index, or `(index, sample_seed)` as `EpochSampler` yields for random crops and augmentation.
     Images are read from `images_dir`, or from their own folder in `folders` (ImageId -> folder: the extra
     sources' images); each path is resolved once, here.
@@ -82,7 +88,7 @@ class SteelDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         index, sample_seed = key if isinstance(key, tuple) else (key, 0)
-        grey, masks = self.read(index)
+        grey, masks, error = self._read_or_blank(index)
         rng = np.random.default_rng(sample_seed)
         if self.crop:
             y0, x0 = choose_crop(masks, self.crop, self.defect_crop_p, rng)
@@ -97,11 +103,46 @@ class SteelDataset(Dataset):
             "mask": mask,
             "presence": mask.flatten(1).amax(dim=1),
             "index": index,
+            "error": error,
         }
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Full-size grey `(H, W) uint8` and masks `(4, H, W) uint8` of image `index`."""
         return read_grey(self.paths[index]), self.labels.masks(self.image_ids[index])
+
+    def _read_or_blank(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+        """`read`, plus "" — or a blank image, no masks and the reason when the image is unusable."""
+        try:
+            return (*self.read(index), "")
+        except ImageError as exc:
+            return np.zeros(IMAGE_SHAPE, np.uint8), np.zeros((N_CLASSES, *IMAGE_SHAPE), np.uint8), str(exc)
+
+
+def raise_image_errors(batch: dict) -> None:
+    """ImageError-like ValueError for the first unusable image of a batch (see `SteelDataset`)."""
+    errors = [e for e in batch["error"] if e]
+    if errors:
+        raise ValueError(f"{errors[0]} ({len(errors)} unusable image(s) in this batch; the pre-flight check "
+                         "reads headers only, this one failed to decode)")  # fmt: skip
+
+
+def usable_labels(labels: Labels, images_dir: str | Path, skip_bad: bool, progress: bool = True) -> Labels:
+    """Pre-flight check of every image's header before the first step (`images.check_images`).
+
+    Returns `labels` when all images are usable; with `skip_bad`, the labels without the bad ones (logged
+    with their count). Otherwise ValueError listing every bad image with its file and train.csv line.
+    """
+    problems = check_images([Path(images_dir) / i for i in labels.image_ids], progress=progress)
+    if not problems:
+        return labels
+    listed = "\n".join(f"  {p.path}: {p.reason} ({labels.where(Path(p.path).name)})" for p in problems)
+    if not skip_bad:
+        raise ValueError(
+            f"{len(problems)} of {len(labels.image_ids)} train images cannot be used:\n{listed}\n"
+            "fix or remove them, or set data.skip_bad_images: true to train without them"
+        )
+    log.warning("skipping %d unusable train image(s):\n%s", len(problems), listed)
+    return labels.without([Path(p.path).name for p in problems])
 
 
 def balanced_weights(presence: np.ndarray) -> np.ndarray:

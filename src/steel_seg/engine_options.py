@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from steel_seg.predict import PredictSettings
-
 
 
 def views(text: str) -> tuple[str, ...]:
@@ -22,33 +22,64 @@ def views(text: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def seconds(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number of seconds > 0")
+    return value
+
+
 def add_engine_options(p: argparse.ArgumentParser, limit_help: str) -> None:
-    """--device, --batch-size, --workers, --amp, --limit, --no-progress."""
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    """--devices (alias --device), --batch-size, --workers, --amp, --limit, --no-progress."""
+    p.add_argument(
+        "--devices",
+        "--device",
+        dest="devices",
+        default=None,
+        metavar="DEVICES",
+        help="comma list, one ensemble replica each: cuda (every visible GPU), cuda:1, cpu, cpu,cpu "
+        "(default: every visible GPU, else the CPU; the kernel stops when no GPU is visible)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="images per batch (TTA views multiply it)")
     p.add_argument("--workers", type=int, default=2, help="JPEG decoding processes (0: in the main process)")
     p.add_argument("--amp", choices=("auto", "fp16", "bf16", "off"), default="auto",
                    help="autocast on CUDA; auto = bf16 from compute capability 8.0, fp16 below")  # fmt: skip
     p.add_argument("--limit", type=int, default=None, help=limit_help)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (off a terminal there is none: a log line every ~10%% instead)",
+    )
 
 
 def add_budget_option(p: argparse.ArgumentParser) -> None:
     """--budget-s, for the commands that write a submission."""
     p.add_argument(
-        "--budget-s", type=float, default=None, help="time limit, seconds (default: the manifest's)"
+        "--budget-s",
+        type=seconds,
+        default=None,
+        help="hard time limit in seconds from the start (default: the manifest's, 3300): views and models "
+        "are dropped to fit it, and at the limit every image not reached is written empty",
     )
 
 
-def engine_settings(args: argparse.Namespace, **extra: Any) -> PredictSettings:
-    """`PredictSettings` from the shared options (+ `extra`); INFO logging for the engine's decisions."""
+def engine_settings(args: argparse.Namespace, *, require_gpu: bool = False, **extra: Any) -> PredictSettings:
+    """`PredictSettings` from the shared options (+ `extra`); INFO logging for the engine's decisions.
+
+    Without `--devices` the run uses every visible GPU; with none visible, the CPU, unless `require_gpu`
+    (the kernel: on the CPU the test set takes hours, so the run would be killed with nothing written).
+    """
     from steel_seg.locations import default_device
     from steel_seg.predict import PredictSettings
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     budget = {"budget_s": args.budget_s} if hasattr(args, "budget_s") else {}
     return PredictSettings(
-        device=args.device or default_device(),
+        device=args.devices or ("cuda" if require_gpu else default_device()),
         batch_size=args.batch_size,
         workers=args.workers,
         amp=args.amp,

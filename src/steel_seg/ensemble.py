@@ -4,11 +4,15 @@
 (`models.to_tensor`), stacks the model's TTA views into ONE batch, un-flips them on the device and averages
 views and models (ensemble weights) on the device. Image-level probabilities come from the classifiers
 (role "cls"), else from the segmenters' aux heads, else None (the caller then uses the max pixel probability).
+With `nonfinite` given, each model's logits are checked for NaN/inf (an fp16 overflow of a model trained in
+bf16): such a model is left out of that batch's average and named, for the caller to drop it.
+`replicate(device)` gives the same ensemble on another device (one replica per GPU).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +23,7 @@ from torch import Tensor, nn
 
 from steel_seg import models
 from steel_seg.budget import Plan
-from steel_seg.manifest import DEFAULT_BUDGET_S, TTA_VIEWS, Manifest, ManifestError, check_model_dir
+from steel_seg.manifest import DEFAULT_BUDGET_S, TTA_VIEWS, Manifest, check_model_dir, load_model
 
 _FLIP_DIMS = {"none": (), "h": (-1,), "v": (-2,), "hv": (-2, -1)}
 
@@ -68,7 +72,7 @@ class Ensemble:
                 raise ValueError(
                     f"model {m.name!r}: views {m.views} must be a non-empty subset of {TTA_VIEWS}"
                 )
-        self.device = torch.device(device)
+        self.device = _indexed(torch.device(device))
         self.members = {m.name: m for m in members}
         self.drop_order, self.budget_s = tuple(drop_order), budget_s
         for m in members:
@@ -87,17 +91,19 @@ class Ensemble:
         dirs = [check_model_dir(weights_dir, entry) for entry in manifest.models]
         members = []
         for entry, model_dir in zip(manifest.models, dirs, strict=True):
-            try:
-                model, spec = models.load(model_dir, device="cpu")
-            except (ValueError, KeyError) as exc:
-                raise ManifestError(f"model {entry.name!r}: {exc}") from exc
-            if (entry.role == "seg") != spec.has_seg:
-                raise ManifestError(
-                    f"{model_dir / models.SPEC_FILE}: arch {spec.arch} does not fit the "
-                    f"manifest's role {entry.role!r} (model {entry.name!r})"
-                )
+            model, spec = load_model(model_dir, entry.name, entry.role)
             members.append(Member(entry.name, entry.role, model, spec, entry.weight, entry.tta))
         return cls(members, device, drop_order=manifest.drop_order, budget_s=manifest.budget_s)
+
+    def replicate(self, device: str | torch.device) -> Ensemble:
+        """This ensemble on `device`: itself when it is already there, else a copy of every model."""
+        device = _indexed(torch.device(device))
+        if device == self.device:
+            return self
+        members = [copy.copy(m) for m in self.members.values()]
+        for m in members:
+            m.model = copy.deepcopy(m.model)
+        return Ensemble(members, device, drop_order=self.drop_order, budget_s=self.budget_s)
 
     def plan(self, views: Sequence[str] | None = None) -> Plan:
         """Every model with its manifest views, or with `views` for all (e.g. `steel-seg oof --tta`)."""
@@ -117,7 +123,8 @@ class Ensemble:
         plan: Plan,
         amp: torch.dtype | None = None,
         timings: dict[str, float] | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
+        nonfinite: list[str] | None = None,
+    ) -> tuple[Tensor | None, Tensor | None]:
         """Ensemble probabilities of a batch.
 
         Args:
@@ -125,19 +132,23 @@ class Ensemble:
             plan: active model name -> views.
             amp: autocast dtype on CUDA (float16/bfloat16), None for float32.
             timings: when given, receives each model's seconds for this batch (synchronised on CUDA).
+            nonfinite: when given, models whose logits hold NaN/inf are left out of the average and appended.
 
         Returns:
-            seg `(B, 4, H, W) float32` and cls `(B, 4) float32` or None, on the device.
+            seg `(B, 4, H, W) float32` (None when every segmenter was left out) and cls `(B, 4) float32` or
+            None, on the device.
         """
         seg_sum, seg_w, cls_sum, cls_w, aux_sum, aux_w = None, 0.0, None, 0.0, None, 0.0
         for name, views in plan.items():
             member = self.members[name]
             start = time.perf_counter()
-            seg, cls = self._member_probs(member, grey, views, amp)
+            seg, cls = self._member_probs(member, grey, views, amp, nonfinite)
             if timings is not None:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 timings[name] = time.perf_counter() - start
+            if seg is None and cls is None:  # left out: NaN/inf logits
+                continue
             w = member.weight
             if seg is not None:
                 seg_sum, seg_w = _accumulate(seg_sum, seg, w), seg_w + w
@@ -146,24 +157,50 @@ class Ensemble:
             elif cls is not None:
                 aux_sum, aux_w = _accumulate(aux_sum, cls, w), aux_w + w
         image = cls_sum / cls_w if cls_sum is not None else (aux_sum / aux_w if aux_sum is not None else None)
+        if seg_sum is None:
+            return None, image
         return (seg_sum if seg_w == 1.0 else seg_sum / seg_w), image
 
     def _member_probs(
-        self, member: Member, grey: Tensor, views: Sequence[str], amp: torch.dtype | None
+        self,
+        member: Member,
+        grey: Tensor,
+        views: Sequence[str],
+        amp: torch.dtype | None,
+        nonfinite: list[str] | None = None,
     ) -> tuple[Tensor | None, Tensor | None]:
-        """One model, its views stacked into one batch: seg `(B, 4, H, W)`, cls `(B, 4)` float32 (or None)."""
+        """One model, its views stacked into one batch: seg `(B, 4, H, W)`, cls `(B, 4)` float32 (or None).
+
+        With `nonfinite` given and NaN/inf in the logits, appends the model's name and returns (None, None).
+        """
         x = models.to_tensor(grey, member.spec)
         stacked = flip(x, views[0]) if len(views) == 1 else torch.cat([flip(x, v) for v in views])
         stacked = stacked.contiguous(memory_format=torch.channels_last)
         context = torch.autocast(self.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
         with context:
-            seg, cls = models.forward_probs(member.model, member.spec, stacked)
+            seg, cls = models.forward_logits(member.model, member.spec, stacked)
+        if nonfinite is not None and not _finite(seg, cls):
+            nonfinite.append(member.name)
+            return None, None
+        seg, cls = (None if seg is None else seg.sigmoid()), (None if cls is None else cls.sigmoid())
         n_views, batch = len(views), grey.shape[0]
         if seg is not None:
             seg = _unflip_mean(seg.float().unflatten(0, (n_views, batch)), views)
         if cls is not None:
             cls = cls.float().unflatten(0, (n_views, batch)).mean(0)
         return seg, cls
+
+
+def _finite(*outputs: Tensor | None) -> bool:
+    """Whether every output is free of NaN/inf (one device reduction and one sync per tensor)."""
+    return all(bool(torch.isfinite(t).all()) for t in outputs if t is not None)
+
+
+def _indexed(device: torch.device) -> torch.device:
+    """`cuda` -> `cuda:<current>`, so that two spellings of one GPU compare equal."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def _unflip_mean(seg: Tensor, views: Sequence[str]) -> Tensor:

@@ -15,11 +15,12 @@ from torch.utils.data import DataLoader
 
 from steel_seg import metric
 from steel_seg.competition import CLASSES, TIDY_COLUMNS
+from steel_seg.data import raise_image_errors
 from steel_seg.labels import Labels
 from steel_seg.losses import ModelLoss
 from steel_seg.models import ModelSpec, forward_logits
 from steel_seg.postprocess import Rules
-from steel_seg.precision import autocast_context
+from steel_seg.precision import autocast
 from steel_seg.predict import encode_image, threshold_on_device
 
 DEFAULT_RULES = Rules()
@@ -31,9 +32,10 @@ def evaluate(
     loader: DataLoader,
     labels: Labels,
     loss_fn: ModelLoss,
-    amp: str = "off",
+    amp: torch.dtype | None = None,
 ) -> dict[str, Any]:
-    """Validation loss and the competition metric at default rules (segmenters) / cls accuracy.
+    """Validation loss and the competition metric at default rules (segmenters) / cls accuracy, under
+    autocast to `amp` (`precision.device_dtype`; None = float32).
 
     Returns flat numbers (`val_loss`, `val_dice`, `dice_<class>`, `dice_empty`, `dice_nonempty`,
     `cls_accuracy`; None where not applicable) plus the metric's full breakdown under `score`.
@@ -43,9 +45,10 @@ def evaluate(
     ids, rows, loss_sum, correct, n_cls = loader.dataset.image_ids, [], 0.0, 0, 0
     with torch.no_grad():
         for batch in loader:
+            raise_image_errors(batch)
             x = batch["image"].to(device, non_blocking=True)
             mask, presence = batch["mask"].to(device), batch["presence"].to(device)
-            with autocast_context(device, amp):
+            with autocast(device, amp):
                 seg, cls = forward_logits(model, spec, x)
             seg, cls = _float(seg), _float(cls)
             loss_sum += loss_fn(seg, cls, mask, presence).item() * len(x)

@@ -189,7 +189,8 @@ def write_folds(table: pd.DataFrame, path: str | Path) -> Path:
 def read_folds(path: str | Path, known: Collection[str] | None = None) -> pd.Series:
     """`folds.csv` -> fold (int) by ImageId; ValueError naming the file and the row on bad content.
 
-    With `known` (the train set's ImageIds), an image it does not hold is an error too.
+    With `known` (the train set's ImageIds) the file must list exactly those images: an unknown one, or a
+    train image it leaves out (which would silently never be trained on nor validated), is an error.
     """
     path = Path(path)
     try:
@@ -203,10 +204,20 @@ def read_folds(path: str | Path, known: Collection[str] | None = None) -> pd.Ser
     bad = np.flatnonzero(folds.isna().to_numpy() | table["ImageId"].duplicated().to_numpy())
     if bad.size:
         raise ValueError(f"{path}: row {bad[0] + 2}: bad or repeated entry {table.iloc[bad[0]].to_dict()}")
-    unknown = sorted(set(table["ImageId"]) - set(known)) if known is not None else []
+    if known is not None:
+        _check_coverage(path, set(table["ImageId"]), set(known))
+    return pd.Series(folds.astype(int).to_numpy(), index=table["ImageId"].to_numpy(), name="fold")
+
+
+def _check_coverage(path: Path, listed: set[str], known: set[str]) -> None:
+    unknown, missing = sorted(listed - known), sorted(known - listed)
     if unknown:
         raise ValueError(f"{path}: {len(unknown)} image(s) not in the train labels, e.g. {unknown[:3]}")
-    return pd.Series(folds.astype(int).to_numpy(), index=table["ImageId"].to_numpy(), name="fold")
+    if missing:
+        raise ValueError(
+            f"{path}: covers {len(listed)} of the {len(known)} train images; {len(missing)} missing, e.g. "
+            f"{missing[:3]} (make folds for this train set with `steel-seg folds`)"
+        )
 
 
 def random_folds(image_ids: Sequence[str], k: int, seed: int) -> pd.Series:

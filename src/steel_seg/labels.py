@@ -10,6 +10,7 @@ one row per defect mask, sorted by image then class. Errors name the file and th
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from steel_seg import rle
-from steel_seg.competition import CLASSES, IMAGE_SHAPE, TIDY_COLUMNS, Layout
+from steel_seg.competition import CLASSES, IMAGE_SHAPE, IMAGE_SUFFIX, TIDY_COLUMNS, Layout
 
 COLUMNS = list(TIDY_COLUMNS)
 
@@ -30,11 +31,13 @@ class LabelFile:
         table: the tidy defect rows (COLUMNS).
         image_ids: every image the file names (also those with only empty rows), unique, in file order.
         layout: the file's layout.
+        lines: ImageId -> the 1-based line of its first row.
     """
 
     table: pd.DataFrame
     image_ids: list[str]
     layout: Layout
+    lines: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,8 @@ def read_label_file(
     table = pd.DataFrame({"ImageId": image_ids, "ClassId": class_ids.astype(np.int64), "EncodedPixels": rles})
     defects = (table["ClassId"] > 0) & (table["EncodedPixels"].str.strip() != "")
     table = table[defects].sort_values(["ImageId", "ClassId"], kind="stable").reset_index(drop=True)
-    return LabelFile(table, list(dict.fromkeys(image_ids.tolist())), rows.layout)
+    first = dict(zip(image_ids.tolist()[::-1], lines.tolist()[::-1], strict=True))
+    return LabelFile(table, list(dict.fromkeys(image_ids.tolist())), rows.layout, first)
 
 
 def _read_raw(path: Path) -> tuple[pd.DataFrame, Layout]:
@@ -161,11 +165,15 @@ class Labels:
         table: tidy defect rows (ImageId, ClassId 1..4, EncodedPixels), sorted.
         image_ids: every known image, defect-free ones included, sorted.
         shape: (H, W) of the images.
+        csv: the label file they were read from (None when built in memory).
+        lines: ImageId -> the line of its first row in `csv` (images only in the images folder have none).
     """
 
     table: pd.DataFrame
     image_ids: list[str]
     shape: tuple[int, int] = IMAGE_SHAPE
+    csv: Path | None = None
+    lines: dict[str, int] = field(default_factory=dict)
     _by_image: dict[str, list[tuple[int, str]]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -190,8 +198,23 @@ class Labels:
             images_dir = Path(images_dir)
             if not images_dir.is_dir():
                 raise ValueError(f"{images_dir}: not a directory of images")
-            image_ids.update(p.name for p in images_dir.glob("*.jpg"))
-        return cls(found.table, sorted(image_ids), shape)
+            image_ids.update(p.name for p in images_dir.glob(f"*{IMAGE_SUFFIX}"))
+        return cls(found.table, sorted(image_ids), shape, Path(path), found.lines)
+
+    def where(self, image_id: str) -> str:
+        """Where the labels name an image, for messages: `train.csv line 12`, or that the CSV does not."""
+        if image_id in self.lines:
+            return f"{self.csv} line {self.lines[image_id]}"
+        return f"not in {self.csv or 'the labels'} (a defect-free image of the images folder)"
+
+    def without(self, image_ids: Collection[str]) -> Labels:
+        """These labels less the given images (their rows and ids)."""
+        drop = set(image_ids)
+        table = self.table[~self.table["ImageId"].isin(drop)].reset_index(drop=True)
+        kept = [i for i in self.image_ids if i not in drop]
+        return Labels(
+            table, kept, self.shape, self.csv, {i: n for i, n in self.lines.items() if i not in drop}
+        )
 
     def presence(self) -> pd.DataFrame:
         """Index ImageId (every image_id), bool columns 1..4: does the image carry that class."""

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steel_seg import fileio
-from steel_seg.models import SPEC_FILE, WEIGHTS_FILE, ModelSpec
+from steel_seg import fileio, models
+from steel_seg.models import SPEC_FILE, WEIGHTS_FILE
 
 TTA_VIEWS = ("none", "h", "v", "hv")
 ROLES = ("seg", "cls")
@@ -114,14 +114,7 @@ class Manifest:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Manifest:
         """Read a manifest.json; ManifestError naming the file on bad content."""
-        try:
-            data = fileio.read_json(path, "manifest")
-        except ValueError as exc:
-            raise ManifestError(str(exc)) from None
-        try:
-            return cls.from_dict(data)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ManifestError(f"{path}: invalid manifest: {exc}") from exc
+        return fileio.load_json(path, "manifest", cls.from_dict, ManifestError)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the manifest as JSON atomically (temp file + rename)."""
@@ -150,6 +143,24 @@ def check_model_dir(weights_dir: str | os.PathLike, entry: ModelEntry) -> Path:
             f"{entry.sha256} (model {entry.name!r}): wrong or corrupted weights"
         )
     return model_dir
+
+
+def load_model(model_dir: Path, name: str, role: str | None = None, device: str = "cpu"):
+    """`(model, spec)` of a model dir, loaded exactly as the kernel loads it (weights readable, spec and
+    weights agree, one output per competition class, the arch fits `role` when given); ManifestError naming
+    the model and the file otherwise. `steel-seg manifest` and `build_kernel.py` call it to refuse, before
+    any upload, what would fail at kernel start-up."""
+    try:
+        model, spec = models.load(model_dir, device=device)
+        spec.check_classes(str(model_dir / SPEC_FILE))
+    except (ValueError, KeyError) as exc:
+        raise ManifestError(f"model {name!r}: {exc}") from exc
+    if role is not None and (role == "seg") != spec.has_seg:
+        raise ManifestError(
+            f"{model_dir / SPEC_FILE}: arch {spec.arch} does not fit the manifest's role {role!r} "
+            f"(model {name!r})"
+        )
+    return model, spec
 
 
 def build_manifest(
@@ -185,12 +196,14 @@ def parse_views(text: str) -> tuple[str, ...]:
 
 
 def copy_model_dir(source: str | os.PathLike, weights_dir: str | os.PathLike, name: str) -> Path:
-    """Copy a model dir (spec + weights, e.g. a run's `best/`) to `weights_dir/name`, the upload layout."""
+    """Copy a model dir (spec + weights, e.g. a run's `best/`) to `weights_dir/name`, the upload layout, once
+    it has loaded as the kernel will load it (`load_model`); nothing is copied otherwise."""
     source, target = Path(source), Path(weights_dir) / name
     files = [source / SPEC_FILE, source / WEIGHTS_FILE]
     for path in files:
         if not path.is_file():
             raise ManifestError(f"{path}: missing (a model dir holds {SPEC_FILE} and {WEIGHTS_FILE})")
+    load_model(source, name)
     for path in files:
         fileio.write_with(target / path.name, lambda tmp, path=path: shutil.copyfile(path, tmp))
     return target
@@ -213,8 +226,11 @@ def _entry(weights_dir: Path, model_dir: Path, weight: float, tta: tuple[str, ..
     for path in (spec_path, weights_path):
         if not path.is_file():
             raise ManifestError(f"{path}: missing")
-    spec = ModelSpec.from_json(spec_path)
-    spec.check_classes(str(spec_path))
+    try:
+        spec = models.ModelSpec.from_json(spec_path)
+        spec.check_classes(str(spec_path))
+    except ValueError as exc:
+        raise ManifestError(str(exc)) from None
     role = "seg" if spec.has_seg else "cls"
     return ModelEntry(
         name=full.name,

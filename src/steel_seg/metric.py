@@ -7,8 +7,9 @@ over all pairs of the given images and classes 1..4 (a pair absent from a table 
 lists (one sweep over the run starts and ends of all pairs at once).
 
 Which images count in `score_files`: the truth file's images (the original layout lists the defect-free ones
-too); a re-release truth lists defect rows only, so there the union of truth and prediction images counts;
-an images folder, when given, defines the set instead (its *.jpg names).
+too); a re-release truth lists defect rows only, so there the union of truth and prediction images counts
+(pass the images folder to check a submission's coverage fully); an images folder, when given, defines the
+set instead (its *.jpg names). A prediction that does not match that set is refused unless `subset`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from steel_seg import rle
-from steel_seg.competition import CLASSES, IMAGE_SHAPE, N_CLASSES, Layout
+from steel_seg.competition import CLASSES, IMAGE_SHAPE, IMAGE_SUFFIX, N_CLASSES, Layout
 from steel_seg.labels import read_label_file
 
 
@@ -122,24 +123,57 @@ def score(
 
 
 def score_files(
-    truth_path: str | Path, pred_path: str | Path, images_dir: str | Path | None = None, shape=IMAGE_SHAPE
+    truth_path: str | Path,
+    pred_path: str | Path,
+    images_dir: str | Path | None = None,
+    shape: tuple[int, int] = IMAGE_SHAPE,
+    subset: bool = False,
 ) -> Score:
-    """Score two CSVs of any label/submission layouts; the image set as the module docstring says."""
+    """Score two CSVs of any label/submission layouts over the images the module docstring says.
+
+    A prediction that does not match them is refused (ValueError with counts and examples): image ids without
+    `.jpg`, images that are not scored, scored images left out by a prediction that lists every image (the
+    original layout, or one with empty rows), a truth naming images outside `images_dir`. `subset=True`
+    scores the images both sides know instead.
+    """
     truth = read_label_file(truth_path, shape)
     pred = read_label_file(pred_path, shape, class_zero=True)
+    predicted = set(pred.image_ids)
+    every_image = pred.layout is Layout.ORIGINAL or predicted != set(pred.table["ImageId"])
     if images_dir is not None:
         image_ids = image_files(images_dir)
     elif truth.layout is Layout.RERELEASE:
-        image_ids = sorted(set(truth.image_ids) | set(pred.image_ids))
+        image_ids = sorted(set(truth.image_ids) | predicted)
     else:
         image_ids = truth.image_ids
+    problems = _set_problems(set(image_ids), set(truth.image_ids), predicted, every_image)
+    if problems and not subset:
+        raise ValueError(
+            f"{pred_path} vs {truth_path}: " + "; ".join(problems) + " (--subset scores the overlap)"
+        )
+    if subset and every_image:
+        image_ids = [i for i in image_ids if i in predicted]
     return score(truth.table, pred.table, image_ids, shape)
+
+
+def _set_problems(scored: set[str], truth: set[str], pred: set[str], every_image: bool) -> list[str]:
+    """What is wrong between the scored images and those each file names, with counts and examples."""
+    found = [
+        (
+            f"the prediction has {{n}} image id(s) without {IMAGE_SUFFIX}",
+            {i for i in pred if not i.endswith(IMAGE_SUFFIX)},
+        ),
+        ("the prediction names {n} image(s) that are not scored", pred - scored),
+        ("the truth names {n} image(s) that are not scored", truth - scored),
+        ("the prediction has no rows for {n} of the scored images", scored - pred if every_image else set()),
+    ]
+    return [f"{text.format(n=len(ids))}, e.g. {sorted(ids)[:3]}" for text, ids in found if ids]
 
 
 def image_files(images_dir: str | Path) -> list[str]:
     """Sorted *.jpg names of a folder; ValueError naming it when it is not a folder or holds none."""
     images_dir = Path(images_dir)
-    names = sorted(p.name for p in images_dir.glob("*.jpg")) if images_dir.is_dir() else []
+    names = sorted(p.name for p in images_dir.glob(f"*{IMAGE_SUFFIX}")) if images_dir.is_dir() else []
     if not names:
         raise ValueError(f"{images_dir}: not a folder of *.jpg images")
     return names

@@ -7,9 +7,11 @@ directory holding `spec.json` and `model.safetensors`, written by `save` and rea
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
-from collections.abc import Callable, Mapping
+import numbers
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,12 +23,13 @@ from segmentation_models_pytorch.base.heads import ClassificationHead
 from segmentation_models_pytorch.encoders import get_encoder
 from torch import Tensor, nn
 
-from steel_seg import fileio
+from steel_seg import encoders, fileio
 from steel_seg.competition import N_CLASSES
 
 SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "model.safetensors"
 CLASSIFIER = "Classifier"
+GREY_MEAN, GREY_STD = 0.37, 0.17  # grey mean / std (0..1 scale) of the 27 real sample images: 0.369, 0.166
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,8 @@ class ModelSpec:
 
     `decoder_channels` (empty = smp's default) means per-stage channels for Unet/UnetPlusPlus (one per encoder
     stage) and `(pyramid, segmentation)` channels for FPN; other architectures take smp's default only.
-    Model input is `(grey / 255 - mean) / std`, repeated to `in_channels` (see `to_tensor`).
+    Model input channel c is `(grey / 255 - mean[c]) / std[c]` (see `to_tensor`). `mean`/`std` hold one value
+    per input channel; one number (an old spec.json, a YAML scalar) is given to every channel.
     """
 
     arch: str
@@ -43,8 +47,8 @@ class ModelSpec:
     in_channels: int = 3
     classes: int = 4
     aux_head: bool = False
-    mean: float = 0.5
-    std: float = 0.25
+    mean: tuple[float, ...] = (GREY_MEAN,)
+    std: tuple[float, ...] = (GREY_STD,)
     encoder_depth: int = 5
     decoder_channels: tuple[int, ...] = ()
 
@@ -52,7 +56,9 @@ class ModelSpec:
         object.__setattr__(self, "decoder_channels", tuple(int(c) for c in self.decoder_channels))
         if self.in_channels not in (1, 3):
             raise ValueError(f"ModelSpec.in_channels must be 1 or 3, got {self.in_channels}")
-        if self.std <= 0:
+        object.__setattr__(self, "mean", _per_channel("mean", self.mean, self.in_channels))
+        object.__setattr__(self, "std", _per_channel("std", self.std, self.in_channels))
+        if min(self.std) <= 0:
             raise ValueError(f"ModelSpec.std must be positive, got {self.std}")
         if self.arch == CLASSIFIER and self.aux_head:
             raise ValueError("ModelSpec: a Classifier has no aux_head (it is the classifier)")
@@ -75,7 +81,8 @@ class ModelSpec:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        d["decoder_channels"] = list(self.decoder_channels)
+        for key in ("mean", "std", "decoder_channels"):
+            d[key] = list(d[key])
         return d
 
     @classmethod
@@ -88,19 +95,29 @@ class ModelSpec:
 
     @classmethod
     def from_json(cls, path: str | Path) -> ModelSpec:
-        data = fileio.read_json(path, "model spec")
-        try:
-            return cls.from_dict(data)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"{path}: not a valid model spec: {exc}") from exc
+        return fileio.load_json(path, "model spec", cls.from_dict)
+
+
+def _per_channel(name: str, value: float | Sequence[float], channels: int) -> tuple[float, ...]:
+    """One value per input channel: a number or a 1-sequence is broadcast; otherwise exactly `channels`."""
+    values = [value] if isinstance(value, numbers.Real) else list(value)
+    if len(values) == 1:
+        values = values * channels
+    if len(values) != channels or not all(isinstance(v, numbers.Real) and math.isfinite(v) for v in values):
+        raise ValueError(
+            f"ModelSpec.{name} must be one number or {channels} (one per channel), got {value!r}"
+        )
+    return tuple(float(v) for v in values)
 
 
 class ImageClassifier(nn.Module):
     """An smp encoder + global average pooling + dropout + linear: `(N, C, H, W) -> (N, classes)` logits."""
 
-    def __init__(self, encoder: str, in_channels: int, classes: int, depth: int = 5):
+    def __init__(
+        self, encoder: str, in_channels: int, classes: int, depth: int = 5, weights: str | bool | None = None
+    ):
         super().__init__()
-        self.encoder = get_encoder(encoder, in_channels=in_channels, depth=depth, weights=None)
+        self.encoder = get_encoder(encoder, in_channels=in_channels, depth=depth, weights=weights)
         self.head = ClassificationHead(self.encoder.out_channels[-1], classes, pooling="avg", dropout=0.2)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -114,14 +131,14 @@ def _smp_kwargs(spec: ModelSpec) -> dict:
     return kwargs
 
 
-def _build_unet_like(spec: ModelSpec) -> nn.Module:
+def _build_unet_like(spec: ModelSpec, weights: str | bool | None) -> nn.Module:
     kwargs = _smp_kwargs(spec)
     if spec.decoder_channels:
         kwargs["decoder_channels"] = spec.decoder_channels
-    return smp.create_model(spec.arch, spec.encoder, None, spec.in_channels, spec.classes, **kwargs)
+    return smp.create_model(spec.arch, spec.encoder, weights, spec.in_channels, spec.classes, **kwargs)
 
 
-def _build_fpn(spec: ModelSpec) -> nn.Module:
+def _build_fpn(spec: ModelSpec, weights: str | bool | None) -> nn.Module:
     kwargs = _smp_kwargs(spec)
     if spec.decoder_channels:
         if len(spec.decoder_channels) != 2:
@@ -129,21 +146,21 @@ def _build_fpn(spec: ModelSpec) -> nn.Module:
         if spec.decoder_channels[1] % 32:
             raise ValueError(f"FPN segmentation channels must be a multiple of 32: {spec.decoder_channels}")
         kwargs["decoder_pyramid_channels"], kwargs["decoder_segmentation_channels"] = spec.decoder_channels
-    return smp.create_model("FPN", spec.encoder, None, spec.in_channels, spec.classes, **kwargs)
+    return smp.create_model("FPN", spec.encoder, weights, spec.in_channels, spec.classes, **kwargs)
 
 
-def _build_smp_default(spec: ModelSpec) -> nn.Module:
+def _build_smp_default(spec: ModelSpec, weights: str | bool | None) -> nn.Module:
     if spec.decoder_channels:
         raise ValueError(f"decoder_channels is not supported for {spec.arch}; leave it empty")
     kwargs = _smp_kwargs(spec)
-    return smp.create_model(spec.arch, spec.encoder, None, spec.in_channels, spec.classes, **kwargs)
+    return smp.create_model(spec.arch, spec.encoder, weights, spec.in_channels, spec.classes, **kwargs)
 
 
-def _build_classifier(spec: ModelSpec) -> nn.Module:
-    return ImageClassifier(spec.encoder, spec.in_channels, spec.classes, spec.encoder_depth)
+def _build_classifier(spec: ModelSpec, weights: str | bool | None) -> nn.Module:
+    return ImageClassifier(spec.encoder, spec.in_channels, spec.classes, spec.encoder_depth, weights)
 
 
-ARCHITECTURES: dict[str, Callable[[ModelSpec], nn.Module]] = {
+ARCHITECTURES: dict[str, Callable[[ModelSpec, str | bool | None], nn.Module]] = {
     "Unet": _build_unet_like,
     "UnetPlusPlus": _build_unet_like,
     "FPN": _build_fpn,
@@ -155,16 +172,26 @@ ARCHITECTURES: dict[str, Callable[[ModelSpec], nn.Module]] = {
 }
 
 
-def build_model(spec: ModelSpec, encoder_weights_path: str | Path | None = None) -> nn.Module:
-    """Build the model of `spec` with random weights, or with the encoder loaded from a local state-dict file.
+def build_model(
+    spec: ModelSpec, encoder_weights_path: str | Path | None = None, encoder_weights: str | None = None
+) -> nn.Module:
+    """Build the model of `spec` with random weights, or with a pretrained encoder: `encoder_weights` (a name
+    smp knows for the encoder, loaded by smp from its Hugging Face cache, downloaded once when online) or
+    `encoder_weights_path` (a local state-dict file).
 
     Raises:
         KeyError: unknown architecture (the message lists the valid names).
-        ValueError: encoder weights that do not fit the encoder (naming the file and the mismatch).
+        ValueError: encoder weights that do not fit the encoder (naming the file and the mismatch), or
+            `encoders.EncoderWeightsError`: unknown weights, or not cached while offline (with the ways out).
     """
     if spec.arch not in ARCHITECTURES:
         raise KeyError(f"unknown architecture {spec.arch!r}; valid: {sorted(ARCHITECTURES)}")
-    model = ARCHITECTURES[spec.arch](spec)
+    if encoder_weights is not None and encoder_weights_path is not None:
+        raise ValueError(
+            "give encoder_weights (from the hub) or encoder_weights_path (a local file), not both"
+        )
+    with encoders.from_hub(spec.encoder, encoder_weights):
+        model = ARCHITECTURES[spec.arch](spec, encoders.smp_argument(spec.encoder, encoder_weights))
     if encoder_weights_path is not None:
         load_encoder_weights(model, encoder_weights_path)
     return model
@@ -305,17 +332,29 @@ def forward_probs(model: nn.Module, spec: ModelSpec, x: Tensor) -> tuple[Tensor 
 
 
 def to_tensor(grey: np.ndarray | Tensor, spec: ModelSpec) -> Tensor:
-    """The model input of a grey batch: `(grey / 255 - mean) / std`, repeated to `spec.in_channels`.
+    """The model input of a grey batch: channel c is `(grey / 255 - spec.mean[c]) / spec.std[c]`.
+
+    The grey image is replicated to `spec.in_channels` and normalised per channel in one fused
+    multiply-add (`grey * scale + shift`, scale and shift cached per spec and device).
 
     Args:
         grey: (N, H, W) uint8, numpy or a torch tensor on any device (normalised there).
 
     Returns:
-        (N, spec.in_channels, H, W) float32 on the input's device.
+        (N, spec.in_channels, H, W) float32, contiguous, on the input's device.
     """
     t = torch.from_numpy(np.ascontiguousarray(grey)) if isinstance(grey, np.ndarray) else grey
     if t.ndim != 3:
         raise ValueError(f"to_tensor expects (N, H, W) grey, got shape {tuple(t.shape)}")
-    x = t.float().div_(255.0).sub_(spec.mean).div_(spec.std)  # in place: one float copy of the batch
-    x = x.unsqueeze(1)
-    return x if spec.in_channels == 1 else x.expand(-1, spec.in_channels, -1, -1).contiguous()
+    scale, shift = _scale_shift(spec.mean, spec.std, t.device)
+    return torch.addcmul(shift, t.unsqueeze(1).float(), scale)
+
+
+@functools.lru_cache(maxsize=64)
+def _scale_shift(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """`(1, C, 1, 1)` float32 factors with `grey * scale + shift == (grey / 255 - mean) / std`."""
+    m, s = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
+    scale, shift = 1.0 / (255.0 * s), -m / s
+    return (scale.float().view(1, -1, 1, 1).to(device), shift.float().view(1, -1, 1, 1).to(device))

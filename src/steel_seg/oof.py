@@ -8,7 +8,9 @@ oof/<name>/
   truth.csv          ImageId,ClassId,EncodedPixels (re-release layout, defect rows of these images)
 ```
 Probabilities are stored quantised: `value = rint(clip(p, 0, 1) * 255)`, read back as
-`float32(value) / float32(255)`. `meta.json` is written last, so a directory without it is unfinished.
+`float32(value) / float32(255)`. The writer builds the directory in a hidden staging sibling and moves it into
+place when complete (`meta.json` written last), so a directory at the real name is always whole; an existing
+one is replaced only when asked (`overwrite`), and only at that moment.
 """
 
 from __future__ import annotations
@@ -50,11 +52,15 @@ class OOFWriter:
     """Writes one OOF directory, one image at a time (nothing but the image-level scores stays in memory).
 
     Usage: `w = OOFWriter(dir, source, fold, has_cls)`; `w.add(image_id, probs, cls)` per image;
-    `w.close(truth)` writes cls.csv, truth.csv and finally meta.json.
+    `w.close(truth)` writes cls.csv, truth.csv and finally meta.json, then moves the whole directory to `dir`.
+    ValueError at once when `dir` already holds files and `overwrite` is off.
     """
 
-    def __init__(self, dir: str | os.PathLike, source: str, fold: int | None, has_cls: bool):
+    def __init__(
+        self, dir: str | os.PathLike, source: str, fold: int | None, has_cls: bool, overwrite: bool = False
+    ):
         self.dir = Path(dir)
+        self._work = fileio.staging_dir(self.dir, overwrite, "files (an OOF dir?)")
         self.source = str(source)
         self.fold = fold
         self.has_cls = has_cls
@@ -62,8 +68,7 @@ class OOFWriter:
         self._cls_rows: list[list[float]] = []
         self._shape: tuple[int, int] | None = None
         self._seen: set[str] = set()
-        (self.dir / "probs").mkdir(parents=True, exist_ok=True)
-        (self.dir / "meta.json").unlink(missing_ok=True)  # an earlier run's meta must not bless a mix
+        (self._work / "probs").mkdir()
 
     def add(self, image_id: str, probs: np.ndarray, cls: np.ndarray | None = None) -> None:
         """Store `probs: (4, H, W) float32` in [0, 1] and, when has_cls, `cls: (4,)` for one image."""
@@ -89,14 +94,15 @@ class OOFWriter:
         self._seen.add(image_id)
 
     def _write_png(self, image_id: str, values: np.ndarray) -> None:
-        path = self.dir / "probs" / f"{_stem(image_id)}.png"
+        path = self._work / "probs" / f"{_stem(image_id)}.png"
         ok, png = cv2.imencode(".png", np.ascontiguousarray(values.transpose(1, 2, 0)))
         if not ok:
             raise OSError(f"{path}: cv2 could not encode the PNG")
         fileio.write_bytes(path, png.tobytes())
 
     def close(self, truth: Labels) -> Path:
-        """Write cls.csv, truth.csv (these images' defect rows) and meta.json; returns the directory."""
+        """Write cls.csv, truth.csv (these images' defect rows) and meta.json, then move the directory into
+        place; returns it."""
         unknown = sorted(set(self.image_ids) - set(truth.image_ids))
         if unknown:
             raise ValueError(
@@ -106,10 +112,10 @@ class OOFWriter:
         if self.has_cls:
             table = pd.DataFrame(self._cls_rows, columns=CLS_COLUMNS)
             table.insert(0, "ImageId", self.image_ids)
-            fileio.write_text(self.dir / "cls.csv", table.to_csv(index=False, float_format="%.9g"))
+            fileio.write_text(self._work / "cls.csv", table.to_csv(index=False, float_format="%.9g"))
         rows = truth.table[truth.table["ImageId"].isin(set(self.image_ids))]
         rows = rows[["ImageId", "ClassId", "EncodedPixels"]].sort_values(["ImageId", "ClassId"])
-        fileio.write_text(self.dir / "truth.csv", rows.to_csv(index=False))
+        fileio.write_text(self._work / "truth.csv", rows.to_csv(index=False))
         meta = {
             "image_ids": self.image_ids,
             "shape": list(self._shape or IMAGE_SHAPE),
@@ -119,8 +125,8 @@ class OOFWriter:
             "source": self.source,
             "fold": self.fold,
         }
-        fileio.write_text(self.dir / "meta.json", json.dumps(meta))
-        return self.dir
+        fileio.write_text(self._work / "meta.json", json.dumps(meta))
+        return fileio.publish_dir(self._work, self.dir)
 
 
 @dataclass(frozen=True)

@@ -23,17 +23,22 @@ def heldout_ids(info: RunInfo) -> list[str]:
 
 
 def predict_oof(
-    run_dir: str | Path, out_dir: str | Path | None = None, settings: PredictSettings | None = None
+    run_dir: str | Path,
+    out_dir: str | Path | None = None,
+    settings: PredictSettings | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Write the OOF directory of a run's held-out fold (default `oof/<run name>`); returns it."""
+    """Write the OOF directory of a run's held-out fold (default `oof/<run name>`); returns it. An existing
+    directory is refused unless `overwrite`, and then replaced only when the new one is complete."""
     settings = settings or PredictSettings()
     info = RunInfo.load(run_dir)
     model, spec = models.load(info.model_path, device="cpu")
     if not spec.has_seg:
         raise ValueError(f"{info.model_path}: a {spec.arch} has no segmentation output to store as OOF")
-    ensemble = Ensemble([Member(info.name, "seg", model, spec)], settings.device)
+    ensemble = Ensemble([Member(info.name, "seg", model, spec)], settings.devices()[0])
     ids = heldout_ids(info)[: settings.limit]
-    writer = OOFWriter(Path(out_dir or Path("oof") / info.name), str(info.run_dir), info.fold, spec.has_cls)
+    out = Path(out_dir or Path("oof") / info.name)
+    writer = OOFWriter(out, str(info.run_dir), info.fold, spec.has_cls, overwrite)
     for image_id, probs, cls in iter_probs(ensemble, [info.images_dir / i for i in ids], settings):
         writer.add(image_id, probs, cls)
     return writer.close(Labels.from_csv(info.train_csv, info.images_dir))

@@ -87,6 +87,11 @@ class Rules:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Rules:
+        """Rules of a thresholds.json's content; ValueError naming a misspelt or unknown key (which would
+        otherwise silently leave that rule at its default)."""
+        _check_keys(data, RULES_KEYS, "rules")
+        for c in data["classes"]:
+            _check_keys(c, CLASS_RULE_KEYS, f"class {c.get('class_id', '?')}")
         classes = tuple(
             ClassRule(
                 class_id=int(c["class_id"]),
@@ -103,15 +108,21 @@ class Rules:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Rules:
         """Read a thresholds.json; ValueError naming the file on bad content."""
-        data = fileio.read_json(path, "post-processing rules")
-        try:
-            return cls.from_dict(data)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"{path}: invalid post-processing rules: {exc!r}") from exc
+        return fileio.load_json(path, "post-processing rules", cls.from_dict)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the rules as JSON atomically (temp file + rename)."""
         return fileio.write_json(path, self.to_dict())
+
+
+RULES_KEYS = ("classes", "one_class_per_pixel", "tuning", "note")
+CLASS_RULE_KEYS = ("class_id", "pixel_threshold", "min_component", "min_area", "gate")
+
+
+def _check_keys(data: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {list(known)}")
 
 
 def threshold(probs: np.ndarray, rules: Rules) -> np.ndarray:

@@ -25,7 +25,7 @@ def autocast_dtype(device_type: str, capability: tuple[int, int] | None, flag: s
         flag: one of AMP_FLAGS.
     """
     if flag not in AMP_FLAGS:
-        raise ValueError(f"amp {flag!r}: expected one of {', '.join(AMP_FLAGS)}")
+        raise ValueError(f"amp must be one of {', '.join(AMP_FLAGS)}; got {flag!r}")
     if flag == "off" or device_type != "cuda":
         return None
     if flag == "auto":
@@ -39,7 +39,6 @@ def device_dtype(device: torch.device, flag: str) -> torch.dtype | None:
     return autocast_dtype(device.type, capability, flag)
 
 
-def autocast_context(device: torch.device, flag: str):
-    """`torch.autocast` with the dtype of `flag` on `device`; a no-op context where that is float32."""
-    dtype = device_dtype(device, flag)
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """`torch.autocast` to `dtype` on `device` (from `device_dtype`); a no-op context for None (float32)."""
     return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)

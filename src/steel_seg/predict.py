@@ -5,17 +5,28 @@ batch -> device -> `Ensemble.forward` (normalise, TTA views stacked in one batch
 the device) -> per-class threshold and gate scores on the device -> small uint8 masks to the CPU ->
 component filtering + RLE in a worker pool, overlapped with the accelerator -> rows streamed to the CSV.
 `iter_probs` runs the same batches and yields probabilities instead (for `steel-seg oof`).
-A `Budget` may drop views/models mid-run to finish in time.
+
+Every device of `settings.device` (a comma list; `cuda` = every visible GPU) holds one replica of the
+ensemble (a device listed twice shares it) and runs it on its own thread; batch k runs on replica k mod D and
+the results are taken back in batch order, so the rows are the same whatever D. A `Budget` may drop
+views/models mid-run to finish in time, projecting from the devices' combined rate; its `Deadline` is hard:
+at the limit the engine stops (never starting a batch its measured time says cannot end in time, never
+waiting past the limit for decode or a device) and every image not reached is written empty. A model whose
+logits hold NaN/inf is dropped for the rest of the run, loudly.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
+import math
+import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,15 +35,16 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
-from steel_seg import postprocess, rle, submission
-from steel_seg.budget import Budget, BudgetDecision, Plan
+from steel_seg import devices, postprocess, rle, submission
+from steel_seg.budget import Budget, BudgetDecision, Deadline, Plan
 from steel_seg.competition import IMAGE_SHAPE, N_CLASSES
+from steel_seg.dispatch import DeviceWorker, Feed
 from steel_seg.ensemble import Ensemble, views_text
 from steel_seg.images import ImageError, fit_shape, read_grey
 from steel_seg.manifest import DEFAULT_BUDGET_S
 from steel_seg.precision import device_dtype
+from steel_seg.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +56,7 @@ EMPTY_ROW = ("",) * N_CLASSES
 class PredictSettings:
     """How to run the engine (see docs/CONTRACTS.md, "Inference engine")."""
 
-    device: str = "cpu"
+    device: str = "cpu"  # one device or a comma list (`devices.resolve`): cuda = every visible GPU
     batch_size: int = 8
     workers: int = 2
     amp: str = "auto"
@@ -57,9 +69,13 @@ class PredictSettings:
     progress: bool = True
     warmup_batches: int = 1
 
-    def amp_dtype(self) -> torch.dtype | None:
-        """The autocast dtype on `device` (`precision.device_dtype`): None = float32, always on the CPU."""
-        return device_dtype(torch.device(self.device), self.amp)
+    def devices(self) -> tuple[torch.device, ...]:
+        """The devices the run uses, one ensemble replica each; `devices.DeviceError` when one is unknown."""
+        return devices.resolve(self.device)
+
+    def amp_dtype(self, device: torch.device | None = None) -> torch.dtype | None:
+        """The autocast dtype on `device` (default: the first; `precision.device_dtype`): None = float32."""
+        return device_dtype(device or self.devices()[0], self.amp)
 
 
 @dataclass(frozen=True)
@@ -84,23 +100,30 @@ class RunSummary:
     plan: dict[str, tuple[str, ...]] = field(default_factory=dict)
     budget_s: float = DEFAULT_BUDGET_S
     out_csv: str = ""
+    cut: int = 0
+    nonfinite: list[str] = field(default_factory=list)
 
     @property
     def images_per_s(self) -> float:
-        return self.images / self.seconds if self.seconds > 0 else 0.0
+        """Images predicted (not cut by the deadline) per second."""
+        return (self.images - self.cut) / self.seconds if self.seconds > 0 else 0.0
 
     def text(self) -> str:
         """A few lines for the end of a run."""
         shares = (
             ", ".join(f"{k} {v / self.seconds:.0%}" for k, v in self.stage_s.items()) if self.seconds else ""
         )
+        done = f"{self.images - self.cut} of {self.images}" if self.cut else f"{self.images}"
         lines = [
-            f"predicted {self.images} images in {self.seconds:.1f}s ({self.images_per_s:.2f} images/s, "
+            f"predicted {done} images in {self.seconds:.1f}s ({self.images_per_s:.2f} images/s, "
             f"limit {self.budget_s:.0f}s) -> {self.out_csv}",
             f"time: {shares}",
             f"models: {views_text(self.plan)}",
         ]
         lines += [d.text() for d in self.decisions]
+        lines += [f"model {n}: NaN/inf outputs, dropped for the rest of the run" for n in self.nonfinite]
+        if self.cut:
+            lines.append(f"DEADLINE: {self.cut} of {self.images} images not reached, written empty")
         lines += [f"bad image {b.path}: {b.reason} ({b.action})" for b in self.bad]
         return "\n".join(lines)
 
@@ -114,6 +137,8 @@ class RunSummary:
             "plan": {k: list(v) for k, v in self.plan.items()},
             "bad": [vars(b) for b in self.bad],
             "decisions": [vars(d) for d in self.decisions],
+            "cut": self.cut,
+            "nonfinite": self.nonfinite,
         }
 
 
@@ -139,17 +164,37 @@ class ImageSet(Dataset):
 
 @dataclass
 class Batch:
-    """One predicted batch: positions in the image list, statuses, and device probabilities."""
+    """One predicted batch: positions in the image list, statuses, notes, and what the `finish` function made
+    of the device probabilities (None when no segmenter could run: its rows are empty)."""
 
     index: list[int]
     status: list[int]
     note: list[str]
-    seg: Tensor
-    cls: Tensor | None
+    out: Any
+
+
+@dataclass
+class _Done:
+    """A device worker's result for one batch: the batch, its replica and plan, seconds, NaN/inf models."""
+
+    batch: Batch
+    slot: int
+    plan: Plan
+    model_s: dict[str, float]
+    nonfinite: list[str]
+    forward_s: float
+    finish_s: float
+
+
+Finish = Callable[[Tensor, Tensor | None], Any]
 
 
 class _Runner:
-    """Batches through the ensemble under a plan, timing the stages and consulting the budget per batch."""
+    """Batches through one ensemble replica per device under a plan, in order, within the budget's deadline.
+
+    Stage seconds: `decode_wait` is the main thread's wait for decoded images; `model` and `transfer` are the
+    devices' forward and finish seconds divided by the number of devices (their share of the wall time).
+    """
 
     def __init__(
         self,
@@ -158,59 +203,182 @@ class _Runner:
         settings: PredictSettings,
         budget: Budget | None = None,
     ):
-        self.ensemble, self.paths, self.settings, self.budget = ensemble, list(paths), settings, budget
+        self.paths, self.settings, self.budget = list(paths), settings, budget
+        self.replicas = [ensemble.replicate(d) for d in settings.devices()]
+        self.amp = [settings.amp_dtype(r.device) for r in self.replicas]
+        self.roles = ensemble.roles()
         self.plan: Plan = ensemble.plan(settings.tta)
         self.stage_s = {"decode_wait": 0.0, "model": 0.0, "transfer": 0.0, "post_wait": 0.0, "write": 0.0}
         self.bad: list[BadImage] = []
-        self.amp = settings.amp_dtype()
+        self.nonfinite: list[str] = []
+        self.cut = False
+        self._batch_s: list[float | None] = [None] * len(self.replicas)
+        self._images_done = 0
 
-    def batches(self) -> Iterator[Batch]:
-        device = self.ensemble.device
-        if device.type == "cuda":
+    @property
+    def deadline(self) -> Deadline | None:
+        return self.budget.deadline if self.budget is not None else None
+
+    def _timeout(self) -> float | None:
+        """How long a wait may last: until the deadline; None (as long as it takes) without a finite one."""
+        deadline = self.deadline
+        if deadline is None or not math.isfinite(deadline.limit_s):
+            return None
+        return min(max(0.0, deadline.remaining()), threading.TIMEOUT_MAX)
+
+    def batches(self, finish: Finish) -> Iterator[Batch]:
+        """Every batch (batch k on replica k mod D), yielded in order; ends early at the deadline."""
+        if any(r.device.type == "cuda" for r in self.replicas):
             torch.backends.cudnn.benchmark = True
-        loader = DataLoader(
+        feed = Feed(iter(self._loader()), name="decode")
+        workers = [DeviceWorker(f"replica-{r.device}") for r in self.replicas]
+        last = time.perf_counter()
+        try:
+            for future in self._dispatch(feed, workers, finish):
+                done = self._wait(future)
+                if done is None:
+                    return
+                last = self._account(done, last)
+                yield done.batch
+        finally:
+            feed.close()
+            for worker in workers:
+                worker.close()
+
+    def _dispatch(self, feed: Feed, workers: list[DeviceWorker], finish: Finish) -> Iterator[Future]:
+        """Batch k to worker k mod D, one batch in flight per device; the futures in batch order."""
+        inflight: deque[Future] = deque()
+        for k in itertools.count():
+            slot = k % len(workers)
+            item = self._next(feed, slot)
+            if item is None:
+                break
+            inflight.append(workers[slot].submit(self._predict, slot, dict(self.plan), item, finish))
+            if len(inflight) == len(workers):
+                yield inflight.popleft()
+        yield from inflight
+
+    def _loader(self) -> DataLoader:
+        return DataLoader(
             ImageSet(self.paths),
             batch_size=self.settings.batch_size,
             num_workers=self.settings.workers,
-            pin_memory=device.type == "cuda",
+            pin_memory=any(r.device.type == "cuda" for r in self.replicas),
         )
-        batch_start = time.perf_counter()
-        for index, grey, status, note in loader:
-            self.stage_s["decode_wait"] += time.perf_counter() - batch_start
-            self._log_bad(index.tolist(), status.tolist(), list(note))
-            timings: dict[str, float] = {}
-            start = time.perf_counter()
-            with torch.inference_mode():
-                seg, cls = self._forward(grey, status != BAD, timings)
-            self.stage_s["model"] += time.perf_counter() - start
-            yield Batch(index.tolist(), status.tolist(), list(note), seg, cls)
-            now = time.perf_counter()
-            self._review(len(index), now - batch_start, timings)
-            batch_start = now
 
-    def _forward(self, grey: Tensor, good: Tensor, timings: dict[str, float]) -> tuple[Tensor, Tensor | None]:
+    def _next(self, feed: Feed, replica: int) -> tuple | None:
+        """The next decoded batch for `replica`; None at the end, or when the deadline forbids starting it."""
+        deadline, start = self.deadline, time.perf_counter()
+        try:
+            item = feed.get(self._timeout())
+        except StopIteration:
+            return None
+        except TimeoutError:
+            return self._stop("still waiting for decoded images")
+        finally:
+            self.stage_s["decode_wait"] += time.perf_counter() - start
+        expected = self._batch_s[replica]
+        if deadline is not None and expected is not None and not deadline.allows(expected):
+            return self._stop(f"the next batch would need ~{expected:.1f}s")
+        return item
+
+    def _wait(self, future: Future) -> _Done | None:
+        """A dispatched batch's result; None when the deadline passes first (the batch is abandoned)."""
+        try:
+            return future.result(self._timeout())
+        except FutureTimeout:
+            return self._stop("a batch was still running")
+
+    def _stop(self, why: str) -> None:
+        """Mark the run cut by the deadline (logged once); returns None for the callers to pass on."""
+        if self.cut:
+            return
+        self.cut = True
+        d = self.deadline
+        log.error("DEADLINE: %.1fs of the %gs limit elapsed (%s): predicting stops; every image not reached "
+                  "is written empty", d.elapsed(), d.limit_s, why)  # fmt: skip
+
+    def _predict(self, slot: int, plan: Plan, item: tuple, finish: Finish) -> _Done:
+        """On replica `slot`'s thread: the forward pass, then `finish` (threshold or copy) on its device."""
+        index, grey, status, note = item
+        replica = self.replicas[slot]
+        if replica.device.type == "cuda":
+            torch.cuda.set_device(replica.device)  # per thread: "the current device" is this one
+        model_s: dict[str, float] = {}
+        nonfinite: list[str] = []
+        start = time.perf_counter()
+        seg = cls = None
+        with torch.inference_mode():
+            if any(self.roles[n] == "seg" for n in plan):
+                good = status != BAD
+                seg, cls = self._forward(replica, self.amp[slot], plan, grey, good, model_s, nonfinite)
+            forward_s = time.perf_counter() - start
+            out = None if seg is None else finish(seg, cls)
+        finish_s = time.perf_counter() - start - forward_s
+        batch = Batch(index.tolist(), status.tolist(), list(note), out)
+        return _Done(batch, slot, plan, model_s, nonfinite, forward_s, finish_s)
+
+    @staticmethod
+    def _forward(
+        replica: Ensemble,
+        amp: torch.dtype | None,
+        plan: Plan,
+        grey: Tensor,
+        good: Tensor,
+        model_s: dict[str, float],
+        nonfinite: list[str],
+    ) -> tuple[Tensor | None, Tensor | None]:
         """The ensemble on the readable rows of `grey (B, H, W) uint8`; the bad rows get zeros."""
-        device = self.ensemble.device
+        device = replica.device
         if good.all():
-            return self.ensemble.forward(grey.to(device, non_blocking=True), self.plan, self.amp, timings)
+            return replica.forward(grey.to(device, non_blocking=True), plan, amp, model_s, nonfinite)
         seg = torch.zeros((len(good), N_CLASSES, *grey.shape[1:]), device=device)
-        cls = torch.zeros((len(good), N_CLASSES), device=device) if self.ensemble.has_cls(self.plan) else None
-        if good.any():
-            seg_good, cls_good = self.ensemble.forward(grey[good].to(device), self.plan, self.amp, timings)
-            rows = good.to(device)
-            seg[rows] = seg_good
-            if cls is not None:
-                cls[rows] = cls_good
+        cls = torch.zeros((len(good), N_CLASSES), device=device)
+        if not good.any():
+            return seg, cls if replica.has_cls(plan) else None
+        seg_good, cls_good = replica.forward(grey[good].to(device), plan, amp, model_s, nonfinite)
+        if seg_good is None:
+            return None, None
+        rows = good.to(device)
+        seg[rows] = seg_good
+        if cls_good is None:  # no image-level output (or its only source turned NaN in this batch)
+            return seg, None
+        cls[rows] = cls_good
         return seg, cls
 
-    def _review(self, n_images: int, wall_s: float, timings: dict[str, float]) -> None:
-        if self.budget is None:
-            return
-        self.budget.record(n_images, wall_s, timings, self.plan)
+    def _account(self, done: _Done, last: float) -> float:
+        """Book a finished batch (stages, bad images, NaN models, budget); returns the time it was taken."""
+        n = len(self.replicas)
+        batch, now = done.batch, time.perf_counter()
+        self._batch_s[done.slot] = done.forward_s + done.finish_s
+        self.stage_s["model"] += done.forward_s / n
+        self.stage_s["transfer"] += done.finish_s / n
+        self._images_done += len(batch.index)
+        self._log_bad(batch.index, batch.status, batch.note)
+        self._drop_nonfinite(done.nonfinite)
+        if self.budget is not None:
+            model_s = {name: seconds / n for name, seconds in done.model_s.items()}
+            self.budget.record(len(batch.index), now - last, model_s, done.plan)
+            self._review()
+        return now
+
+    def _review(self) -> None:
         seen = len(self.budget.decisions)
         self.plan = self.budget.review(self.plan)
         for decision in self.budget.decisions[seen:]:
             log.warning(decision.text())
+
+    def _drop_nonfinite(self, names: list[str]) -> None:
+        """Drop each model that produced NaN/inf from the plan for the rest of the run, loudly."""
+        for name in names:
+            if name not in self.plan:
+                continue
+            self.plan = {n: v for n, v in self.plan.items() if n != name}
+            self.nonfinite.append(name)
+            log.error("model %r produced NaN/inf outputs (batch ending at image %d): dropped from the "
+                      "ensemble for the rest of the run", name, self._images_done)  # fmt: skip
+            if not any(self.roles[n] == "seg" for n in self.plan):
+                log.error("no segmenter left: every image from here on is written empty")
 
     def _log_bad(self, index: list[int], status: list[int], note: list[str]) -> None:
         for i, s, n in zip(index, status, note, strict=True):
@@ -229,22 +397,35 @@ def iter_probs(
 
     The same batching/TTA/ensemble code as `predict_submission` (no time budget). An unreadable image yields
     zeros (logged); `settings.tta` overrides every model's views; `image_id` is the file name.
+
+    Raises:
+        ValueError once no segmenter is left (every one produced NaN/inf): unlike a submission, OOF
+        probabilities and pseudo-labels would read zeros as a confident "no defect".
     """
     settings = settings or PredictSettings()
     paths = [Path(p) for p in image_paths][: settings.limit]
     runner = _Runner(ensemble, paths, settings)
-    with tqdm(total=len(paths), desc="probs", unit="img", disable=not settings.progress) as bar:
-        for batch in runner.batches():
-            seg = batch.seg.cpu().numpy()
-            cls = None if batch.cls is None else batch.cls.cpu().numpy()
+    with Progress(len(paths), "probs", bar=settings.progress) as progress:
+        for batch in runner.batches(_to_numpy):
+            if batch.out is None:
+                raise ValueError(
+                    f"no segmenter left at image {paths[batch.index[0]].name}: {', '.join(runner.nonfinite)} "
+                    "produced NaN/inf outputs (an fp16 overflow? try --amp off)"
+                )
+            seg, cls = batch.out
             for j, (i, status) in enumerate(zip(batch.index, batch.status, strict=True)):
-                bad = status == BAD
+                empty = status == BAD
                 yield (
                     paths[i].name,
-                    np.zeros_like(seg[j]) if bad else seg[j],
-                    None if cls is None else (np.zeros_like(cls[j]) if bad else cls[j]),
+                    np.zeros((N_CLASSES, *IMAGE_SHAPE), np.float32) if empty else seg[j],
+                    None if cls is None else (np.zeros_like(cls[j]) if empty else cls[j]),
                 )
-            bar.update(len(batch.index))
+            progress.update(len(batch.index))
+
+
+def _to_numpy(seg: Tensor, cls: Tensor | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """`iter_probs`'s finish: the probabilities to the CPU."""
+    return seg.cpu().numpy(), None if cls is None else cls.cpu().numpy()
 
 
 def threshold_on_device(seg: Tensor, cls: Tensor | None, rules: postprocess.Rules) -> tuple[Tensor, Tensor]:
@@ -277,7 +458,8 @@ def predict_submission(
     """Predict every image of the sample submission and stream the rows to `out_csv` in the sample's layout.
 
     Bad images are logged and written empty; the time budget (settings, else the ensemble's manifest) may
-    drop views/models in the manifest's `drop_order`. Returns the run's summary (also logged). `out_csv` is
+    drop views/models in the manifest's `drop_order`, and at its limit the run stops and every image not
+    reached is written empty (`RunSummary.cut`). Returns the run's summary (also logged). `out_csv` is
     replaced only by a complete file: when the run fails, the rows predicted so far are kept, every other
     image is written empty, and the error is raised after the file is in place.
     """
@@ -292,17 +474,23 @@ def predict_submission(
         ensemble.roles(),
         len(ids),
         settings.budget_start if settings.budget_start is not None else start,
-        warmup_batches=settings.warmup_batches,
+        warmup_batches=settings.warmup_batches * len(settings.devices()),  # each device warms up
     )
     runner = _Runner(ensemble, [Path(images_dir) / i for i in ids], settings, budget)
     writer = submission.SubmissionWriter(out_csv, sample, check_rle=False)
     try:
         _stream(runner, rules, writer, ids, settings)
     except BaseException:
-        missing = writer.close()  # keeps every row written; the rest empty: a complete, valid file
-        log.error("run stopped: %d of %d images written empty in %s", len(missing), len(ids), out_csv)
+        missing = _not_reached(writer.close(), ids)  # every row written is kept, the rest empty: complete
+        log.error("run stopped: %d of %d images written empty in %s", missing, len(ids), out_csv)
         raise
-    writer.close()
+    cut = _not_reached(writer.close(), ids)
+    if len(ids) < len(sample.image_ids):
+        log.info("--limit %d: the other %d images of the sample are written empty", len(ids),
+                 len(sample.image_ids) - len(ids))  # fmt: skip
+    if runner.cut:
+        log.error("DEADLINE: %d of %d images were not reached and are written empty in %s (limit %gs)", cut,
+                  len(ids), out_csv, budget_s)  # fmt: skip
     summary = RunSummary(
         len(ids),
         time.perf_counter() - start,
@@ -312,9 +500,17 @@ def predict_submission(
         runner.plan,
         budget_s,
         str(out_csv),
+        cut,
+        runner.nonfinite,
     )
     log.info("%s", summary.text())
     return summary
+
+
+def _not_reached(missing: list[str], ids: list[str]) -> int:
+    """How many of the run's images (`ids`, within `--limit`) the writer had to fill empty."""
+    wanted = set(ids)
+    return sum(i in wanted for i in missing)
 
 
 def _stream(
@@ -332,13 +528,13 @@ def _stream(
     pending: deque[tuple[str, Future | None]] = deque()
     with (
         pool_cls(max_workers=max(1, settings.post_workers)) as pool,
-        tqdm(total=len(ids), desc="predict", unit="img", disable=not settings.progress) as bar,
+        Progress(len(ids), "predict", bar=settings.progress) as progress,
     ):
         try:
-            for batch in runner.batches():
-                _submit(runner, batch, rules, pool, pending, ids)
+            for batch in runner.batches(lambda seg, cls: _to_masks(seg, cls, rules)):
+                _submit(batch, rules, pool, pending, ids)
                 _drain(runner, writer, pending, keep=2 * settings.batch_size)
-                bar.update(len(batch.index))
+                progress.update(len(batch.index))
             _drain(runner, writer, pending, keep=0)
         except BaseException:
             with contextlib.suppress(Exception):
@@ -346,22 +542,24 @@ def _stream(
             raise
 
 
+def _to_masks(seg: Tensor, cls: Tensor | None, rules: postprocess.Rules) -> tuple[np.ndarray, np.ndarray]:
+    """`predict_submission`'s finish: threshold on the device, then only uint8 masks and gates to the CPU."""
+    masks, gates = threshold_on_device(seg, cls, rules)
+    return masks.cpu().numpy(), gates.cpu().numpy()
+
+
 def _submit(
-    runner: _Runner,
     batch: Batch,
     rules: postprocess.Rules,
     pool: Executor,
     pending: deque[tuple[str, Future | None]],
     ids: Sequence[str],
 ) -> None:
-    start = time.perf_counter()
-    with torch.inference_mode():
-        masks, gates = threshold_on_device(batch.seg, batch.cls, rules)
-    masks, gates = masks.cpu().numpy(), gates.cpu().numpy()
-    runner.stage_s["transfer"] += time.perf_counter() - start
+    """One pool job per predicted image; a bad image, or a batch without a segmenter, is an empty row."""
+    masks, gates = batch.out if batch.out is not None else (None, None)
     for j, (i, status) in enumerate(zip(batch.index, batch.status, strict=True)):
-        job = None if status == BAD else pool.submit(encode_image, masks[j], rules, gates[j])
-        pending.append((ids[i], job))
+        empty = masks is None or status == BAD
+        pending.append((ids[i], None if empty else pool.submit(encode_image, masks[j], rules, gates[j])))
 
 
 def _drain(

@@ -48,7 +48,6 @@ CONTRADICTED = "negative gate, mask"
 UNREADABLE = "unreadable image"  # an image-level reason
 SURE = (DEFECT, CLEAN)
 SELECTION_CSV, SUMMARY_JSON = "selection.csv", "summary.json"
-OUTPUTS = (TRAIN_CSV, SELECTION_CSV, SUMMARY_JSON)
 
 
 @dataclass(frozen=True)
@@ -257,15 +256,8 @@ def selection_table(decisions: Sequence[Decision]) -> pd.DataFrame:
     return table
 
 
-def check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """FileExistsError naming the folder when it holds an earlier run's outputs and `overwrite` is off."""
-    found = [name for name in OUTPUTS if (out_dir / name).exists()]
-    if found and not overwrite:
-        raise FileExistsError(f"{out_dir}: holds {', '.join(found)} already; pass --overwrite to replace")
-
-
 def write_outputs(out_dir: Path, decisions: Sequence[Decision], summary: Summary) -> None:
-    """`train.csv`, `selection.csv` and `summary.json` in `out_dir`, each written atomically."""
+    """`train.csv`, `selection.csv` and `summary.json` in `out_dir` (`run`: in a staging folder)."""
     fileio.write_text(out_dir / TRAIN_CSV, train_csv_text(decisions))
     csv_text = selection_table(decisions).to_csv(index=False, float_format="%.6g", lineterminator="\n")
     fileio.write_text(out_dir / SELECTION_CSV, csv_text)
@@ -293,12 +285,15 @@ def run(
 ) -> Summary:
     """Pseudo-label every *.jpg of `images_dir` with the weights dir's ensemble and rules into `out_dir`.
 
-    Raises (before any image is predicted): FileExistsError for an `out_dir` with earlier outputs (unless
+    `out_dir` appears whole, with all three files, when the run ends (`fileio.staging_dir`): a killed run
+    leaves an earlier round's outputs as they were, never a mix.
+
+    Raises (before any image is predicted): ValueError for an `out_dir` that holds files (unless
     `overwrite`), ValueError / ManifestError naming the file of a bad images folder, manifest, rules, model.
     """
     weights_dir, images_dir, out_dir = Path(weights_dir), Path(images_dir), Path(out_dir)
     limits, settings = limits or Confidence(), settings or PredictSettings()
-    check_out_dir(out_dir, overwrite)
+    staging = fileio.staging_dir(out_dir, overwrite, "files (an earlier pseudo-label round?)")
     paths = [images_dir / name for name in metric.image_files(images_dir)][: settings.limit]
     rules = postprocess.Rules.load(weights_dir / postprocess.THRESHOLDS_FILE)
     ensemble = Ensemble.load(weights_dir, Manifest.load(weights_dir / MANIFEST_FILE), settings.device)
@@ -306,5 +301,6 @@ def run(
     decisions = collect(pseudo_label(ensemble, rules, paths, limits, quiet), len(paths), settings.progress)
     where = {"weights_dir": weights_dir, "images_dir": images_dir, "out_dir": out_dir}
     summary = Summary.of(decisions, limits, {k: str(v.resolve()) for k, v in where.items()})
-    write_outputs(out_dir, decisions, summary)
+    write_outputs(staging, decisions, summary)
+    fileio.publish_dir(staging, out_dir)
     return summary

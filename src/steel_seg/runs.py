@@ -15,6 +15,7 @@ read it through `RunDir` and `RunInfo`.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,10 @@ from typing import Any
 from steel_seg import fileio
 
 RUN_KEYS = ("name", "fold", "folds_csv", "train_csv", "images_dir", "model_dir")
+
+
+class RunExistsError(ValueError):
+    """A run dir already holds a run, and neither resuming nor replacing it was asked for."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,34 @@ class RunDir:
     @property
     def folds(self) -> Path:
         return self.path / "folds.csv"
+
+    def entries(self) -> list[Path]:
+        """The run's own files and folders that exist (nothing else a user keeps in the folder)."""
+        own = (self.run_json, self.config, self.best, self.last, self.checkpoint, self.log, self.metrics,
+               self.tensorboard, self.folds)  # fmt: skip
+        return [p for p in own if p.exists()]
+
+    def holds_run(self) -> bool:
+        """Whether a run was started here: its description, checkpoint, models or log exist."""
+        return any(p.exists() for p in (self.run_json, self.checkpoint, self.best, self.last, self.log))
+
+    def refuse_or_clear(self, overwrite: bool) -> list[Path]:
+        """Before a fresh run: RunExistsError when a run is here and `overwrite` is off; else remove exactly
+        the run's own entries (returned, to be reported) and leave every other file alone."""
+        if not self.holds_run():
+            return []
+        if not overwrite:
+            raise RunExistsError(
+                f"{self.path}: holds a run ({', '.join(p.name for p in self.entries())}); pass --resume to "
+                "continue it or --overwrite to replace it (or choose another --out)"
+            )
+        removed = self.entries()
+        for path in removed:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        return removed
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,14 @@ files.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from steel_seg.data import usable_labels
 from steel_seg.labels import Labels, read_label_file
 
 if TYPE_CHECKING:
@@ -92,6 +93,16 @@ def load_sources(cfg: DataConfig) -> Sources:
     return Sources(primary, tuple(extra), union([primary, *extra]))
 
 
+def usable_sources(sources: Sources, skip_bad: bool, progress: bool = True) -> Sources:
+    """`sources` after the pre-flight header check of every image of every source (`data.usable_labels`).
+
+    Raises ValueError listing the unusable images, unless `skip_bad` (then they are left out, logged).
+    """
+    checked = [replace(s, labels=usable_labels(s.labels, s.images_dir, skip_bad, progress))
+               for s in (sources.primary, *sources.extra)]  # fmt: skip
+    return Sources(checked[0], tuple(checked[1:]), union(checked))
+
+
 def read_extra(spec: ExtraSource) -> Source:
     """An extra source: the images its CSV names, each of which must be a file in its folder."""
     csv, folder = Path(spec.train_csv), Path(spec.images_dir)
@@ -101,7 +112,8 @@ def read_extra(spec: ExtraSource) -> Source:
     missing = [i for i in found.image_ids if not (folder / i).is_file()]
     if missing:
         raise ValueError(f"{csv}: {len(missing)} image(s) not found in {folder}, e.g. {missing[:3]}")
-    return Source(csv, folder, float(spec.weight), Labels(found.table, sorted(found.image_ids)))
+    labels = Labels(found.table, sorted(found.image_ids), csv=csv, lines=found.lines)
+    return Source(csv, folder, float(spec.weight), labels)
 
 
 def check_disjoint(earlier: Source, later: Source) -> None:

@@ -1,21 +1,24 @@
 """Load -> predict -> validate: the one run path of the kernel script and `steel-seg predict`.
 
-`load` makes every check that needs no image (the inputs exist, the sample reads, the rules parse, each
-model's files, sha256 and spec fit, its outputs are the competition's classes) and builds the ensemble; a
-problem there stops the run before any image is read. `run` streams the submission, which is complete
-whatever happens (rows predicted before a failure are kept, the rest written empty), and validates it against
-the sample.
+`load` makes every check that needs no image (the inputs exist, the sample reads, every device can run this
+torch build, each model's files, sha256 and spec fit, its outputs are the competition's classes) and builds
+the ensemble; a problem there stops the run before any image is read. A model dir absent from the weights
+dir is looked for by its weights' sha256 under `Inputs.search_root` (the kernel's input root: a renamed or
+re-zipped upload). `run` streams the submission, which is complete whatever happens (rows predicted before a
+failure or the deadline are kept, the rest written empty), and validates it against the sample.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from steel_seg import submission
+from steel_seg import devices, locations, submission
 from steel_seg.ensemble import Ensemble
-from steel_seg.manifest import Manifest
+from steel_seg.manifest import Manifest, ManifestError, ModelEntry, sha256_file
+from steel_seg.models import WEIGHTS_FILE
 from steel_seg.postprocess import Rules
 from steel_seg.predict import PredictSettings, RunSummary, predict_submission
 
@@ -24,12 +27,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Inputs:
-    """Inputs and output of one run."""
+    """Inputs and output of one run; `search_root`: where to look for model dirs absent from `weights_dir`."""
 
     images_dir: Path
     sample_csv: Path
     weights_dir: Path
     out_csv: Path
+    search_root: Path | None = None
 
     def check(self) -> None:
         """FileNotFoundError naming the first input that is missing."""
@@ -51,10 +55,56 @@ class Outcome:
 
 
 def load(inputs: Inputs, manifest: Manifest, rules: Rules, settings: PredictSettings) -> Ensemble:
-    """Every start-up check, then the ensemble on `settings.device`; raises naming the file at fault."""
+    """Every start-up check, then the ensemble on the first of `settings.devices()`.
+
+    Raises:
+        OSError, ValueError (ManifestError), devices.DeviceError: naming the file or device at fault.
+    """
     inputs.check()
     submission.read_sample(inputs.sample_csv)
-    return Ensemble.load(inputs.weights_dir, manifest, settings.device)
+    run_on = settings.devices()
+    devices.check(run_on)
+    if inputs.search_root is not None:
+        manifest = find_model_dirs(manifest, inputs.weights_dir, inputs.search_root)
+    return Ensemble.load(inputs.weights_dir, manifest, run_on[0])
+
+
+def find_model_dirs(manifest: Manifest, weights_dir: Path, root: Path) -> Manifest:
+    """The manifest with each model dir absent from `weights_dir` replaced by the folder up to
+    `locations.SEARCH_DEPTH` levels under `root` whose weights file has the model's sha256.
+
+    Raises:
+        ManifestError: a model found nowhere; the message lists what `root` holds.
+    """
+    absent = [m for m in manifest.models if not (weights_dir / m.dir / WEIGHTS_FILE).is_file()]
+    if not absent:
+        return manifest
+    by_sha = _weights_by_sha256(locations.files_named(root, WEIGHTS_FILE))
+    lost = [m for m in absent if m.sha256 not in by_sha]
+    if lost:
+        raise ManifestError(_lost_message(lost, weights_dir, root))
+    found = {m.name: by_sha[m.sha256] for m in absent}
+    for name, model_dir in found.items():
+        log.warning("model %r: not in %s; using %s (same sha256)", name, weights_dir, model_dir)
+    models = tuple(dataclasses.replace(m, dir=str(found.get(m.name, m.dir))) for m in manifest.models)
+    return dataclasses.replace(manifest, models=models)
+
+
+def _weights_by_sha256(paths: list[Path]) -> dict[str, Path]:
+    """sha256 -> the first model dir (sorted) whose weights file has it."""
+    by_sha: dict[str, Path] = {}
+    for path in paths:
+        by_sha.setdefault(sha256_file(path), path.parent)
+    return by_sha
+
+
+def _lost_message(lost: list[ModelEntry], weights_dir: Path, root: Path) -> str:
+    names = ", ".join(f"{m.name!r} (dir {m.dir}, sha256 {m.sha256[:12]}...)" for m in lost)
+    return (
+        f"model(s) {names}: not in {weights_dir} and no {WEIGHTS_FILE} with that sha256 up to "
+        f"{locations.SEARCH_DEPTH} levels under {root}: is the weights dataset attached, and is it the "
+        f"version the kernel was built with? {locations.listing(root)}"
+    )
 
 
 def run(ensemble: Ensemble, rules: Rules, inputs: Inputs, settings: PredictSettings) -> Outcome:

@@ -35,6 +35,7 @@ from steel_seg import fileio, rle
 from steel_seg.competition import (
     CLASSES,
     HEIGHT,
+    IMAGE_SUFFIX,
     N_CLASSES,
     SAMPLE_SUBMISSION,
     TEST_IMAGES,
@@ -106,11 +107,7 @@ class SyntheticStats:
     @classmethod
     def load(cls, path: str | Path = STATS_PATH) -> SyntheticStats:
         """The shipped statistics by default; ValueError naming the file when it is not valid."""
-        data = fileio.read_json(path, "synthetic statistics file")
-        try:
-            return cls.from_dict(data)
-        except (KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{path}: not a synthetic statistics file ({err})") from None
+        return fileio.load_json(path, "synthetic statistics file", cls.from_dict)
 
 
 def read_index(path: str | Path) -> pd.DataFrame:
@@ -432,7 +429,7 @@ def image_ids(rng: np.random.Generator, n: int) -> list[str]:
     """n distinct Kaggle-like ImageIds: 9 lower-case hex digits + ".jpg"."""
     ids: set[str] = set()
     while len(ids) < n:
-        ids.update(f"{v:09x}.jpg" for v in rng.integers(0, 16**9, n - len(ids)).tolist())
+        ids.update(f"{v:09x}{IMAGE_SUFFIX}" for v in rng.integers(0, 16**9, n - len(ids)).tolist())
     return sorted(ids)
 
 
@@ -527,7 +524,7 @@ def write_dataset(
 
 def _check_folder(folder: Path, ids: list[str]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    foreign = sorted({p.name for p in folder.glob("*.jpg")} - set(ids))
+    foreign = sorted({p.name for p in folder.glob(f"*{IMAGE_SUFFIX}")} - set(ids))
     if foreign:
         raise ValueError(
             f"{folder}: holds {len(foreign)} JPEG(s) of another data set (e.g. {foreign[0]}); "
@@ -543,7 +540,7 @@ def _write_images(
     units: dict[str, int] = {}
     for image_id, (unit, sample) in zip(ids, samples, strict=True):
         ok, data = cv2.imencode(
-            ".jpg", cv2.merge([sample.grey] * 3), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+            IMAGE_SUFFIX, cv2.merge([sample.grey] * 3), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
         )
         if not ok:
             raise ValueError(f"{folder / image_id}: JPEG encoding failed")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from steel_seg.checkpoint import Ema, load_state, save_state
-from steel_seg.data import train_loader, val_loader
+from steel_seg.data import raise_image_errors, train_loader, val_loader
 from steel_seg.distributed import Dist, barrier, gather, init_dist
 from steel_seg.epoch_eval import evaluate
 from steel_seg.folds import fold_ids, random_folds, read_folds, write_folds
@@ -34,11 +35,16 @@ from steel_seg.labels import Labels
 from steel_seg.losses import ModelLoss
 from steel_seg.models import build_model, forward_logits, load_init_weights, save, set_seg_prior
 from steel_seg.optim import make_optimizer, make_scheduler
-from steel_seg.precision import autocast_context
+from steel_seg.precision import autocast, device_dtype
 from steel_seg.run_log import RunLog
 from steel_seg.runs import RunDir, RunInfo
-from steel_seg.sources import load_sources
+from steel_seg.sources import load_sources, usable_sources
 from steel_seg.trainer_config import DataConfig, TrainConfig
+
+log = logging.getLogger(__name__)
+# Keys that may change between a run and its resumption: where and how fast it runs, not what it computes.
+RESUMABLE = ("data.workers", "data.val_batch_size", "train.device", "train.progress", "train.time_limit_min",
+             "train.checkpoint_every")  # fmt: skip
 
 
 def resolve_folds(
@@ -57,7 +63,7 @@ def resolve_folds(
 
 
 def make_model(cfg: TrainConfig) -> nn.Module:
-    model = build_model(cfg.model.spec, cfg.model.encoder_weights_path)
+    model = build_model(cfg.model.spec, cfg.model.encoder_weights_path, cfg.model.encoder_weights)
     if cfg.model.seg_prior is not None:
         set_seg_prior(model, cfg.model.spec, cfg.model.seg_prior)
     if cfg.model.init_weights:
@@ -79,6 +85,8 @@ class Trainer:
         d, pin = cfg.data, dist.device.type == "cuda"
         sources = load_sources(d)
         folds, self.folds_csv = resolve_folds(d, sources.primary.labels, run, cfg.train.seed, dist.main)
+        sources = usable_sources(sources, d.skip_bad_images, dist.main and cfg.train.progress)
+        folds = folds[folds.index.isin(sources.primary.labels.image_ids)]
         fold_train, val_ids = fold_ids(folds, d.fold, self.folds_csv)
         train_ids = fold_train + sources.extra_ids  # extra sources: the training side only
         self.loader, self.sampler, self.batches = train_loader(
@@ -96,8 +104,8 @@ class Trainer:
         self.steps_per_epoch = math.ceil(self.batches / cfg.train.accumulate)
         total_steps = cfg.schedule.epochs * self.steps_per_epoch
         self.scheduler = make_scheduler(cfg.schedule, self.optimizer, total_steps)
-        fp16 = cfg.train.amp == "fp16" and dist.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=fp16)
+        self.amp = device_dtype(dist.device, cfg.train.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         self.loss_fn = ModelLoss(cfg.loss)
         self.epoch, self.batch, self.step, self.loss_sum, self.loss_count = 0, 0, 0, 0.0, 0
         self.best = -math.inf
@@ -114,6 +122,15 @@ class Trainer:
             "loss_sum": self.loss_sum, "loss_count": self.loss_count, "best": self.best,
             "rng": self._gather_rng(),
         }  # fmt: skip
+
+    def resume(self, state: dict[str, Any]) -> None:
+        """`load_state_dict` of the run's checkpoint; ValueError naming it when it does not fit this model."""
+        try:
+            self.load_state_dict(state)
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise ValueError(
+                f"{self.run.checkpoint}: does not fit this run's model or optimiser: {exc}"
+            ) from None
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -152,7 +169,7 @@ class Trainer:
         mask, presence = batch["mask"].to(device), batch["presence"].to(device)
         no_sync = self.net.no_sync if isinstance(self.net, DistributedDataParallel) and not sync else None
         with no_sync() if no_sync else contextlib.nullcontext():
-            with autocast_context(device, cfg.amp):
+            with autocast(device, self.amp):
                 seg, cls = forward_logits(self.net, self.spec, x)
             loss = self.loss_fn(_float(seg), _float(cls), mask, presence)
             self.scaler.scale(loss / cfg.accumulate).backward()
@@ -185,6 +202,7 @@ class Trainer:
         bar = tqdm(batches, total=self.batches, initial=self.batch, desc=f"epoch {self.epoch + 1}",
                    disable=not (self.dist.main and self.cfg.train.progress), leave=False)  # fmt: skip
         for batch in bar:
+            raise_image_errors(batch)
             self.batch += 1
             boundary = self.batch % self.cfg.train.accumulate == 0 or self.batch == self.batches
             self._micro_step(batch, sync=boundary)
@@ -200,7 +218,7 @@ class Trainer:
         record = None
         if self.dist.main:
             result = evaluate(self.eval_model, self.spec, self.val_loader, self.labels, self.loss_fn,
-                              self.cfg.train.amp)  # fmt: skip
+                              self.amp)  # fmt: skip
             value = result["val_dice"] if self.spec.has_seg else -result["val_loss"]
             is_best = value > self.best
             self.best = max(self.best, value)
@@ -241,16 +259,36 @@ def _out_of_time(cfg: TrainConfig, started: float, next_epoch_s: float) -> bool:
     return limit is not None and time.time() - started + next_epoch_s > 60 * limit
 
 
-def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False) -> TrainResult:
+def prepare_run_dir(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool) -> None:
+    """A run dir is never replaced by accident: a fresh run refuses a dir holding a run unless `overwrite`
+    (which removes exactly the run's own files, each reported); `resume` needs the run's checkpoint and a
+    config that matches the run's config.yaml except in RESUMABLE keys (ValueError naming the others)."""
+    if resume:
+        if not run.checkpoint.is_file():
+            raise ValueError(f"{run.checkpoint}: no checkpoint to resume from")
+        if run.config.is_file():
+            changed = TrainConfig.from_yaml(run.config).differences(cfg, ignore=RESUMABLE)
+            if changed:
+                raise ValueError(f"{run.config}: --resume with a config that no longer matches the run's: "
+                                 f"{'; '.join(changed)} (start a new run dir, or --overwrite)")  # fmt: skip
+        return
+    for path in run.refuse_or_clear(overwrite):
+        log.warning("--overwrite: removed %s", path)
+    run.path.mkdir(parents=True, exist_ok=True)
+
+
+def train(
+    cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite: bool = False
+) -> TrainResult:
     """Train `cfg` into `run_dir` (or continue it from its checkpoint with `resume`); see the module doc."""
     run = RunDir(Path(run_dir))
     dist = init_dist(cfg.train.device)
     if dist.main:
-        run.path.mkdir(parents=True, exist_ok=True)
+        prepare_run_dir(cfg, run, resume, overwrite)
     barrier(dist)
     trainer = Trainer(cfg, run, dist)
     if resume:
-        trainer.load_state_dict(load_state(run.checkpoint))
+        trainer.resume(load_state(run.checkpoint))
     log = None
     if dist.main:
         cfg.save_yaml(run.config)

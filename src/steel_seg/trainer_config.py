@@ -9,15 +9,19 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from steel_seg import encoders
 from steel_seg.augment import AugmentConfig
+from steel_seg.competition import HEIGHT
 from steel_seg.losses import LossConfig
-from steel_seg.models import ModelSpec
+from steel_seg.models import GREY_MEAN, GREY_STD, ModelSpec
+from steel_seg.precision import AMP_FLAGS
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,9 @@ class DataConfig:
 
     Folds: `folds_csv` (`ImageId,fold`, from `steel-seg folds`) or, for quick use, `folds: random 5`;
     the run validates on `fold` and trains on the rest. The folds cover `train_csv` only: `extra_sources`
-    join the training side of every fold and never the validation side.
+    join the training side of every fold and never the validation side. Every image's header is checked
+    before the first step; an unusable one stops the run, listed, unless `skip_bad_images` (then it is left
+    out and counted).
     """
 
     train_csv: str = ""
@@ -56,26 +62,42 @@ class DataConfig:
     fold: int = 0
     extra_sources: tuple[ExtraSource, ...] = ()
     # batches
-    crop: tuple[int, int] | None = (256, 512)
+    crop: tuple[int, int] | None = (HEIGHT, 512)
     defect_crop_p: float = 0.0
     balanced: bool = False
     batch_size: int = 8
     val_batch_size: int = 4
     workers: int = 0
     batches_per_epoch: int | None = None
+    skip_bad_images: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The model spec plus its initialisation: `encoder_weights_path` (a pretrained encoder state dict,
-    `.safetensors` or `.pth`, kept offline), `init_weights` (a model dir or file to fine-tune from), and
-    `seg_prior` (the segmentation head's initial probability, null = smp's default init)."""
+    """The model spec plus its initialisation.
+
+    `encoder_weights`: pretrained weights by the name smp knows for the encoder (`imagenet`, `advprop`, `ssl`,
+    ...), loaded by smp from its Hugging Face cache (downloaded once when online); or `encoder_weights_path`:
+    a local encoder state dict (`.safetensors` from `steel-seg encoder-weights`, or `.pth`). `init_weights`: a
+    model dir or file to fine-tune from; `seg_prior`: the segmentation head's initial probability (null =
+    smp's default init). In the YAML, `mean`/`std: auto` (the default) resolve before the spec is built
+    (`resolve_normalisation`), so the spec and the saved config hold numbers.
+    """
 
     spec: ModelSpec
+    encoder_weights: str | None = None
     encoder_weights_path: str | None = None
     init_weights: str | None = None
     seg_prior: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.encoder_weights is not None and self.encoder_weights_path is not None:
+            raise ValueError(
+                "model: set encoder_weights (the hub/cache) or encoder_weights_path (a local file), not both"
+            )
+        if self.encoder_weights is not None:
+            encoders.hub_weights(self.spec.encoder, self.encoder_weights)
 
     def to_dict(self) -> dict:
         return {**self.spec.to_dict(), **{k: getattr(self, k) for k in _MODEL_INIT}}
@@ -84,10 +106,40 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> ModelConfig:
         d = dict(d)
         init = {k: d.pop(k) for k in _MODEL_INIT if k in d}
+        if AUTO in (d.get("mean", AUTO), d.get("std", AUTO)):
+            mean, std = resolve_normalisation(
+                d.get("encoder", ""), d.get("in_channels", 3), init.get("encoder_weights"),
+                init.get("encoder_weights_path"),
+            )  # fmt: skip
+            d["mean"] = mean if d.get("mean", AUTO) == AUTO else d["mean"]
+            d["std"] = std if d.get("std", AUTO) == AUTO else d["std"]
         return cls(ModelSpec.from_dict(d), **init)
 
 
-_MODEL_INIT = ("encoder_weights_path", "init_weights", "seg_prior")
+_MODEL_INIT = ("encoder_weights", "encoder_weights_path", "init_weights", "seg_prior")
+AUTO = "auto"
+
+
+def resolve_normalisation(
+    encoder: str, in_channels: int, weights: str | None, weights_path: str | None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """What `mean`/`std: auto` mean: (mean, std), one value per input channel on the 0..1 scale.
+
+    Pretrained weights by name: the encoder's values (smp's `get_preprocessing_params`); from a file: the JSON
+    `steel-seg encoder-weights` wrote beside it; random init: the grey statistics of the Severstal images.
+    For one input channel the encoder's values are averaged over RGB (see `encoders.Preprocessing`).
+    """
+    if weights is not None:
+        return encoders.preprocessing(encoder, weights).for_channels(in_channels)
+    if weights_path is None:
+        return (GREY_MEAN,) * in_channels, (GREY_STD,) * in_channels
+    prep = encoders.read_preprocessing(weights_path, encoder)
+    if prep is None:
+        raise ValueError(
+            f"model.mean/std: auto needs {encoders.preprocessing_file(weights_path)} beside "
+            f"encoder_weights_path (written by steel-seg encoder-weights), or give model.mean and model.std"
+        )
+    return prep.for_channels(in_channels)
 
 
 @dataclass(frozen=True)
@@ -109,21 +161,27 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True)
-class RunConfig:
-    """How the loop runs: seed, device ("auto" = cuda when available), AMP ("off" | "bf16" | "fp16", CUDA
-    only), gradient accumulation, EMA decay (0 = off; the EMA model is validated and saved), mid-epoch
-    checkpoints every N optimiser steps (0 = at epoch ends only), and an optional time limit: the run skips
-    an epoch that would end past `time_limit_min` minutes, judged by the last epoch's duration (resumable;
-    the schedule is cut short)."""
+class LoopConfig:
+    """The YAML section `train:`: how the loop runs. Seed, device ("auto" = cuda when available), AMP
+    (`precision.autocast_dtype`: "auto" = bf16 from compute capability 8.0, fp16 with a gradient scaler below;
+    "bf16" | "fp16" | "off"; CUDA only, the CPU runs float32; YAML's bare `off` reads as false and means
+    "off"), gradient accumulation, EMA decay (0 = off; the EMA model is validated and saved), mid-epoch
+    checkpoints every N optimiser steps (0 = at epoch ends only), and an optional time limit: the run skips an
+    epoch that would end past `time_limit_min` minutes, judged by the last epoch's duration (resumable; the
+    schedule is cut short)."""
 
     seed: int = 0
     device: str = "auto"
-    amp: str = "off"
+    amp: str = "auto"
     accumulate: int = 1
     ema_decay: float = 0.0
     checkpoint_every: int = 0
     time_limit_min: float | None = None
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.amp is False:
+            object.__setattr__(self, "amp", "off")
 
 
 @dataclass(frozen=True)
@@ -133,11 +191,11 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    train: RunConfig = field(default_factory=RunConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
 
     def __post_init__(self) -> None:
-        if self.train.amp not in ("off", "bf16", "fp16"):
-            raise ValueError(f"train.amp must be off, bf16 or fp16, got {self.train.amp!r}")
+        if self.train.amp not in AMP_FLAGS:
+            raise ValueError(f"train.amp must be one of {', '.join(AMP_FLAGS)}; got {self.train.amp!r}")
         if self.optim.name not in ("adamw", "sgd"):
             raise ValueError(f"optim.name must be adamw or sgd, got {self.optim.name!r}")
         if self.train.accumulate < 1 or self.schedule.epochs < 1:
@@ -147,6 +205,12 @@ class TrainConfig:
         out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
         out["model"] = self.model.to_dict()
         return out
+
+    def differences(self, other: TrainConfig, ignore: Collection[str] = ()) -> list[str]:
+        """`key: mine -> other's` for every dotted key whose value differs, less the keys in `ignore`."""
+        mine, theirs = _flatten(self.to_dict()), _flatten(other.to_dict())
+        keys = sorted((set(mine) | set(theirs)) - set(ignore))
+        return [f"{k}: {mine.get(k)!r} -> {theirs.get(k)!r}" for k in keys if mine.get(k) != theirs.get(k)]
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config") -> TrainConfig:
@@ -181,7 +245,7 @@ _SECTIONS = {
     "optim": OptimConfig,
     "schedule": ScheduleConfig,
     "loss": LossConfig,
-    "train": RunConfig,
+    "train": LoopConfig,
 }
 
 
@@ -190,6 +254,17 @@ def _set_dotted(d: dict, key: str, value: Any) -> None:
     for part in parents:
         d = d.setdefault(part, {})
     d[leaf] = value
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts -> {"section.key": value}."""
+    flat: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _plain(value: Any) -> Any:

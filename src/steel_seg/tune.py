@@ -14,22 +14,42 @@ components' sizes and their overlap with the truth, plus the image's gate score 
 
 Thresholds are applied to the stored uint8 values exactly as `postprocess` applies them to `value / 255`
 (float32 comparisons), so tuned rules reproduce the reported Dice through `postprocess` + `metric`.
+
+Collection is the slow part (a connected-component pass per image, class and threshold, plus the PNG decode):
+`map_oof` spreads contiguous chunks of the images over worker processes, and `Stats.concat` joins the
+chunks' statistics into exactly the arrays one collector over all images would hold.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import multiprocessing
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
+from steel_seg.competition import CLASSES, N_CLASSES
+from steel_seg.labels import Labels
 from steel_seg.oof import OOF, dequantise, read_oofs
-from steel_seg.postprocess import N_CLASSES, ClassRule, Rules, bounding_box, components
+from steel_seg.postprocess import ClassRule, Rules, bounding_box, components
 
-DEFAULT_RULE = ClassRule(1)
+DEFAULT_RULE = ClassRule(CLASSES[0])
+CHUNK_IMAGES = 64  # images per chunk of `map_oof`: a progress step of a few seconds, cheap to pickle
+TIE_TOLERANCE = 1e-12  # grid points within this of the best mean Dice are tied
+TIE_BREAK = (
+    f"among the grid points within {TIE_TOLERANCE:g} of the best score, per parameter in the order "
+    "pixel_threshold, min_component, min_area, gate: keep the median of the distinct values still tied "
+    "(the lower middle one of an even count) and only the tied points with it"
+)
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -86,6 +106,18 @@ class ClassStats:
     def n_components(self) -> int:
         return sum(s.size for s in self.sizes)
 
+    @classmethod
+    def concat(cls, parts: Sequence[ClassStats]) -> ClassStats:
+        """The statistics of consecutive image ranges, joined in order (the same values and dtypes as one
+        collector's over all their images)."""
+
+        def join(name: str) -> list[np.ndarray]:
+            return [np.concatenate([getattr(p, name)[t] for p in parts]) for t in range(len(parts[0].sizes))]
+
+        truth_area = np.concatenate([p.truth_area for p in parts])
+        gate_score = np.concatenate([p.gate_score for p in parts])
+        return cls(truth_area, gate_score, join("sizes"), join("overlaps"), join("counts"))
+
 
 @dataclass
 class Stats:
@@ -95,6 +127,24 @@ class Stats:
     one_class_per_pixel: bool
     image_ids: list[str]
     classes: list[ClassStats]
+
+    @classmethod
+    def concat(cls, parts: Sequence[Stats]) -> Stats:
+        """Statistics of consecutive image chunks (e.g. `map_oof`'s), joined in order; ValueError when the
+        chunks were taken at other thresholds or argmax settings, or there are none."""
+        if not parts:
+            raise ValueError("no statistics to join")
+        first = parts[0]
+        for part in parts:
+            if (part.thresholds, part.one_class_per_pixel) != (first.thresholds, first.one_class_per_pixel):
+                raise ValueError(
+                    f"statistics taken at {part.thresholds} / one_class_per_pixel "
+                    f"{part.one_class_per_pixel} cannot join {first.thresholds} / "
+                    f"{first.one_class_per_pixel}"
+                )
+        classes = [ClassStats.concat([p.classes[k] for p in parts]) for k in range(len(first.classes))]
+        image_ids = [i for p in parts for i in p.image_ids]
+        return cls(first.thresholds, first.one_class_per_pixel, image_ids, classes)
 
 
 @dataclass
@@ -169,12 +219,80 @@ def _join(parts: list[np.ndarray], counts: list[int]) -> tuple[np.ndarray, np.nd
     return both[0], both[1], np.array(counts, dtype=np.int32)
 
 
-def collect_stats(oof: OOF, thresholds: Sequence[float], one_class_per_pixel: bool = False) -> Stats:
-    """Statistics of every OOF image (tqdm progress; one image in memory at a time)."""
-    collector = StatsCollector(tuple(thresholds), one_class_per_pixel)
-    for image_id in tqdm(oof.image_ids, desc="OOF statistics", unit="img"):
+def subset(oof: OOF, image_ids: Sequence[str]) -> OOF:
+    """The OOF restricted to `image_ids` (in that order): their PNG paths, cls rows and truth only."""
+    ids = list(image_ids)
+    cls = None if oof.cls is None else oof.cls.loc[ids]
+    table = oof.truth.table[oof.truth.table["ImageId"].isin(set(ids))]
+    truth = Labels(table, sorted(ids), oof.truth.shape)
+    return OOF(oof.dirs, ids, oof.shape, oof.has_cls, cls, truth, {i: oof.png_paths[i] for i in ids})
+
+
+def chunk_ranges(n: int, workers: int) -> list[range]:
+    """Contiguous index ranges covering 0..n-1: at most CHUNK_IMAGES long, at least one per worker when
+    n allows; one empty range when n == 0."""
+    size = max(1, min(CHUNK_IMAGES, n // workers))
+    return [range(i, min(i + size, n)) for i in range(0, n, size)] or [range(0)]
+
+
+def map_oof(fn: Callable[[OOF], R], oof: OOF, workers: int, desc: str) -> list[R]:
+    """`fn` of each contiguous chunk of the OOF images (`subset`s), results in image order.
+
+    `workers == 1` runs the chunks in this process; more runs them in a pool of spawned processes (clean
+    interpreters: nothing inherited from a parent that may hold torch or OpenCV threads), each reading its
+    chunk's PNGs itself, with OpenCV single-threaded. `fn` must pickle: a module-level function or a
+    `functools.partial` of one. A tqdm bar counts images per finished chunk; a summary line follows it.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    chunks = [subset(oof, oof.image_ids[r.start : r.stop]) for r in chunk_ranges(len(oof.image_ids), workers)]
+    workers = min(workers, len(chunks))
+    start = time.perf_counter()
+    with tqdm(total=len(oof.image_ids), desc=f"{desc}, workers {workers}", unit="img") as bar:
+        results = _run_chunks(fn, chunks, workers, bar)
+    seconds = time.perf_counter() - start
+    rate = len(oof.image_ids) / max(seconds, 1e-9)
+    tqdm.write(
+        f"{desc}: {len(oof.image_ids)} images in {seconds:.1f} s, {rate:.1f} img/s, workers {workers}",
+        file=sys.stderr,
+    )
+    return results
+
+
+def _run_chunks(fn: Callable[[OOF], R], chunks: list[OOF], workers: int, bar: tqdm) -> list[R]:
+    if workers == 1:
+        results = []
+        for chunk in chunks:
+            results.append(fn(chunk))
+            bar.update(len(chunk.image_ids))
+        return results
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=spawn, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
+        futures = {pool.submit(fn, chunk): chunk for chunk in chunks}
+        try:
+            for future in as_completed(futures):
+                future.result()
+                bar.update(len(futures[future].image_ids))
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+        return [future.result() for future in futures]
+
+
+def _chunk_stats(oof: OOF, thresholds: tuple[float, ...], one_class_per_pixel: bool) -> Stats:
+    """Statistics of every image of `oof`, one image in memory at a time (a `map_oof` job)."""
+    collector = StatsCollector(thresholds, one_class_per_pixel)
+    for image_id in oof.image_ids:
         collector.add(image_id, oof.probs_u8(image_id), oof.truth.masks(image_id), oof.cls_of(image_id))
     return collector.finish()
+
+
+def collect_stats(
+    oof: OOF, thresholds: Sequence[float], one_class_per_pixel: bool = False, workers: int = 1
+) -> Stats:
+    """Statistics of every OOF image over `workers` processes (see `map_oof`); the same for any `workers`."""
+    job = partial(_chunk_stats, thresholds=tuple(thresholds), one_class_per_pixel=one_class_per_pixel)
+    return Stats.concat(map_oof(job, oof, workers, "OOF statistics"))
 
 
 def score_class(stats: ClassStats, thresholds: Sequence[float], grid: Grid) -> np.ndarray:
@@ -207,10 +325,9 @@ class ClassResult:
 
 
 def search_class(stats: ClassStats, thresholds: Sequence[float], grid: Grid, class_id: int) -> ClassResult:
-    """Best grid point of one class; ties go to the first point in ascending grid order
-    (threshold, then min_component, min_area, gate), scores compared rounded to 12 decimals."""
+    """Best grid point of one class, ties broken by `middle_of_ties` (the rule in TIE_BREAK)."""
     scores = score_class(stats, thresholds, grid)
-    t, c, a, g = np.unravel_index(np.argmax(np.round(scores, 12)), scores.shape)
+    t, c, a, g = middle_of_ties(scores >= scores.max() - TIE_TOLERANCE)
     rule = ClassRule(class_id, float(thresholds[t]), grid.min_components[c], grid.min_areas[a], grid.gates[g])
     d = DEFAULT_RULE
     before = scores[
@@ -220,6 +337,24 @@ def search_class(stats: ClassStats, thresholds: Sequence[float], grid: Grid, cla
         grid.gates.index(d.gate),
     ]
     return ClassResult(rule, float(before), float(scores[t, c, a, g]))
+
+
+def middle_of_ties(tied: np.ndarray) -> tuple[int, ...]:
+    """The index of one True point of `tied` (bool, any shape), in the middle of the tied region.
+
+    Axis by axis in order (for `score_class`: threshold, min_component, min_area, gate): among the tied
+    points still candidates, take the distinct indices along the axis, keep the median one (the lower
+    middle of an even count) and only the candidates with it. Each step keeps at least one candidate,
+    the last leaves exactly one: a tied point. A box of ties gives the middle of each range; without ties,
+    the one best point. ValueError when nothing is tied.
+    """
+    points = np.argwhere(tied)
+    if points.size == 0:
+        raise ValueError("no tied point to choose from")
+    for axis in range(tied.ndim):
+        values = np.unique(points[:, axis])
+        points = points[points[:, axis] == values[(values.size - 1) // 2]]
+    return tuple(int(i) for i in points[0])
 
 
 def search(stats: Stats, grid: Grid) -> list[ClassResult]:
@@ -233,15 +368,16 @@ def _dice_record(values: Sequence[float]) -> dict[str, Any]:
     return {"mean": float(np.mean(values)), "per_class": {str(k + 1): v for k, v in enumerate(values)}}
 
 
-def tuned_rules(results: list[ClassResult], stats: Stats, grid: Grid, oof_dirs: Sequence[str],
-                gate_source: str) -> Rules:
+def tuned_rules(
+    results: list[ClassResult], stats: Stats, grid: Grid, oof_dirs: Sequence[str], gate_source: str
+) -> Rules:
     """The chosen rules with the "tuning" record (grid, OOF dirs, n images, Dice before/after)."""
     tuning = {
         "oof_dirs": [str(d) for d in oof_dirs],
         "n_images": len(stats.image_ids),
         "gate_source": gate_source,
         "grid": grid.to_dict(),
-        "tie_break": "first best point in ascending grid order (threshold, min_component, min_area, gate)",
+        "tie_break": TIE_BREAK,
         "dice_before": _dice_record([r.before for r in results]),
         "dice_after": _dice_record([r.after for r in results]),
     }
@@ -249,10 +385,11 @@ def tuned_rules(results: list[ClassResult], stats: Stats, grid: Grid, oof_dirs: 
     return Rules(tuple(r.rule for r in results), grid.one_class_per_pixel, tuning, note)
 
 
-def tune_oof(oof_dirs: Sequence[str | Path], grid: Grid) -> Rules:
-    """Read the OOF dirs, collect statistics, search; the returned rules carry the tuning record."""
+def tune_oof(oof_dirs: Sequence[str | Path], grid: Grid, workers: int = 1) -> Rules:
+    """Read the OOF dirs, collect statistics over `workers` processes, search; the returned rules carry the
+    tuning record (which does not depend on `workers`)."""
     oof = read_oofs(oof_dirs)
-    stats = collect_stats(oof, grid.pixel_thresholds, grid.one_class_per_pixel)
+    stats = collect_stats(oof, grid.pixel_thresholds, grid.one_class_per_pixel, workers)
     source = "classifier probabilities (cls.csv)" if oof.has_cls else "max pixel probability"
     return tuned_rules(search(stats, grid), stats, grid, [str(d) for d in oof_dirs], source)
 
@@ -265,8 +402,11 @@ def summary(rules: Rules) -> str:
     lines = ["class  threshold  min_comp  min_area  gate  dice_before  dice_after"]
     for r in rules.classes:
         b, a = before["per_class"][str(r.class_id)], after["per_class"][str(r.class_id)]
-        lines.append(f"{r.class_id:>5}  {r.pixel_threshold:>9.3f}  {r.min_component:>8}  {r.min_area:>8}"
-                     f"  {r.gate:>4.2f}  {b:>11.5f}  {a:>10.5f}")
-    lines.append(f"mean OOF Dice {before['mean']:.5f} -> {after['mean']:.5f} "
-                 f"on {rules.tuning['n_images']} images")
+        lines.append(
+            f"{r.class_id:>5}  {r.pixel_threshold:>9.3f}  {r.min_component:>8}  {r.min_area:>8}"
+            f"  {r.gate:>4.2f}  {b:>11.5f}  {a:>10.5f}"
+        )
+    lines.append(
+        f"mean OOF Dice {before['mean']:.5f} -> {after['mean']:.5f} on {rules.tuning['n_images']} images"
+    )
     return "\n".join(lines)

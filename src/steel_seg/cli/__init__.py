@@ -7,13 +7,15 @@ import importlib
 import os
 import sys
 
-# name -> one-line help. Each name is a module `steel_seg.cli.<name>` with `add_parser(subparsers)` that
-# registers its subcommand and sets `func=run` (a callable taking the parsed args, returning an exit code).
+# name -> one-line help. Each name is a module `steel_seg.cli.<name>` ("-" spelt "_") with
+# `add_parser(subparsers)` that registers its subcommand and sets `func=run` (a callable taking the parsed
+# args, returning an exit code).
 # Only the chosen subcommand's module is imported, so `steel-seg score` never pays for torch.
 COMMANDS = {
     "synth": "write a Severstal-like synthetic data set",
     "folds": "multilabel-stratified folds that keep near-duplicates together",
     "train": "train a model from a YAML config (one GPU, CPU, or torchrun)",
+    "encoder-weights": "export a pretrained encoder (smp's hub/cache) to a file for offline use",
     "oof": "predict the held-out fold of a training run",
     "tune": "grid-search post-processing rules on OOF predictions",
     "report": "EDA and evaluation reports (PNG figures + one HTML page)",
@@ -31,7 +33,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         if command in (None, name):
-            importlib.import_module(f"steel_seg.cli.{name}").add_parser(sub)
+            importlib.import_module(f"steel_seg.cli.{name.replace('-', '_')}").add_parser(sub)
         else:
             sub.add_parser(name, help=help_text)
     return parser
@@ -39,7 +41,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     argv = sys.argv[1:] if argv is None else list(argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
     # An unknown or missing command imports nothing: argparse then prints the list or the error.

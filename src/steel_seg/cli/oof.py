@@ -15,6 +15,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--run", type=Path, required=True, help="the run dir (holds run.json)")
     p.add_argument("--out", type=Path, default=None, help="OOF dir to write (default: oof/<run name>)")
     p.add_argument("--tta", type=views, default=("none",), help="comma list of views, e.g. none,h")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing OOF dir (when the new is whole)"
+    )
     add_engine_options(p, limit_help="only the first N held-out images")
     p.set_defaults(func=run)
 
@@ -22,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = engine_settings(args, tta=args.tta)
     try:
-        out = predict_oof(args.run, args.out, settings)
+        out = predict_oof(args.run, args.out, settings, args.overwrite)
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -32,7 +32,7 @@ def run_command(args: argparse.Namespace) -> int:
         manifest = Manifest.load(args.weights_dir / MANIFEST_FILE)
         rules = Rules.load(args.weights_dir / THRESHOLDS_FILE)
         ensemble = load(inputs, manifest, rules, settings)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: devices.DeviceError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     outcome = run(ensemble, rules, inputs, settings)

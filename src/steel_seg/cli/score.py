@@ -14,18 +14,26 @@ def add_parser(subparsers) -> None:
         "score",
         help="mean Dice of a prediction against the truth",
         description="Mean Dice over every (image, class) pair. Images: the truth's; for a re-release truth "
-        "(defect rows only) the union of truth and prediction images; --images DIR sets them from a folder.",
+        "(defect rows only) the union of truth and prediction images; --images DIR sets them from a folder "
+        "(and checks a submission's coverage fully). A prediction whose images do not match is refused "
+        "unless --subset.",
     )
     parser.add_argument("--truth", required=True, help="train.csv-like truth, any layout")
     parser.add_argument("--pred", required=True, help="submission or train.csv-like prediction, any layout")
     parser.add_argument("--images", default=None, help="folder whose *.jpg names are the images that count")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument(
+        "--subset",
+        action="store_true",
+        help="score only the images both files know (default: a prediction whose images do not match the "
+        "truth's is refused)",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        result = score_files(args.truth, args.pred, args.images)
+        result = score_files(args.truth, args.pred, args.images, subset=args.subset)
     except ValueError as err:
         print(f"steel-seg score: {err}", file=sys.stderr)
         return 2

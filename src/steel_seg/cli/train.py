@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -24,7 +25,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, required=True, help="YAML config (see configs/)")
     p.add_argument("--fold", type=int, help="validation fold (overrides data.fold)")
     p.add_argument("--out", type=Path, help="run dir (default runs/<config name>-f<fold>)")
-    p.add_argument("--resume", action="store_true", help="continue from <run dir>/checkpoint.pt")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true", help="continue from <run dir>/checkpoint.pt")
+    existing.add_argument(
+        "--overwrite", action="store_true", help="replace the run in the run dir (its own files only)"
+    )
     p.add_argument(
         "--set",
         type=_override,
@@ -41,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = TrainConfig.from_yaml(args.config, overrides)
         out = args.out or Path("runs") / f"{args.config.stem}-f{cfg.data.fold}"
-        result = train(cfg, out, resume=args.resume)
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+        result = train(cfg, out, resume=args.resume, overwrite=args.overwrite)
     except (OSError, ValueError, KeyError) as exc:
         print(f"steel-seg train: {exc}", file=sys.stderr)
         return 2

@@ -2,28 +2,29 @@
 
 One pass over the OOF images (`steel_seg.oof`): each image's stored probabilities are read once,
 post-processed by `steel_seg.postprocess` into the predicted masks (kept only as RLE), and fed to
-`steel_seg.tune`'s statistics collector for the Dice-versus-rule curves. Every Dice number is then
-`steel_seg.metric`'s: the per-pair table of `metric.score` is the one source the tables are cut from.
+`steel_seg.tune`'s statistics collector for the Dice-versus-rule curves. The pass runs over contiguous
+chunks of the images, spread over worker processes by `tune.map_oof` and joined in order, so every number
+is the same for any worker count. Every Dice number is then `steel_seg.metric`'s: the per-pair table of
+`metric.score` is the one source the tables are cut from.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from steel_seg import metric, postprocess, rle, tune
+from steel_seg.competition import CLASSES, N_CLASSES, TIDY_COLUMNS
 from steel_seg.oof import OOF, dequantise
 from steel_seg.postprocess import Rules
 
-CLASS_IDS = (1, 2, 3, 4)
 # Each curve threshold costs one connected-component pass per image and class (tune's collector): 9 points.
 CURVE_THRESHOLDS = tuple(round(0.1 * k, 1) for k in range(1, 10))  # 0.1 .. 0.9
 CURVE_MIN_COMPONENTS = (0, 25, 50, 100, 150, 200, 300, 400, 600, 800, 1200, 1600, 2400, 3200)
-COLUMNS = ["ImageId", "ClassId", "EncodedPixels"]
 
 
 @dataclass
@@ -48,7 +49,7 @@ class Evaluation:
         """Per class and overall: Dice on all pairs, on empty-truth pairs and on non-empty-truth pairs."""
         s, empty, full = self.score, self.score.empty_truth, self.score.nonempty_truth
         rows = {}
-        for c in CLASS_IDS:
+        for c in CLASSES:
             rows[f"class {c}"] = [
                 s.per_class[c],
                 empty.per_class[c],
@@ -74,7 +75,7 @@ class Evaluation:
         """Image-level presence per class: predicted non-empty vs truth non-empty (TP/FP/FN/TN)."""
         pairs = self.score.pairs
         rows = {}
-        for c in CLASS_IDS:
+        for c in CLASSES:
             p = pairs[pairs["ClassId"] == c]
             truth, pred = p["truth_area"].to_numpy() > 0, p["pred_area"].to_numpy() > 0
             tp, fp = int(np.sum(truth & pred)), int(np.sum(~truth & pred))
@@ -99,7 +100,7 @@ class Evaluation:
         """
         pairs, n = self.score.pairs, self.score.n_pairs
         rows = {}
-        for name, p in [*((f"class {c}", pairs[pairs["ClassId"] == c]) for c in CLASS_IDS), ("all", pairs)]:
+        for name, p in [*((f"class {c}", pairs[pairs["ClassId"] == c]) for c in CLASSES), ("all", pairs)]:
             truth, pred, lost = p["truth_area"] > 0, p["pred_area"] > 0, 1.0 - p["dice"]
             fp, fn, both = ~truth & pred, truth & ~pred, truth & pred
             rows[name] = {
@@ -176,26 +177,47 @@ def curve_thresholds(rules: Rules, grid: Sequence[float] = CURVE_THRESHOLDS) -> 
     return tuple(sorted(set(map(float, grid)) | {r.pixel_threshold for r in rules.classes}))
 
 
-def collect(oof: OOF, rules: Rules, thresholds: Sequence[float] = CURVE_THRESHOLDS) -> Evaluation:
-    """Post-process every OOF image with `rules`, score it with `metric`, gather the curve statistics."""
-    collector = tune.StatsCollector(curve_thresholds(rules, thresholds), rules.one_class_per_pixel)
+@dataclass
+class _Part:
+    """What one chunk of images contributes: predicted defect rows (ImageId, ClassId, RLE), gate scores
+    `(n, 4) float32`, curve statistics."""
+
+    rows: list[tuple[str, int, str]]
+    gates: np.ndarray
+    stats: tune.Stats
+
+
+def _collect_part(oof: OOF, rules: Rules, thresholds: tuple[float, ...]) -> _Part:
+    """Post-process, encode and gather the statistics of every image of `oof` (a `tune.map_oof` job)."""
+    collector = tune.StatsCollector(thresholds, rules.one_class_per_pixel)
     rows: list[tuple[str, int, str]] = []
-    gates = np.zeros((len(oof.image_ids), 4), np.float32)
-    for i, image_id in enumerate(tqdm(oof.image_ids, desc="eval: OOF images", unit="img")):
+    gates = np.zeros((len(oof.image_ids), N_CLASSES), np.float32)
+    for i, image_id in enumerate(oof.image_ids):
         values, cls = oof.probs_u8(image_id), oof.cls_of(image_id)
         probs = dequantise(values)
         masks = postprocess.apply(probs, rules, cls)
-        rows += [(image_id, k + 1, rle.encode(m)) for k, m in enumerate(masks) if m.any()]
+        rows += [(image_id, c, rle.encode(m)) for c, m in zip(CLASSES, masks, strict=True) if m.any()]
         gates[i] = postprocess.gate_scores(probs, cls)
         collector.add(image_id, values, oof.truth.masks(image_id), cls)
-    pred = pd.DataFrame(rows, columns=COLUMNS)
+    return _Part(rows, gates, collector.finish())
+
+
+def collect(
+    oof: OOF, rules: Rules, thresholds: Sequence[float] = CURVE_THRESHOLDS, workers: int = 1
+) -> Evaluation:
+    """Post-process every OOF image with `rules`, score it with `metric`, gather the curve statistics;
+    the images are spread over `workers` processes (`tune.map_oof`), the result is the same for any."""
+    job = partial(_collect_part, rules=rules, thresholds=curve_thresholds(rules, thresholds))
+    parts = tune.map_oof(job, oof, workers, "eval: OOF images")
+    pred = pd.DataFrame([row for part in parts for row in part.rows], columns=list(TIDY_COLUMNS))
+    gates = np.concatenate([part.gates for part in parts])
     return Evaluation(
         rules=rules,
         score=metric.score(oof.truth.table, pred, oof.image_ids, oof.shape),
         empty_baseline=metric.score(oof.truth.table, pred.iloc[:0], oof.image_ids, oof.shape),
-        gate=pd.DataFrame(gates, index=pd.Index(oof.image_ids, name="ImageId"), columns=list(CLASS_IDS)),
+        gate=pd.DataFrame(gates, index=pd.Index(oof.image_ids, name="ImageId"), columns=list(CLASSES)),
         gate_source="classifier" if oof.cls is not None else "max pixel probability",
-        curve_stats=collector.finish(),
+        curve_stats=tune.Stats.concat([part.stats for part in parts]),
     )
 
 

@@ -1,0 +1,98 @@
+"""The shipped training configs at full size: train, oof, manifest and the built kernel, on the CPU.
+
+Each of `unet_effb3.yaml`, `fpn_effb3.yaml` and `cls_resnet34.yaml` runs unchanged but for its data and size
+(`--set`: batch 2, no workers, 2 optimiser steps of 1 epoch, random folds on a tiny synthetic set): its real
+crop, architecture, loss and `encoder_weights: imagenet` with `mean/std: auto`, the ImageNet encoders planted
+in the test's Hugging Face cache (`conftest.shipped_encoders`: random tensors, ImageNet's mean / std), so the
+pretrained path and the auto normalisation run as they do for a user. Then `steel-seg oof` on a held-out
+image of each segmenter, one manifest with all three models (two segmenters and the classifier that gates
+them), and the built kernel, alone with its vendored smp, on 4 full-size test images.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_kernel import isolated_site, run_isolated
+
+from steel_seg import models, oof, submission, synthetic
+from steel_seg.cli import main as steel_seg_cli
+from steel_seg.trainer_config import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = {"unet": "unet_effb3.yaml", "fpn": "fpn_effb3.yaml", "cls": "cls_resnet34.yaml"}
+SMALL = ["data.folds_csv=null", "data.folds=random 6", "data.batch_size=2", "data.val_batch_size=2",
+         "data.workers=0", "data.batches_per_epoch=2", "schedule.epochs=1", "train.device=cpu",
+         "train.progress=false"]  # fmt: skip
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """6 train images (5 train, 1 validates: random 6 folds) and 4 test images, full size."""
+    out = tmp_path_factory.mktemp("full_size")
+    synthetic.write_dataset(out / "data", 6, 4, layout="original", seed=7, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(data, shipped_encoders) -> dict[str, Path]:
+    """One training run per shipped config, then the OOF directory of each segmenter (`steel-seg oof` stores
+    segmentation probabilities; a classifier has none)."""
+    done = {}
+    for name, config in CONFIGS.items():
+        run, where = data / "runs" / name, data / "data"
+        paths = [f"data.train_csv={where / 'train.csv'}", f"data.images_dir={where / 'train_images'}"]
+        sets = [arg for value in [*paths, *SMALL] for arg in ("--set", value)]
+        config_path = ROOT / "configs" / config
+        assert steel_seg_cli(["train", "--config", str(config_path), "--out", str(run), *sets]) == 0
+        args = ["oof", "--run", str(run), "--out", str(data / "oof" / name), "--limit", "1",
+                "--device", "cpu", "--workers", "0", "--batch-size", "1"]  # fmt: skip
+        if name != "cls":
+            assert steel_seg_cli(args) == 0
+        done[name] = run
+    return done
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_each_config_trains_two_steps_at_its_real_size(runs, name):
+    run = runs[name]
+    shipped = TrainConfig.from_yaml(ROOT / "configs" / CONFIGS[name])
+    trained = TrainConfig.from_yaml(run / "config.yaml")
+    assert trained.model == shipped.model and trained.data.crop == shipped.data.crop
+    assert trained.model.encoder_weights == "imagenet"
+    spec = models.ModelSpec.from_json(run / "best" / "spec.json")
+    assert spec == shipped.model.spec
+    assert (spec.mean, spec.std) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # planted ImageNet values
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["step"]) for r in log] == [(1, 2)]
+    if spec.has_seg:
+        held_out = oof.read_oof(run.parent.parent / "oof" / name)
+        assert len(held_out.image_ids) == 1 and held_out.probs(held_out.image_ids[0]).shape == (4, 256, 1600)
+
+
+def test_the_kernel_runs_all_three_with_its_vendored_smp(runs, data, tmp_path):
+    weights = data / "weights"
+    models_args = [arg for name, run in runs.items() for arg in ("--model", f"{name}={run}/best")]
+    assert steel_seg_cli(["manifest", "--weights-dir", str(weights), *models_args, "--tta", "none"]) == 0
+    shutil.copy(ROOT / "weights" / "thresholds.json", weights / "thresholds.json")
+    build = [sys.executable, str(ROOT / "build_kernel.py"), "--weights-dir", str(weights), "--out"]
+    assert subprocess.run([*build, str(tmp_path)], capture_output=True, timeout=120).returncode == 0
+    sample, out = data / "data" / "sample_submission.csv", tmp_path / "submission.csv"
+    args = [str(tmp_path / "kernel.py"), "--data-dir", str(data / "data"), "--weights-dir", str(weights),
+            "--out", str(out), "--device", "cpu", "--limit", "4", "--batch-size", "2", "--workers", "0",
+            "--no-progress", "--strict"]  # fmt: skip
+    done = run_isolated({"site": isolated_site(tmp_path / "site")}, args, tmp_path)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    where = rf"{re.escape(str(tmp_path))}/steel_seg_kernel_\w+/segmentation_models_pytorch"
+    assert re.search(rf"INFO segmentation_models_pytorch \S+ from {where}\n", log), log[-4000:]
+    assert submission.validate(out, sample) == []
+    assert len(submission.read_sample(sample).image_ids) == 4
