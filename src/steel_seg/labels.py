@@ -116,7 +116,7 @@ def _split_ids(raw: pd.DataFrame, layout: Layout) -> tuple[np.ndarray, np.ndarra
     if raw.empty:
         return np.array([], dtype=object), np.array([], dtype=object)
     if layout is Layout.ORIGINAL:
-        parts = raw["ImageId_ClassId"].str.rpartition("_")
+        parts = raw[layout.columns[0]].str.rpartition("_")
         no_underscore = (parts[1] == "").to_numpy()
         image_ids, class_ids = parts[0].to_numpy(dtype=object), parts[2].to_numpy(dtype=object)
         image_ids[no_underscore] = class_ids[no_underscore]
