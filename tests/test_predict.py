@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -270,6 +271,11 @@ def test_one_channel_jpeg_predicts_like_its_three_channel_twin(weights_dir, mess
 
 
 @pytest.mark.slow
+def _engine_threads() -> list[str]:
+    """The engine's threads still alive: its decode feed and device workers."""
+    return [t.name for t in threading.enumerate() if t.name == "decode" or t.name.startswith("replica-")]
+
+
 def test_iter_probs_matches_predict_submission(synthetic_set, tmp_path):
     """One implementation: the probabilities of `iter_probs` post-processed on the CPU give the same rows."""
     ids = synthetic_set.test_ids[:3]
@@ -278,6 +284,7 @@ def test_iter_probs_matches_predict_submission(synthetic_set, tmp_path):
     settings = PredictSettings(**FAST)
     probs = list(iter_probs(ensemble, [images / i for i in ids], settings))
     assert [p[0] for p in probs] == ids
+    assert not _engine_threads()  # ended, not left to die with the interpreter (an abort, exit 134)
     assert all(
         p[1].shape == (4, 256, 1600) and p[1].dtype == np.float32 and p[2].shape == (4,) for p in probs
     )

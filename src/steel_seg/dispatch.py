@@ -3,7 +3,10 @@
 `Feed` iterates a DataLoader on its own thread, so the engine can stop waiting for the next batch at its
 deadline (`get(timeout)`). `DeviceWorker` runs one replica's batches in order on its own thread (CUDA kernels
 and most CPU ops release the GIL, so D workers keep D devices busy); `submit` returns a Future. Both are
-daemon threads: a batch still running when the deadline passes cannot keep the process alive.
+daemon threads: a batch still running when the deadline passes cannot keep the process alive. Otherwise the
+engine waits for them to end (`close(wait=True)`): a daemon thread still inside torch or the DataLoader's
+shutdown when the interpreter exits aborts the process ("terminate called without an active exception",
+exit 134), after every output was written.
 """
 
 from __future__ import annotations
@@ -65,9 +68,12 @@ class Feed:
             raise item
         return item
 
-    def close(self) -> None:
-        """Stop producing (an item being produced is finished and dropped)."""
+    def close(self, wait: bool = False) -> None:
+        """Stop producing (an item being produced is finished and dropped); with `wait`, until the thread and
+        the iterable's own clean-up (a DataLoader's worker processes) have ended."""
         self._stop.set()
+        if wait:
+            self._thread.join()
 
 
 class DeviceWorker:
@@ -75,7 +81,8 @@ class DeviceWorker:
 
     def __init__(self, name: str):
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self._loop, name=name, daemon=True).start()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         future: Future = Future()
@@ -94,6 +101,8 @@ class DeviceWorker:
             except BaseException as exc:  # the caller sees it from future.result()
                 future.set_exception(exc)
 
-    def close(self) -> None:
-        """End the thread after the calls already submitted."""
+    def close(self, wait: bool = False) -> None:
+        """End the thread after the calls already submitted; with `wait`, until it has ended."""
         self._jobs.put((None, None, None))
+        if wait:
+            self._thread.join()

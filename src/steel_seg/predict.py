@@ -240,10 +240,10 @@ class _Runner:
                     return
                 last = self._account(done, last)
                 yield done.batch
-        finally:
-            feed.close()
+        finally:  # wait for the threads unless the deadline cut the run (a batch may still be running)
+            feed.close(wait=not self.cut)
             for worker in workers:
-                worker.close()
+                worker.close(wait=not self.cut)
 
     def _dispatch(self, feed: Feed, workers: list[DeviceWorker], finish: Finish) -> Iterator[Future]:
         """Batch k to worker k mod D, one batch in flight per device; the futures in batch order."""
