@@ -431,10 +431,10 @@ def test_an_infinite_budget_never_cuts(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_devices_give_the_same_submission_and_probabilities(sample_dir, tmp_path):
+def test_two_devices_give_the_same_submission_and_probabilities(synthetic_set, tmp_path):
     """Two CPU "devices", batch k on worker k mod 2, gathered in order: the same bytes as one device."""
-    ids = sorted(p.name for p in (sample_dir / "train_images").glob("*.jpg"))[:5]
-    images = sample_dir / "train_images"
+    ids = sorted(synthetic_set.train_ids)[:5]
+    images = synthetic_set.out_dir / "train_images"
     sample = _sample_csv(tmp_path / "sample.csv", ids, Layout.ORIGINAL)
     ensemble = Ensemble([_member("aux", SEG_AUX, 0, views=("none", "h")), _member("plain", SEG, 1)])
     rules = postprocess.Rules(tuple(postprocess.ClassRule(k + 1, pixel_threshold=0.5) for k in range(4)))
@@ -467,9 +467,9 @@ class NaNSegmenter(nn.Module):
 
 
 @pytest.mark.slow
-def test_a_model_with_nan_outputs_is_dropped_loudly(sample_dir, tmp_path, caplog):
-    ids = sorted(p.name for p in (sample_dir / "train_images").glob("*.jpg"))[:3]
-    images = sample_dir / "train_images"
+def test_a_model_with_nan_outputs_is_dropped_loudly(synthetic_set, tmp_path, caplog):
+    ids = sorted(synthetic_set.train_ids)[:3]
+    images = synthetic_set.out_dir / "train_images"
     sample = _sample_csv(tmp_path / "sample.csv", ids, Layout.FINAL)
     rules = postprocess.Rules(tuple(postprocess.ClassRule(k + 1, pixel_threshold=0.5) for k in range(4)))
     settings = PredictSettings(**{**FAST, "batch_size": 1})
@@ -493,10 +493,10 @@ def test_a_model_with_nan_outputs_is_dropped_loudly(sample_dir, tmp_path, caplog
 
 @pytest.mark.slow
 def test_when_the_last_segmenter_turns_nan_the_rest_is_empty_and_iter_probs_stops(
-    sample_dir, tmp_path, caplog
+    synthetic_set, tmp_path, caplog
 ):
-    ids = sorted(p.name for p in (sample_dir / "train_images").glob("*.jpg"))[:3]
-    images = sample_dir / "train_images"
+    ids = sorted(synthetic_set.train_ids)[:3]
+    images = synthetic_set.out_dir / "train_images"
     sample = _sample_csv(tmp_path / "sample.csv", ids, Layout.ORIGINAL)
     rules = postprocess.Rules(tuple(postprocess.ClassRule(k + 1, pixel_threshold=0.0) for k in range(4)))
     ensemble = Ensemble([Member("nan", "seg", NaNSegmenter(after=1), SEG)])
