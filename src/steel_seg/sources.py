@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,11 +49,15 @@ class Source:
 
 @dataclass(frozen=True)
 class Sources:
-    """The primary set, the extra sources, and `labels`: the union of all their labels."""
+    """The primary set and the extra sources."""
 
     primary: Source
     extra: tuple[Source, ...]
-    labels: Labels
+
+    @cached_property
+    def labels(self) -> Labels:
+        """The union of all their labels (built once, on first use)."""
+        return union([self.primary, *self.extra])
 
     @property
     def extra_ids(self) -> list[str]:
@@ -90,7 +95,7 @@ def load_sources(cfg: DataConfig) -> Sources:
         for earlier in (primary, *extra):
             check_disjoint(earlier, source)
         extra.append(source)
-    return Sources(primary, tuple(extra), union([primary, *extra]))
+    return Sources(primary, tuple(extra))
 
 
 def usable_sources(sources: Sources, skip_bad: bool, progress: bool = True) -> Sources:
@@ -100,7 +105,7 @@ def usable_sources(sources: Sources, skip_bad: bool, progress: bool = True) -> S
     """
     checked = [replace(s, labels=usable_labels(s.labels, s.images_dir, skip_bad, progress))
                for s in (sources.primary, *sources.extra)]  # fmt: skip
-    return Sources(checked[0], tuple(checked[1:]), union(checked))
+    return Sources(checked[0], tuple(checked[1:]))
 
 
 def read_extra(spec: ExtraSource) -> Source:
