@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 import torch
+from tiny_models import TINY_UNET as TINY
 
 from steel_seg import cli, models
 from steel_seg.manifest import (
@@ -22,13 +23,6 @@ from steel_seg.manifest import (
     write_manifest,
 )
 
-TINY = models.ModelSpec(
-    arch="Unet",
-    encoder="tu-mobilenetv3_small_050",
-    in_channels=1,
-    encoder_depth=3,
-    decoder_channels=(8, 8, 8),
-)
 TINY_CLS = models.ModelSpec(
     arch="Classifier", encoder="tu-mobilenetv3_small_050", in_channels=1, encoder_depth=3
 )

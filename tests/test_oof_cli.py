@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tiny_models import TINY_UNET
 
 from steel_seg import models
 from steel_seg.cli import main as cli_main
@@ -16,14 +18,7 @@ from steel_seg.ensemble import Ensemble, Member
 from steel_seg.oof import quantise, read_oof
 from steel_seg.predict import PredictSettings, iter_probs
 
-SPEC = models.ModelSpec(
-    arch="Unet",
-    encoder="tu-mobilenetv3_small_050",
-    in_channels=1,
-    encoder_depth=3,
-    decoder_channels=(8, 8, 8),
-    aux_head=True,
-)
+SPEC = dataclasses.replace(TINY_UNET, aux_head=True)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -9,19 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from tiny_models import TINY_UNET as SPEC
 
 from steel_seg import models
 from steel_seg.cli import main as cli_main
 from steel_seg.ensemble import Ensemble
 from steel_seg.oof import read_oof
-
-SPEC = models.ModelSpec(
-    arch="Unet",
-    encoder="tu-mobilenetv3_small_050",
-    in_channels=1,
-    encoder_depth=3,
-    decoder_channels=(8, 8, 8),
-)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

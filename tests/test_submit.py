@@ -10,19 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 from damage import oversized_jpeg
+from tiny_models import TINY_UNET as TINY
 
 from steel_seg import kernel, models, submission
 from steel_seg.cli import main as cli_main
 from steel_seg.manifest import write_manifest
 from steel_seg.postprocess import ClassRule, Rules
-
-TINY = models.ModelSpec(
-    arch="Unet",
-    encoder="tu-mobilenetv3_small_050",
-    in_channels=1,
-    encoder_depth=3,
-    decoder_channels=(8, 8, 8),
-)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
