@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from steel_seg.bundle import KaggleIds, build, summary
-from steel_seg.devices import GPU_MACHINE_SHAPES, RETIRED_MACHINE_SHAPES
+from steel_seg.engine.devices import GPU_MACHINE_SHAPES, RETIRED_MACHINE_SHAPES
 
 ROOT = Path(__file__).resolve().parent
 TEMPLATE = ROOT / "kernel" / "bootstrap.py.tmpl"

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from steel_seg.augment import augment, build_pipeline
-from steel_seg.data import EpochSampler, SteelDataset, choose_crop
-from steel_seg.labels import Labels
-from steel_seg.models import to_tensor
-from steel_seg.trainer_config import TrainConfig
+from steel_seg.formats.labels import Labels
+from steel_seg.models.factory import to_tensor
+from steel_seg.train.augment import augment, build_pipeline
+from steel_seg.train.config import TrainConfig
+from steel_seg.train.data import EpochSampler, SteelDataset, choose_crop
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "data" / "severstal_sample"

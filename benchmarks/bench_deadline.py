@@ -33,16 +33,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from steel_seg import bundle, models, submission
-from steel_seg.ensemble import Ensemble, Member
-from steel_seg.manifest import write_manifest
-from steel_seg.postprocess import ClassRule, Rules
-from steel_seg.predict import PredictSettings, predict_submission
+from steel_seg import bundle
+from steel_seg.engine.ensemble import Ensemble, Member
+from steel_seg.engine.predict import PredictSettings, predict_submission
+from steel_seg.formats import submission
+from steel_seg.models import factory
+from steel_seg.models.manifest import write_manifest
+from steel_seg.postprocess.rules import ClassRule, Rules
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "data" / "severstal_sample" / "train_images"
 RULES = Rules(tuple(ClassRule(k, 0.5, 150, 600) for k in range(1, 5)))
-TINY = models.ModelSpec(
+TINY = factory.ModelSpec(
     arch="Unet", encoder="tu-mobilenetv3_small_050", encoder_depth=3, decoder_channels=(8, 8, 8)
 )
 
@@ -95,7 +97,7 @@ def build_kernel(root: Path) -> tuple[Path, Path]:
     """A weights dir with the tiny real model, and the kernel built from it."""
     torch.manual_seed(0)
     weights = root / "weights"
-    models.save(models.build_model(TINY), TINY, weights / "tiny")
+    factory.save(factory.build_model(TINY), TINY, weights / "tiny")
     write_manifest(weights, ["tiny"], tta=("none",))
     RULES.save(weights / "thresholds.json")
     script = bundle.build(weights, root / "kernel", ROOT / "kernel" / "bootstrap.py.tmpl").script

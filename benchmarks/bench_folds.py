@@ -1,4 +1,4 @@
-"""Benchmark: `steel_seg.folds` at the full train-set scale (12,568 images).
+"""Benchmark: `steel_seg.formats.folds` at the full train-set scale (12,568 images).
 
 1. Near-duplicate search: `near_pairs` (chunked, vectorised XOR + popcount over the upper triangle) on 12,568
    random 64-bit hashes, and against the textbook double loop (`bin(a ^ b).count("1")` per pair) on the same
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from steel_seg.folds import HASH_THRESHOLD, assign_folds, hash_images, near_pairs
-from steel_seg.synthetic import read_index
+from steel_seg.formats.folds import HASH_THRESHOLD, assign_folds, hash_images, near_pairs
+from steel_seg.synthetic.dataset import read_index
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "severstal_sample"
 N_TRAIN = 12568

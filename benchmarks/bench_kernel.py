@@ -29,18 +29,19 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from steel_seg import metric, models, submission
-from steel_seg.ensemble import Ensemble, Member
-from steel_seg.manifest import Manifest, write_manifest
-from steel_seg.postprocess import ClassRule, Rules
-from steel_seg.predict import PredictSettings, predict_submission
+from steel_seg.engine.ensemble import Ensemble, Member
+from steel_seg.engine.predict import PredictSettings, predict_submission
+from steel_seg.formats import metric, submission
+from steel_seg.models import factory
+from steel_seg.models.manifest import Manifest, write_manifest
+from steel_seg.postprocess.rules import ClassRule, Rules
 
 SAMPLE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "severstal_sample" / "train_images"
 VIEWS = ("none", "h", "v")
 RULES = Rules(
     tuple(ClassRule(c, 0.5, 150, a) for c, a in zip((1, 2, 3, 4), (600, 600, 900, 2000), strict=True))
 )
-SMALL = models.ModelSpec(
+SMALL = factory.ModelSpec(
     arch="Unet", encoder="tu-mobilenetv3_small_050", encoder_depth=3, decoder_channels=(32, 16, 8)
 )
 
@@ -65,7 +66,7 @@ def make_images(folder: Path, n: int) -> tuple[list[Path], Path]:
         for i, path in enumerate(paths):
             shutil.copy(sources[i % len(sources)], path)
     else:
-        from steel_seg.synthetic import write_dataset
+        from steel_seg.synthetic.dataset import write_dataset
 
         write_dataset(folder.parent / "synth", 0, n, progress=False)
         paths = sorted((folder.parent / "synth" / "test_images").glob("*.jpg"))
@@ -140,7 +141,7 @@ def textbook_mask2rle(img: np.ndarray) -> str:
 
 
 def textbook_kernel(
-    model: nn.Module, spec: models.ModelSpec, paths: list[Path], out: Path, workers: int, batch_size: int
+    model: nn.Module, spec: factory.ModelSpec, paths: list[Path], out: Path, workers: int, batch_size: int
 ) -> dict[str, float]:
     """Timings of the textbook loop: all views' probabilities kept for the whole set, then post-processed."""
     start = time.perf_counter()
@@ -177,8 +178,8 @@ def textbook_kernel(
 
 def small_model_ensemble(weights: Path) -> tuple[Ensemble, nn.Module]:
     torch.manual_seed(0)
-    model = models.build_model(SMALL).eval()
-    models.save(model, SMALL, weights / "small")
+    model = factory.build_model(SMALL).eval()
+    factory.save(model, SMALL, weights / "small")
     write_manifest(weights, ["small"], tta=VIEWS)
     return Ensemble.load(weights, Manifest.load(weights / "manifest.json"), "cpu"), model
 

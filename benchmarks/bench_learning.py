@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_learning.py [--config configs/demo_cpu.yaml] [--data DIR]
 
-Generates the synthetic set once (`steel_seg.synthetic.write_dataset`), trains the config on fold 0 of
+Generates the synthetic set once (`steel_seg.synthetic.dataset.write_dataset`), trains the config on fold 0 of
 `folds: random 5` (or the config's folds), and prints one JSON line: validation mean Dice of the best epoch
 at default post-processing (threshold 0.5), the all-empty submission's Dice on the same images, the Dice on
 the non-empty truth pairs, and the wall time.
@@ -21,11 +21,11 @@ import pandas as pd
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from steel_seg import metric  # noqa: E402
-from steel_seg.labels import Labels  # noqa: E402
-from steel_seg.synthetic import write_dataset  # noqa: E402
-from steel_seg.train import train  # noqa: E402
-from steel_seg.trainer_config import TrainConfig  # noqa: E402
+from steel_seg.formats import metric  # noqa: E402
+from steel_seg.formats.labels import Labels  # noqa: E402
+from steel_seg.synthetic.dataset import write_dataset  # noqa: E402
+from steel_seg.train.config import TrainConfig  # noqa: E402
+from steel_seg.train.loop import train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

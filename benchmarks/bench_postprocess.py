@@ -1,4 +1,4 @@
-"""Benchmark: `steel_seg.postprocess` vs the textbook public-kernel `post_process` on full-size maps.
+"""Benchmark: `steel_seg.postprocess.rules` vs the textbook public-kernel `post_process` on full-size maps.
 
 The baseline is the common Severstal kernel loop: threshold, `cv2.connectedComponents`, then `component == c`
 once per component and keep it when its sum > min_size (a full-image pass per component). Both run on the
@@ -20,8 +20,7 @@ import time
 import cv2
 import numpy as np
 
-from steel_seg import postprocess
-from steel_seg.postprocess import ClassRule, Rules
+from steel_seg.postprocess.rules import ClassRule, Rules, apply, components
 
 H, W = 256, 1600
 PIXEL_THRESHOLD, MIN_COMPONENT = 0.5, 150
@@ -93,7 +92,7 @@ def bench(kind: str, maps: list[np.ndarray], rules: Rules, repeats: int) -> None
         return np.stack([textbook_post_process(p, rule.pixel_threshold, min_size) for p in probs])
 
     def ours(probs: np.ndarray) -> np.ndarray:
-        return postprocess.apply(probs, rules)
+        return apply(probs, rules)
 
     t_base, out_base = time_per_image(baseline, maps, repeats)
     t_ours, out_ours = time_per_image(ours, maps, repeats)
@@ -121,7 +120,7 @@ def bench_labelling(kind: str, maps: list[np.ndarray], repeats: int) -> None:
         return stats[:, cv2.CC_STAT_AREA]
 
     t_stats, sizes_stats = time_per_image(with_stats, masks, repeats)
-    t_ours, sizes_ours = time_per_image(lambda m: postprocess.components(m)[1], masks, repeats)
+    t_ours, sizes_ours = time_per_image(lambda m: components(m)[1], masks, repeats)
     for a, b in zip(sizes_stats, sizes_ours, strict=True):
         np.testing.assert_array_equal(a[1:], b[1:])
     print(

@@ -25,10 +25,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from steel_seg import models, postprocess, rle, submission
-from steel_seg.ensemble import Ensemble, flip
-from steel_seg.manifest import Manifest, write_manifest
-from steel_seg.predict import PredictSettings, iter_probs, predict_submission
+from steel_seg.engine.ensemble import Ensemble, flip
+from steel_seg.engine.predict import PredictSettings, iter_probs, predict_submission
+from steel_seg.formats import rle, submission
+from steel_seg.models import factory
+from steel_seg.models.manifest import Manifest, write_manifest
+from steel_seg.postprocess.rules import ClassRule, Rules, apply
 
 
 def make_test_set(src: Path, n: int, root: Path) -> tuple[Path, Path, list[str]]:
@@ -44,9 +46,9 @@ def make_test_set(src: Path, n: int, root: Path) -> tuple[Path, Path, list[str]]
     return images, sample, ids
 
 
-def make_weights(root: Path, spec: models.ModelSpec, tta: tuple[str, ...]) -> Path:
+def make_weights(root: Path, spec: factory.ModelSpec, tta: tuple[str, ...]) -> Path:
     torch.manual_seed(0)
-    models.save(models.build_model(spec), spec, root / "seg")
+    factory.save(factory.build_model(spec), spec, root / "seg")
     write_manifest(root, ["seg"], tta=tta)
     return root
 
@@ -61,7 +63,7 @@ def textbook(model, spec, rules, images: Path, ids: list[str], views, device, ou
             x = (bgr[:, :, 0].astype(np.float32) / 255.0 - spec.mean) / spec.std
             x = torch.from_numpy(x)[None, None].repeat(1, spec.in_channels, 1, 1).to(device)
             probs = [flip(torch.sigmoid(model(flip(x, v))), v).cpu().numpy() for v in views]
-            masks = postprocess.apply(np.mean(probs, axis=0)[0], rules)
+            masks = apply(np.mean(probs, axis=0)[0], rules)
             for k, encoded in enumerate(rle.encode_many(masks)):
                 rows.append((image_id, encoded, k + 1))
     pd.DataFrame(rows, columns=["ImageId", "EncodedPixels", "ClassId"]).to_csv(out, index=False)
@@ -77,7 +79,7 @@ def engine(ensemble, rules, images, sample, out, **settings) -> dict:
 
 
 def consistency(ensemble, rules, images, sample_ids, root, settings) -> dict:
-    """Rows of predict_submission vs iter_probs + postprocess.apply on the same device and batches."""
+    """Rows of predict_submission vs iter_probs + apply on the same device and batches."""
     sample = root / "consistency.csv"
     sample.write_text("ImageId,EncodedPixels,ClassId\n" + "".join(f"{i},1 409600,0\n" for i in sample_ids))
     predict_submission(ensemble, rules, images, sample, root / "c.csv", PredictSettings(**settings))
@@ -87,7 +89,7 @@ def consistency(ensemble, rules, images, sample_ids, root, settings) -> dict:
     for image_id, probs, cls in iter_probs(
         ensemble, [images / i for i in sample_ids], PredictSettings(**settings)
     ):
-        for k, encoded in enumerate(rle.encode_many(postprocess.apply(probs, rules, cls))):
+        for k, encoded in enumerate(rle.encode_many(apply(probs, rules, cls))):
             total += 1
             nonempty += bool(encoded)
             same += got.get((image_id, k + 1), "") == encoded
@@ -112,10 +114,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     views = tuple(args.tta.split(","))
-    spec = models.ModelSpec(arch=args.arch, encoder=args.encoder)
-    rules = postprocess.Rules(
-        tuple(postprocess.ClassRule(k + 1, 0.5, min_component=150, min_area=600) for k in range(4))
-    )
+    spec = factory.ModelSpec(arch=args.arch, encoder=args.encoder)
+    rules = Rules(tuple(ClassRule(k + 1, 0.5, min_component=150, min_area=600) for k in range(4)))
     root = Path(tempfile.mkdtemp())
     images, sample, ids = make_test_set(args.images, args.n, root)
     weights = make_weights(root / "weights", spec, views)

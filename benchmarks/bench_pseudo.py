@@ -38,13 +38,17 @@ import pandas as pd
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from steel_seg import metric, postprocess, rle  # noqa: E402
 from steel_seg.competition import CLASSES, TEST_IMAGES, TIDY_COLUMNS  # noqa: E402
-from steel_seg.ensemble import Ensemble  # noqa: E402
-from steel_seg.labels import Labels, read_label_file  # noqa: E402
-from steel_seg.manifest import MANIFEST_FILE, Manifest  # noqa: E402
-from steel_seg.predict import PredictSettings, iter_probs  # noqa: E402
-from steel_seg.synthetic import write_dataset  # noqa: E402
+from steel_seg.engine.ensemble import Ensemble  # noqa: E402
+from steel_seg.engine.predict import PredictSettings, iter_probs  # noqa: E402
+from steel_seg.formats import (
+    metric,
+    rle,  # noqa: E402
+)
+from steel_seg.formats.labels import Labels, read_label_file  # noqa: E402
+from steel_seg.models.manifest import MANIFEST_FILE, Manifest  # noqa: E402
+from steel_seg.postprocess.rules import THRESHOLDS_FILE, Rules, apply
+from steel_seg.synthetic.dataset import write_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = Path(sys.executable).parent / "steel-seg"
@@ -86,21 +90,21 @@ def train_arm(name: str, config: Path, labelled: Path, out: Path, extra: list[di
     step(
         f"{name}: oof", "oof", "--run", run, "--out", oof, "--device", "cpu", "--tta", VIEWS, "--no-progress"
     )
-    step(f"{name}: tune", "tune", "--oof", oof, "--out", weights / postprocess.THRESHOLDS_FILE)
+    step(f"{name}: tune", "tune", "--oof", oof, "--out", weights / THRESHOLDS_FILE)
     step(f"{name}: manifest", "manifest", "--weights-dir", weights, "--model", f"{name}={run / 'best'}",
          "--tta", VIEWS)  # fmt: skip
     return weights
 
 
-def predictions(weights: Path, images: Path, rules: list[postprocess.Rules]) -> list[pd.DataFrame]:
+def predictions(weights: Path, images: Path, rules: list[Rules]) -> list[pd.DataFrame]:
     """Tidy prediction rows of every image of a folder under each of `rules`: the engine's probabilities
-    (computed once), the kernel's rules (`postprocess.apply` equals the engine's device path)."""
+    (computed once), the kernel's rules (`apply` equals the engine's device path)."""
     ensemble = Ensemble.load(weights, Manifest.load(weights / MANIFEST_FILE), "cpu")
     paths = [images / name for name in metric.image_files(images)]
     rows: list[list] = [[] for _ in rules]
     for image_id, probs, cls in iter_probs(ensemble, paths, PredictSettings(workers=1, progress=False)):
         for table, r in zip(rows, rules, strict=True):
-            encoded = rle.encode_many(postprocess.apply(probs, r, cls))
+            encoded = rle.encode_many(apply(probs, r, cls))
             table += [(image_id, c, e) for c, e in zip(CLASSES, encoded, strict=True) if e]
     return [pd.DataFrame(table, columns=list(TIDY_COLUMNS)) for table in rows]
 
@@ -109,7 +113,7 @@ def scores(weights: Path, heldout: Path) -> dict[str, Any]:
     """Mean Dice on the held-out set at the default rules and at the arm's tuned rules (also per class)."""
     truth = Labels.from_csv(heldout / "test_truth.csv", heldout / TEST_IMAGES)
     start = time.perf_counter()
-    rules = [postprocess.Rules(), postprocess.Rules.load(weights / postprocess.THRESHOLDS_FILE)]
+    rules = [Rules(), Rules.load(weights / THRESHOLDS_FILE)]
     preds = predictions(weights, heldout / TEST_IMAGES, rules)
     TIMES[f"score {weights.name}"] = round(time.perf_counter() - start, 1)
     default, tuned = (metric.score(truth.table, pred, truth.image_ids) for pred in preds)
@@ -123,7 +127,7 @@ def label_precision(selection: Path, unlabelled: Path, weights: Path) -> dict:
     truth = Labels.from_csv(unlabelled / "test_truth.csv", unlabelled / TEST_IMAGES)
     chosen = read_label_file(selection / "train.csv")
     picked = metric.score(truth.table, chosen.table, chosen.image_ids) if chosen.image_ids else None
-    rules = postprocess.Rules.load(weights / postprocess.THRESHOLDS_FILE)
+    rules = Rules.load(weights / THRESHOLDS_FILE)
     pred = predictions(weights, unlabelled / TEST_IMAGES, [rules])[0]
     kernel = metric.score(truth.table, pred, truth.image_ids)
     pairs = picked.pairs if picked else pd.DataFrame(columns=["truth_area", "pred_area"])

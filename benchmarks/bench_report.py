@@ -24,10 +24,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from steel_seg.images import read_grey
-from steel_seg.labels import Labels
-from steel_seg.oof import OOFWriter, read_oofs
-from steel_seg.postprocess import Rules
+from steel_seg.formats.images import read_grey
+from steel_seg.formats.labels import Labels
+from steel_seg.formats.oof import OOFWriter, read_oofs
+from steel_seg.postprocess.rules import Rules
 from steel_seg.report import eda, evaluate
 from steel_seg.report.overlay import CLASS_COLOURS, draw_contours, grey_to_rgb
 

@@ -1,4 +1,4 @@
-"""RLE encode/decode throughput: steel_seg.rle against the textbook Kaggle kernel functions, same run.
+"""RLE encode/decode throughput: steel_seg.formats.rle against the textbook Kaggle kernel functions, same run.
 
 Mask kinds: the 13 real masks of the sample (when present), synthetic defect-like blobs, noisy prediction-like
 masks (ragged edges, speckles: what a thresholded network output looks like before post-processing), empty
@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from steel_seg import rle
 from steel_seg.competition import IMAGE_SHAPE
+from steel_seg.formats import rle
 
 H, W = IMAGE_SHAPE
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "severstal_sample" / "train_new_format.csv"

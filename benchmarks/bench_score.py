@@ -27,10 +27,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from steel_seg import metric, rle
 from steel_seg.competition import IMAGE_SHAPE, Layout
-from steel_seg.labels import read_label_file
-from steel_seg.submission import Sample, SubmissionWriter
+from steel_seg.formats import metric, rle
+from steel_seg.formats.labels import read_label_file
+from steel_seg.formats.submission import Sample, SubmissionWriter
 
 H, W = IMAGE_SHAPE
 CLASS_SHARE = (0.071, 0.020, 0.410, 0.064)

@@ -23,12 +23,12 @@ import torch.nn.functional as F
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from steel_seg.checkpoint import Ema  # noqa: E402
-from steel_seg.losses import ModelLoss  # noqa: E402
-from steel_seg.models import build_model, forward_logits  # noqa: E402
-from steel_seg.optim import make_optimizer  # noqa: E402
-from steel_seg.precision import device_dtype  # noqa: E402
-from steel_seg.trainer_config import TrainConfig  # noqa: E402
+from steel_seg.models.factory import build_model, forward_logits  # noqa: E402
+from steel_seg.models.precision import device_dtype  # noqa: E402
+from steel_seg.train.checkpoint import Ema  # noqa: E402
+from steel_seg.train.config import TrainConfig  # noqa: E402
+from steel_seg.train.losses import ModelLoss  # noqa: E402
+from steel_seg.train.optim import make_optimizer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""Benchmark: `steel_seg.tune` at the full train-set scale (12,568 images x 4 classes).
+"""Benchmark: `steel_seg.postprocess.tune` at the full train-set scale (12,568 images x 4 classes).
 
 1. Collection rate: OOF statistics of `--rate-images` full-size (256 x 1600) synthetic images, generated on
    the fly, timed apart from the generation (the whole train set's maps never sit in memory or on disk).
@@ -38,11 +38,11 @@ import pandas as pd
 from bench_postprocess import model_like_probs, synthetic_truth
 from tqdm import tqdm
 
-from steel_seg import rle
 from steel_seg.competition import CLASSES, HEIGHT, IMAGE_SHAPE, N_CLASSES, TIDY_COLUMNS, WIDTH
-from steel_seg.labels import Labels
-from steel_seg.oof import OOF, OOFWriter, dequantise, quantise, read_oof
-from steel_seg.tune import Grid, Stats, StatsCollector, collect_stats, search
+from steel_seg.formats import rle
+from steel_seg.formats.labels import Labels
+from steel_seg.formats.oof import OOF, OOFWriter, dequantise, quantise, read_oof
+from steel_seg.postprocess.tune import Grid, Stats, StatsCollector, collect_stats, search
 
 INDEX = Path(__file__).resolve().parents[2] / "shared/data/severstal_sample/train_index_full_12568.csv"
 

@@ -1,6 +1,6 @@
 """GPU throughput of the real engine: Unet-efficientnet-b3 (random init), 256x1600, TTA none/h/v, fp16.
 
-Writes N synthetic Severstal-like JPEGs (steel_seg.synthetic) and a final-layout sample, then runs
+Writes N synthetic Severstal-like JPEGs (steel_seg.synthetic.dataset) and a final-layout sample, then runs
 `predict_submission` (decode workers, stacked views, on-device threshold, post-processing pool, CSV) with
 1 model and with a K-model ensemble (all random init), after a warm-up pass (cudnn autotuning). Projects the
 time of Kaggle's 5,506 test images with K models from the measured K-model rate plus the load time.
@@ -71,21 +71,21 @@ def make_weights(root: Path, args: argparse.Namespace, n_models: int):
     """`n_models` random-init models saved as model dirs, with their manifest; returns the loaded Ensemble."""
     import torch
 
-    from steel_seg import models
-    from steel_seg.ensemble import Ensemble
-    from steel_seg.manifest import Manifest, write_manifest
+    from steel_seg.engine.ensemble import Ensemble
+    from steel_seg.models import factory
+    from steel_seg.models.manifest import Manifest, write_manifest
 
-    spec = models.ModelSpec(arch=args.arch, encoder=args.encoder)
+    spec = factory.ModelSpec(arch=args.arch, encoder=args.encoder)
     for i in range(n_models):
         torch.manual_seed(i)
-        models.save(models.build_model(spec), spec, root / f"m{i}")
+        factory.save(factory.build_model(spec), spec, root / f"m{i}")
     write_manifest(root, [f"m{i}" for i in range(n_models)], tta=tuple(args.views.split(",")))
     return Ensemble.load(root, Manifest.load(root / "manifest.json"), args.device)
 
 
 def timed_run(ensemble, data: Path, out: Path, args: argparse.Namespace, limit: int | None) -> dict:
-    from steel_seg.postprocess import Rules
-    from steel_seg.predict import PredictSettings, predict_submission
+    from steel_seg.engine.predict import PredictSettings, predict_submission
+    from steel_seg.postprocess.rules import Rules
 
     settings = PredictSettings(
         device=args.device,
@@ -114,7 +114,7 @@ def main() -> None:
     check_imports()
     import torch
 
-    from steel_seg.synthetic import write_dataset
+    from steel_seg.synthetic.dataset import write_dataset
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("gpu_bench: --device cuda but torch sees no GPU (torch.cuda.is_available() is False)")

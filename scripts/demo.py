@@ -18,8 +18,8 @@ from pathlib import Path
 
 from real_sample import available, real_sample_test_dir
 
-from steel_seg.metric import score_files
-from steel_seg.submission import SubmissionWriter, read_sample
+from steel_seg.formats.metric import score_files
+from steel_seg.formats.submission import SubmissionWriter, read_sample
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "demo"

@@ -23,8 +23,8 @@ from pathlib import Path
 from real_sample import available, real_sample_test_dir
 
 from steel_seg import competition
+from steel_seg.formats.submission import read_predictions
 from steel_seg.kernel import LOGGED_PACKAGES
-from steel_seg.submission import read_predictions
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_WEIGHTS, DEMO_DATA = ROOT / "demo" / "weights", ROOT / "demo" / "data"
@@ -85,9 +85,9 @@ def random_weights(work: Path) -> tuple[Path, Path]:
     """A small synthetic set, and a weights dir with one random-init model of the demo config's arch."""
     import torch
 
-    from steel_seg import models
-    from steel_seg.manifest import write_manifest
-    from steel_seg.trainer_config import TrainConfig
+    from steel_seg.models import factory
+    from steel_seg.models.manifest import write_manifest
+    from steel_seg.train.config import TrainConfig
 
     data, weights = work / "data", work / "weights"
     synth = ["synth", "--out", data, "--images", 0, "--test-images", SYNTH_TEST_IMAGES, "--seed", SEED]
@@ -96,7 +96,7 @@ def random_weights(work: Path) -> tuple[Path, Path]:
         sys.exit(f"kaggle_check: steel-seg synth failed with exit code {code}")
     spec = TrainConfig.from_yaml(DEMO_CONFIG).model.spec
     torch.manual_seed(SEED)
-    models.save(models.build_model(spec), spec, weights / "demo-random")
+    factory.save(factory.build_model(spec), spec, weights / "demo-random")
     write_manifest(weights, ["demo-random"], tta=("none", "h"))
     shutil.copyfile(RULES, weights / RULES.name)
     print(f"random-init {spec.arch} {spec.encoder} ({DEMO_CONFIG.name}) and {RULES} -> {weights}")

@@ -18,8 +18,8 @@ from huggingface_hub import constants as hub_constants  # noqa: E402
 from planted_hub import IMAGENET, plant  # noqa: E402
 
 from steel_seg.competition import CLASSES  # noqa: E402
-from steel_seg.labels import Labels  # noqa: E402
-from steel_seg.synthetic import SyntheticSet, SyntheticStats, write_dataset  # noqa: E402
+from steel_seg.formats.labels import Labels  # noqa: E402
+from steel_seg.synthetic.dataset import SyntheticSet, SyntheticStats, write_dataset  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DIR = ROOT.parent / "shared" / "data" / "severstal_sample"

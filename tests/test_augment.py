@@ -1,4 +1,4 @@
-"""steel_seg.augment: the bit-packed masks, the pipeline from the config, seeding, the defect blackout."""
+"""steel_seg.train.augment: bit-packed masks, the pipeline from the config, seeding, the defect blackout."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from steel_seg.augment import AugmentConfig, augment, build_pipeline, pack_masks, unpack_masks
+from steel_seg.train.augment import AugmentConfig, augment, build_pipeline, pack_masks, unpack_masks
 
 OFF = {"hflip": 0.0, "vflip": 0.0, "brightness_contrast": 0.0, "affine": 0.0, "mask_dropout": 0.0}
 

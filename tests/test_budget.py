@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from steel_seg.budget import Budget, Deadline, apply_step
+from steel_seg.engine.budget import Budget, Deadline, apply_step
 
 ROLES = {"a": "seg", "b": "seg", "c": "cls"}
 

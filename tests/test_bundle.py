@@ -11,13 +11,14 @@ import pytest
 import torch
 
 import steel_seg
-from steel_seg import bundle, models
-from steel_seg.manifest import ManifestError, sha256_file, write_manifest
-from steel_seg.postprocess import ClassRule, Rules
+from steel_seg import bundle
+from steel_seg.models import factory
+from steel_seg.models.manifest import ManifestError, sha256_file, write_manifest
+from steel_seg.postprocess.rules import ClassRule, Rules
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "kernel" / "bootstrap.py.tmpl"
-TINY = models.ModelSpec(
+TINY = factory.ModelSpec(
     arch="Unet", encoder="tu-mobilenetv3_small_050", encoder_depth=3, decoder_channels=(8, 8, 8)
 )
 
@@ -25,7 +26,7 @@ TINY = models.ModelSpec(
 def make_weights(weights_dir: Path) -> Path:
     """A real tiny smp model dir, its manifest and a thresholds.json, as `steel-seg tune` would leave them."""
     torch.manual_seed(0)
-    models.save(models.build_model(TINY), TINY, weights_dir / "tiny")
+    factory.save(factory.build_model(TINY), TINY, weights_dir / "tiny")
     write_manifest(weights_dir, ["tiny"], tta=("none", "h"))
     classes = tuple(ClassRule(k, 0.6, 10 * k, 100 * k, 0.1) for k in range(1, 5))
     rules = Rules(classes, tuning={"grid": [1, 2]})

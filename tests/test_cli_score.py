@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from steel_seg.cli import main
-from steel_seg.submission import SubmissionWriter, read_sample
+from steel_seg.formats.submission import SubmissionWriter, read_sample
 
 
 def final_sample(path: Path, image_ids: list[str]) -> Path:

@@ -9,12 +9,12 @@ import pytest
 import yaml
 from damage import copy_set, oversized_jpeg, truncated_jpeg
 
-from steel_seg import data as data_module
 from steel_seg.cli import main
-from steel_seg.images import ImageError
-from steel_seg.run_log import read_log
-from steel_seg.train import train
-from steel_seg.trainer_config import TrainConfig
+from steel_seg.formats.images import ImageError
+from steel_seg.train import data as data_module
+from steel_seg.train.config import TrainConfig
+from steel_seg.train.loop import train
+from steel_seg.train.run_log import read_log
 
 
 def write_config(tmp_path: Path, images: Path, **data) -> Path:

@@ -1,4 +1,4 @@
-"""steel_seg.data: one normalisation, crops, the Dataset on synthetic JPEGs, balanced weights, the sampler."""
+"""steel_seg.train.data: one normalisation, crops, the Dataset on synthetic JPEGs, balanced weights."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from steel_seg.augment import AugmentConfig, build_pipeline
-from steel_seg.data import (
+from steel_seg.formats.labels import Labels
+from steel_seg.models.factory import ModelSpec
+from steel_seg.train.augment import AugmentConfig, build_pipeline
+from steel_seg.train.data import (
     EpochSampler,
     SteelDataset,
     balanced_weights,
@@ -18,8 +20,6 @@ from steel_seg.data import (
     raise_image_errors,
     to_tensor,
 )
-from steel_seg.labels import Labels
-from steel_seg.models import ModelSpec
 
 SPEC1 = ModelSpec("Unet", "resnet18", in_channels=1, mean=0.4, std=0.2)
 SPEC3 = ModelSpec("Unet", "resnet18", in_channels=3, mean=0.4, std=0.2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from steel_seg.devices import DeviceError, arch_supports, check, incompatibility, resolve
+from steel_seg.engine.devices import DeviceError, arch_supports, check, incompatibility, resolve
 
 KAGGLE_TORCH = ["sm_70", "sm_75", "sm_80", "sm_86", "sm_90", "compute_90"]  # torch 2.10 + CUDA 12.8: no sm_60
 P100, T4, L4, H100, BLACKWELL = (6, 0), (7, 5), (8, 9), (9, 0), (12, 0)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from steel_seg.dispatch import DeviceWorker, Feed
+from steel_seg.engine.dispatch import DeviceWorker, Feed
 
 
 def slow_numbers(n: int, seconds: float):

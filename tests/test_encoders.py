@@ -1,4 +1,4 @@
-"""steel_seg.encoders: pretrained encoders through smp's own Hugging Face cache, planted here offline.
+"""steel_seg.models.encoders: pretrained encoders through smp's own Hugging Face cache, planted here offline.
 
 A resnet18 `imagenet` snapshot with distinctive random tensors and distinctive mean / std sits where smp's
 loader reads it (`planted_hub`): the built model starts from it, `steel-seg encoder-weights` exports it, a
@@ -23,15 +23,19 @@ from planted_hub import plant, serve_hub
 from safetensors.torch import load_file
 from segmentation_models_pytorch.encoders import encoders as smp_table
 from test_kernel import TEMPLATE, isolated_site, run_isolated
+from tiny_models import forward_probs
 
-from steel_seg import bundle, encoders, models, rle, submission, synthetic
+from steel_seg import bundle
 from steel_seg.cli import main as steel_seg_cli
 from steel_seg.competition import IMAGE_SHAPE
-from steel_seg.encoders import EncoderWeightsError, HubWeights
-from steel_seg.images import read_grey
-from steel_seg.models import GREY_MEAN, GREY_STD, ModelSpec, build_model
-from steel_seg.postprocess import ClassRule, Rules
-from steel_seg.trainer_config import ModelConfig
+from steel_seg.formats import rle, submission
+from steel_seg.formats.images import read_grey
+from steel_seg.models import encoders, factory
+from steel_seg.models.encoders import EncoderWeightsError, HubWeights
+from steel_seg.models.factory import GREY_MEAN, GREY_STD, ModelSpec, build_model
+from steel_seg.postprocess.rules import ClassRule, Rules
+from steel_seg.synthetic import dataset
+from steel_seg.train.config import ModelConfig
 
 ENCODER = "resnet18"
 MEAN, STD = (0.2, 0.5, 0.8), (0.1, 0.2, 0.3)  # no real encoder's values: a match proves where they came from
@@ -197,7 +201,7 @@ LR = 1e-4
 @pytest.fixture(scope="module")
 def synthetic_set(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synthetic")
-    synthetic.write_dataset(out, 6, 3, layout="original", seed=4, progress=False)
+    dataset.write_dataset(out, 6, 3, layout="original", seed=4, progress=False)
     return out
 
 
@@ -245,10 +249,10 @@ def test_one_step_training_starts_from_the_planted_encoder(one_step_run, planted
 
 def training_side_probs(model_dir: Path, spec: ModelSpec, paths: list[Path]) -> np.ndarray:
     """(N, 4, H, W) probabilities the way training validates: to_tensor + forward_probs, float32, CPU."""
-    model, _ = models.load(model_dir)
+    model, _ = factory.load(model_dir)
     grey = np.stack([read_grey(p) for p in paths])
     with torch.no_grad():
-        seg, _ = models.forward_probs(model, spec, models.to_tensor(grey, spec))
+        seg, _ = forward_probs(model, spec, factory.to_tensor(grey, spec))
     return seg.numpy()
 
 

@@ -1,4 +1,4 @@
-"""steel_seg.folds: pHash clusters of near-duplicates stay in one fold; folds balance the classes."""
+"""steel_seg.formats.folds: pHash clusters of near-duplicates stay in one fold; folds balance the classes."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from damage import copy_set, oversized_jpeg
 
 from steel_seg.cli import folds as folds_cli
 from steel_seg.cli import main
-from steel_seg.folds import (
+from steel_seg.formats.folds import (
     HASH_THRESHOLD,
     assign_folds,
     cluster_ids,
@@ -24,9 +24,9 @@ from steel_seg.folds import (
     near_pairs,
     phash,
 )
-from steel_seg.images import ImageError
-from steel_seg.labels import Labels
-from steel_seg.synthetic import read_index, write_dataset
+from steel_seg.formats.images import ImageError
+from steel_seg.formats.labels import Labels
+from steel_seg.synthetic.dataset import read_index, write_dataset
 
 
 @pytest.fixture(scope="module")

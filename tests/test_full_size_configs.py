@@ -21,9 +21,11 @@ from pathlib import Path
 import pytest
 from test_kernel import isolated_site, run_isolated
 
-from steel_seg import models, oof, submission, synthetic
 from steel_seg.cli import main as steel_seg_cli
-from steel_seg.trainer_config import TrainConfig
+from steel_seg.formats import oof, submission
+from steel_seg.models import factory
+from steel_seg.synthetic import dataset
+from steel_seg.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"unet": "unet_effb3.yaml", "fpn": "fpn_effb3.yaml", "cls": "cls_resnet34.yaml"}
@@ -38,7 +40,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 def data(tmp_path_factory) -> Path:
     """6 train images (5 train, 1 validates: random 6 folds) and 4 test images, full size."""
     out = tmp_path_factory.mktemp("full_size")
-    synthetic.write_dataset(out / "data", 6, 4, layout="original", seed=7, progress=False)
+    dataset.write_dataset(out / "data", 6, 4, layout="original", seed=7, progress=False)
     return out
 
 
@@ -68,7 +70,7 @@ def test_each_config_trains_two_steps_at_its_real_size(runs, name):
     trained = TrainConfig.from_yaml(run / "config.yaml")
     assert trained.model == shipped.model and trained.data.crop == shipped.data.crop
     assert trained.model.encoder_weights == "imagenet"
-    spec = models.ModelSpec.from_json(run / "best" / "spec.json")
+    spec = factory.ModelSpec.from_json(run / "best" / "spec.json")
     assert spec == shipped.model.spec
     assert (spec.mean, spec.std) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # planted ImageNet values
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]

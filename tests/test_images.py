@@ -11,7 +11,7 @@ import pytest
 from damage import oversized_jpeg, truncated_jpeg
 
 from steel_seg.competition import IMAGE_SHAPE
-from steel_seg.images import ImageError, check_image, check_images, fit_shape, read_grey
+from steel_seg.formats.images import ImageError, check_image, check_images, fit_shape, read_grey
 
 
 def _write_jpeg(path, array):

@@ -23,18 +23,20 @@ import pandas as pd
 import pytest
 import torch
 
-from steel_seg import bundle, kernel, models, submission
+from steel_seg import bundle, kernel
 from steel_seg.cli import main as steel_seg_cli
 from steel_seg.competition import SAMPLE_LAYOUTS, Layout
-from steel_seg.ensemble import Ensemble
-from steel_seg.locations import Locations
-from steel_seg.manifest import write_manifest
-from steel_seg.postprocess import ClassRule, Rules
-from steel_seg.submit import Inputs
+from steel_seg.engine.ensemble import Ensemble
+from steel_seg.engine.locations import Locations
+from steel_seg.engine.submit import Inputs
+from steel_seg.formats import submission
+from steel_seg.models import factory
+from steel_seg.models.manifest import write_manifest
+from steel_seg.postprocess.rules import ClassRule, Rules
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "kernel" / "bootstrap.py.tmpl"
-TINY = models.ModelSpec(
+TINY = factory.ModelSpec(
     arch="Unet", encoder="tu-mobilenetv3_small_050", encoder_depth=3, decoder_channels=(8, 8, 8)
 )
 HIDDEN = ("steel_seg", "segmentation_models_pytorch", "__editable__")
@@ -50,7 +52,7 @@ RUN_FLAGS = ["--device", "cpu", "--batch-size", "4", "--no-progress"]
 
 def make_weights(weights_dir: Path) -> Path:
     torch.manual_seed(0)
-    models.save(models.build_model(TINY), TINY, weights_dir / "tiny")
+    factory.save(factory.build_model(TINY), TINY, weights_dir / "tiny")
     write_manifest(weights_dir, ["tiny"], tta=("none",))
     Rules(tuple(ClassRule(k, 0.5, 20, 50) for k in range(1, 5))).save(weights_dir / "thresholds.json")
     return weights_dir
@@ -493,7 +495,8 @@ def test_a_missing_package_stops_the_kernel_with_its_name(setup, tmp_path, monke
 def test_inference_path_needs_no_training_only_packages():
     """The kernel imports neither albumentations nor scikit-learn: Kaggle's versions cannot break it."""
     code = (
-        "import sys, steel_seg.kernel, steel_seg.predict, steel_seg.postprocess, steel_seg.submission;"
+        "import sys, steel_seg.kernel, steel_seg.engine.predict, steel_seg.postprocess.rules;"
+        "import steel_seg.formats.submission;"
         "print(sorted(m for m in ('albumentations', 'sklearn', 'iterstrat') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steel_seg import rle
 from steel_seg.competition import Layout
-from steel_seg.labels import Labels, read_label_file, read_train_csv
+from steel_seg.formats import rle
+from steel_seg.formats.labels import Labels, read_label_file, read_train_csv
 
 
 def test_both_layouts_of_the_sample_agree(sample_dir):

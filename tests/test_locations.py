@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from steel_seg.competition import SLUG
-from steel_seg.locations import Locations, default_device, files_named, listing, locate
+from steel_seg.engine.locations import Locations, default_device, files_named, listing, locate
 
 
 def test_kaggle_when_the_run_type_is_set():

@@ -1,4 +1,4 @@
-"""steel_seg.losses: BCE with pos_weight, soft Dice, focal, their weighted sum, the classification loss."""
+"""steel_seg.train.losses: BCE with pos_weight, soft Dice, focal, their weighted sum, classification loss."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from steel_seg.losses import LossConfig, ModelLoss, SegLoss, bce, focal, soft_dice
+from steel_seg.train.losses import LossConfig, ModelLoss, SegLoss, bce, focal, soft_dice
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ import pytest
 import torch
 from tiny_models import TINY_UNET as TINY
 
-from steel_seg import cli, models
-from steel_seg.manifest import (
+from steel_seg import cli
+from steel_seg.models import factory
+from steel_seg.models.manifest import (
     DEFAULT_BUDGET_S,
     Manifest,
     ManifestError,
@@ -23,7 +24,7 @@ from steel_seg.manifest import (
     write_manifest,
 )
 
-TINY_CLS = models.ModelSpec(
+TINY_CLS = factory.ModelSpec(
     arch="Classifier", encoder="tu-mobilenetv3_small_050", in_channels=1, encoder_depth=3
 )
 
@@ -44,9 +45,9 @@ def _entry(name="a", role="seg", **kw) -> dict:
 def weights_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)
-    models.save(models.build_model(TINY), TINY, root / "seg-a")
-    models.save(models.build_model(TINY), TINY, root / "seg-b")
-    models.save(models.build_model(TINY_CLS), TINY_CLS, root / "cls")
+    factory.save(factory.build_model(TINY), TINY, root / "seg-a")
+    factory.save(factory.build_model(TINY), TINY, root / "seg-b")
+    factory.save(factory.build_model(TINY_CLS), TINY_CLS, root / "cls")
     return root
 
 
@@ -211,7 +212,7 @@ def test_manifest_command_refuses_weights_that_cannot_load(weights_dir, tmp_path
 
 
 def test_a_model_with_another_number_of_classes_is_refused(tmp_path):
-    spec = models.ModelSpec(**{**TINY.to_dict(), "classes": 3})
-    models.save(models.build_model(spec), spec, tmp_path / "three")
+    spec = factory.ModelSpec(**{**TINY.to_dict(), "classes": 3})
+    factory.save(factory.build_model(spec), spec, tmp_path / "three")
     with pytest.raises(ManifestError, match="the model has 3 output classes; the competition has 4"):
         build_manifest(tmp_path, ["three"])

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steel_seg import rle
-from steel_seg.labels import Labels
-from steel_seg.metric import dice, score, score_files
+from steel_seg.formats import rle
+from steel_seg.formats.labels import Labels
+from steel_seg.formats.metric import dice, score, score_files
 
 SHAPE = (2, 3)  # column-major pixel numbers: [[1, 3, 5], [2, 4, 6]]
 

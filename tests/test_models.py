@@ -1,4 +1,4 @@
-"""steel_seg.models: spec round trips, the builders, forward_probs, save/load, local pretrained weights."""
+"""steel_seg.models.factory: spec round trips, builders, forward_logits, save/load, local weights"""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 from safetensors.torch import save_file
+from tiny_models import forward_probs
 
-from steel_seg import models
-from steel_seg.models import ModelSpec, build_model, forward_probs
+from steel_seg.models import factory
+from steel_seg.models.factory import ModelSpec, build_model
 
 TINY = "tu-mobilenetv3_small_050"
 SPECS = [
@@ -44,7 +45,7 @@ def test_mean_and_std_are_per_channel():
     spec = ModelSpec("Unet", TINY, in_channels=3, mean=[0.2, 0.5, 0.8], std=0.25)
     assert spec.mean == (0.2, 0.5, 0.8) and spec.std == (0.25, 0.25, 0.25)
     assert spec.to_dict()["mean"] == [0.2, 0.5, 0.8] and ModelSpec.from_dict(spec.to_dict()) == spec
-    assert ModelSpec("Unet", TINY, in_channels=1).mean == (models.GREY_MEAN,)
+    assert ModelSpec("Unet", TINY, in_channels=1).mean == (factory.GREY_MEAN,)
     with pytest.raises(ValueError, match=r"mean must be one number or 1 \(one per channel\)"):
         ModelSpec("Unet", TINY, in_channels=1, mean=(0.2, 0.5, 0.8))
     with pytest.raises(ValueError, match="std must be positive"):
@@ -56,14 +57,14 @@ def test_mean_and_std_are_per_channel():
 def test_to_tensor_replicates_grey_and_normalises_each_channel():
     spec = ModelSpec("Unet", TINY, in_channels=3, mean=(0.2, 0.5, 0.8), std=(0.1, 0.2, 0.4))
     grey = torch.randint(0, 256, (2, 5, 7), dtype=torch.uint8)
-    x = models.to_tensor(grey, spec)
+    x = factory.to_tensor(grey, spec)
     expected = torch.stack([(grey / 255 - m) / s for m, s in zip(spec.mean, spec.std, strict=True)], dim=1)
     assert x.shape == (2, 3, 5, 7) and x.dtype == torch.float32 and x.is_contiguous()
     torch.testing.assert_close(x, expected)
-    torch.testing.assert_close(models.to_tensor(grey.numpy(), spec), expected)
+    torch.testing.assert_close(factory.to_tensor(grey.numpy(), spec), expected)
 
 
-# spec.json exactly as `models.save` wrote it before mean / std became per-channel (one number each).
+# spec.json exactly as `factory.save` wrote it before mean / std became per-channel (one number each).
 OLD_SPEC_JSON = """{
   "arch": "Unet",
   "encoder": "tu-mobilenetv3_small_050",
@@ -84,12 +85,12 @@ OLD_SPEC_JSON = """{
 
 def test_a_spec_json_from_before_per_channel_values_still_loads(tmp_path):
     old = ModelSpec("Unet", TINY, encoder_depth=3, decoder_channels=(8, 8, 8))
-    models.save(build_model(old), old, tmp_path / "m")
+    factory.save(build_model(old), old, tmp_path / "m")
     (tmp_path / "m" / "spec.json").write_text(OLD_SPEC_JSON)
-    model, spec = models.load(tmp_path / "m")
+    model, spec = factory.load(tmp_path / "m")
     assert spec.mean == (0.37, 0.37, 0.37) and spec.std == (0.17, 0.17, 0.17)
     grey = torch.tensor([[[0, 94, 255]]], dtype=torch.uint8)
-    x = models.to_tensor(grey, spec)
+    x = factory.to_tensor(grey, spec)
     for c in range(3):
         torch.testing.assert_close(x[0, c, 0], (grey[0, 0].float() / 255 - 0.37) / 0.17)
 
@@ -116,9 +117,9 @@ def test_forward_probs_shapes_and_range(spec):
 def test_save_load_round_trip_gives_the_same_outputs(tmp_path, spec):
     torch.manual_seed(0)
     model = build_model(spec).eval()
-    models.save(model, spec, tmp_path / "m")
+    factory.save(model, spec, tmp_path / "m")
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.safetensors", "spec.json"]
-    loaded, loaded_spec = models.load(tmp_path / "m")
+    loaded, loaded_spec = factory.load(tmp_path / "m")
     assert loaded_spec == spec and not loaded.training
     x = torch.randn(1, spec.in_channels, 64, 64)
     with torch.no_grad():
@@ -128,11 +129,11 @@ def test_save_load_round_trip_gives_the_same_outputs(tmp_path, spec):
 
 def test_load_fails_fast_when_spec_and_weights_disagree(tmp_path):
     spec = SPECS[0]
-    models.save(build_model(spec), spec, tmp_path / "m")
+    factory.save(build_model(spec), spec, tmp_path / "m")
     other = ModelSpec(**{**spec.to_dict(), "decoder_channels": (16, 16, 8, 8), "aux_head": True})
     (tmp_path / "m" / "spec.json").write_text(json.dumps(other.to_dict()))
     with pytest.raises(ValueError) as err:
-        models.load(tmp_path / "m")
+        factory.load(tmp_path / "m")
     message = str(err.value)
     assert str(tmp_path / "m") in message
     assert "missing keys" in message and "classification_head" in message
@@ -142,7 +143,7 @@ def test_load_fails_fast_when_spec_and_weights_disagree(tmp_path):
 def test_load_names_the_dir_when_a_file_is_missing(tmp_path):
     (tmp_path / "m").mkdir()
     with pytest.raises(ValueError, match=r"m: not a model dir \(spec.json missing\)"):
-        models.load(tmp_path / "m")
+        factory.load(tmp_path / "m")
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
@@ -185,19 +186,19 @@ def test_weights_files_are_read_without_pickle(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"conv1.weight": torch.zeros(1), "payload": object()}, path)
     with pytest.raises(ValueError, match="evil.pth: cannot read weights"):
-        models.read_state_dict(path)
+        factory.read_state_dict(path)
     with pytest.raises(ValueError, match="not found"):
-        models.read_state_dict(tmp_path / "absent.pth")
+        factory.read_state_dict(tmp_path / "absent.pth")
 
 
 def test_init_weights_from_a_model_dir(tmp_path):
     spec = SPECS[1]
     torch.manual_seed(3)
     trained = build_model(spec)
-    models.save(trained, spec, tmp_path / "m")
+    factory.save(trained, spec, tmp_path / "m")
     torch.manual_seed(4)
     fresh = build_model(spec)
-    models.load_init_weights(fresh, tmp_path / "m")
+    factory.load_init_weights(fresh, tmp_path / "m")
     for (k, a), b in zip(trained.state_dict().items(), fresh.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=k)
 
@@ -205,9 +206,9 @@ def test_init_weights_from_a_model_dir(tmp_path):
 def test_seg_prior_starts_the_segmenter_near_empty():
     spec = SPECS[0]
     model = build_model(spec).eval()
-    models.set_seg_prior(model, spec, 0.01)
+    factory.set_seg_prior(model, spec, 0.01)
     with torch.no_grad():
         seg, _ = forward_probs(model, spec, torch.zeros(1, 1, 64, 64))
     torch.testing.assert_close(seg.mean(), torch.tensor(0.01), atol=5e-3, rtol=0)
     with pytest.raises(ValueError, match="segmenter"):
-        models.set_seg_prior(build_model(SPECS[2]), SPECS[2], 0.01)
+        factory.set_seg_prior(build_model(SPECS[2]), SPECS[2], 0.01)

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steel_seg.labels import Labels
-from steel_seg.oof import OOFWriter, dequantise, quantise, read_oof, read_oofs
+from steel_seg.formats.labels import Labels
+from steel_seg.formats.oof import OOFWriter, dequantise, quantise, read_oof, read_oofs
 
 SHAPE = (256, 1600)
 

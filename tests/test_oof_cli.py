@@ -12,11 +12,11 @@ import pytest
 import torch
 from tiny_models import TINY_UNET
 
-from steel_seg import models
 from steel_seg.cli import main as cli_main
-from steel_seg.ensemble import Ensemble, Member
-from steel_seg.oof import quantise, read_oof
-from steel_seg.predict import PredictSettings, iter_probs
+from steel_seg.engine.ensemble import Ensemble, Member
+from steel_seg.engine.predict import PredictSettings, iter_probs
+from steel_seg.formats.oof import quantise, read_oof
+from steel_seg.models import factory
 
 SPEC = dataclasses.replace(TINY_UNET, aux_head=True)
 
@@ -37,7 +37,7 @@ def run_dir(synthetic_set, heldout, tmp_path) -> Path:
     data = synthetic_set.out_dir
     run = tmp_path / "runs" / "unet-f1"
     torch.manual_seed(0)
-    models.save(models.build_model(SPEC), SPEC, run / "best")
+    factory.save(factory.build_model(SPEC), SPEC, run / "best")
     ids = sorted(p.name for p in (data / "train_images").glob("*.jpg"))
     folds = pd.DataFrame({"ImageId": ids, "fold": [1 if i in heldout else 0 for i in ids]})
     folds.to_csv(tmp_path / "folds.csv", index=False)
@@ -86,7 +86,7 @@ def test_oof_writes_the_heldout_fold(run_dir, heldout, synthetic_labels, tmp_pat
     )
     pd.testing.assert_frame_equal(truth.reset_index(drop=True), expected.reset_index(drop=True))
     # The stored probabilities are the engine's, through the same TTA: checked on one image.
-    model, spec = models.load(run_dir / "best")
+    model, spec = factory.load(run_dir / "best")
     ensemble = Ensemble([Member("unet-f1", "seg", model, spec, views=("none", "h"))])
     settings = PredictSettings(workers=0, progress=False)
     [(image_id, probs, cls)] = iter_probs(

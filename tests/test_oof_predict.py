@@ -11,10 +11,10 @@ import pytest
 import torch
 from tiny_models import TINY_UNET as SPEC
 
-from steel_seg import models
 from steel_seg.cli import main as cli_main
-from steel_seg.ensemble import Ensemble
-from steel_seg.oof import read_oof
+from steel_seg.engine.ensemble import Ensemble
+from steel_seg.formats.oof import read_oof
+from steel_seg.models import factory
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -24,7 +24,7 @@ def run_dir(synthetic_set, tmp_path) -> Path:
     """A run dir as `steel-seg train` writes it (run.json, folds.csv, best/), its fold 1 = 3 images."""
     run = tmp_path / "runs" / "unet-f1"
     torch.manual_seed(0)
-    models.save(models.build_model(SPEC), SPEC, run / "best")
+    factory.save(factory.build_model(SPEC), SPEC, run / "best")
     ids = sorted(p.name for p in (synthetic_set.out_dir / "train_images").glob("*.jpg"))
     pd.DataFrame({"ImageId": ids, "fold": [int(n < 3) for n in range(len(ids))]}).to_csv(
         tmp_path / "folds.csv", index=False

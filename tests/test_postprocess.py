@@ -9,8 +9,17 @@ import cv2
 import numpy as np
 import pytest
 
-from steel_seg import postprocess
-from steel_seg.postprocess import ClassRule, Rules
+from steel_seg.postprocess.rules import (
+    ClassRule,
+    Rules,
+    apply,
+    apply_batch,
+    bounding_box,
+    drop_small_components,
+    filter_masks,
+    gate_scores,
+    threshold,
+)
 
 H, W = 32, 48
 
@@ -31,77 +40,77 @@ def probs_with(*blocks: tuple[int, slice, slice, float]) -> np.ndarray:
 
 def test_default_rules_threshold_is_strictly_greater_than():
     probs = probs_with((0, slice(0, 2), slice(0, 2), 0.5), (1, slice(0, 2), slice(0, 2), 0.51))
-    out = postprocess.apply(probs, Rules())
+    out = apply(probs, Rules())
     assert out.dtype == np.uint8 and out.shape == (4, H, W)
     assert out[0].sum() == 0 and out[1].sum() == 4
 
 
 def test_all_below_threshold_gives_empty_masks():
     probs = np.full((4, H, W), 0.3, np.float32)
-    assert postprocess.apply(probs, rules_for(pixel_threshold=0.3)).sum() == 0
+    assert apply(probs, rules_for(pixel_threshold=0.3)).sum() == 0
 
 
 def test_pixel_threshold_per_class():
     probs = np.full((4, H, W), 0.6, np.float32)
     rules = Rules(tuple(ClassRule(k + 1, pixel_threshold=t) for k, t in enumerate([0.5, 0.7, 0.59, 0.6])))
-    assert postprocess.apply(probs, rules).reshape(4, -1).sum(1).tolist() == [H * W, 0, H * W, 0]
+    assert apply(probs, rules).reshape(4, -1).sum(1).tolist() == [H * W, 0, H * W, 0]
 
 
 def test_min_component_keeps_component_exactly_at_the_limit():
     probs = probs_with((0, slice(0, 3), slice(0, 3), 0.9), (0, slice(10, 12), slice(10, 14), 0.9))
-    out = postprocess.apply(probs, rules_for(min_component=9))
+    out = apply(probs, rules_for(min_component=9))
     assert out[0, 0:3, 0:3].all() and out[0].sum() == 9
-    assert postprocess.apply(probs, rules_for(min_component=10))[0].sum() == 0
-    assert postprocess.apply(probs, rules_for(min_component=8))[0].sum() == 17
+    assert apply(probs, rules_for(min_component=10))[0].sum() == 0
+    assert apply(probs, rules_for(min_component=8))[0].sum() == 17
 
 
 def test_components_are_8_connected_through_diagonals():
     probs = np.zeros((4, H, W), np.float32)
     idx = np.arange(5)
     probs[0, idx, idx] = 0.9  # a diagonal line: one 8-connected component of 5 pixels
-    assert postprocess.apply(probs, rules_for(min_component=5))[0].sum() == 5
-    assert postprocess.apply(probs, rules_for(min_component=6))[0].sum() == 0
+    assert apply(probs, rules_for(min_component=5))[0].sum() == 5
+    assert apply(probs, rules_for(min_component=6))[0].sum() == 0
 
 
 def test_min_area_clears_the_class_below_and_keeps_it_at_the_limit():
     probs = probs_with((2, slice(0, 4), slice(0, 5), 0.9))
-    assert postprocess.apply(probs, rules_for(2, min_area=20))[2].sum() == 20
-    assert postprocess.apply(probs, rules_for(2, min_area=21))[2].sum() == 0
+    assert apply(probs, rules_for(2, min_area=20))[2].sum() == 20
+    assert apply(probs, rules_for(2, min_area=21))[2].sum() == 0
 
 
 def test_min_area_counts_the_area_left_after_the_component_filter():
     probs = probs_with((0, slice(0, 4), slice(0, 4), 0.9), (0, slice(20, 22), slice(20, 22), 0.9))
-    assert postprocess.apply(probs, rules_for(min_area=20))[0].sum() == 20
-    assert postprocess.apply(probs, rules_for(min_component=5, min_area=20))[0].sum() == 0
-    assert postprocess.apply(probs, rules_for(min_component=5, min_area=16))[0].sum() == 16
+    assert apply(probs, rules_for(min_area=20))[0].sum() == 20
+    assert apply(probs, rules_for(min_component=5, min_area=20))[0].sum() == 0
+    assert apply(probs, rules_for(min_component=5, min_area=16))[0].sum() == 16
 
 
 def test_gate_from_max_pixel_probability_at_the_limit():
     probs = probs_with((3, slice(0, 4), slice(0, 4), 0.6))
-    assert postprocess.apply(probs, rules_for(3, gate=0.6))[3].sum() == 16
-    assert postprocess.apply(probs, rules_for(3, gate=0.61))[3].sum() == 0
+    assert apply(probs, rules_for(3, gate=0.6))[3].sum() == 16
+    assert apply(probs, rules_for(3, gate=0.61))[3].sum() == 0
 
 
 def test_gate_from_classifier_overrides_max_probability():
     probs = probs_with((1, slice(0, 4), slice(0, 4), 0.9))
     cls = np.array([0.0, 0.2, 0.0, 0.0], np.float32)
-    assert postprocess.apply(probs, rules_for(1, gate=0.2), cls)[1].sum() == 16
-    assert postprocess.apply(probs, rules_for(1, gate=0.21), cls)[1].sum() == 0
-    assert postprocess.apply(probs, rules_for(1, gate=0.21))[1].sum() == 16
+    assert apply(probs, rules_for(1, gate=0.2), cls)[1].sum() == 16
+    assert apply(probs, rules_for(1, gate=0.21), cls)[1].sum() == 0
+    assert apply(probs, rules_for(1, gate=0.21))[1].sum() == 16
 
 
 def test_one_class_per_pixel_keeps_the_argmax_class_only():
     probs = probs_with((0, slice(0, 4), slice(0, 8), 0.7), (1, slice(0, 4), slice(4, 12), 0.8))
-    plain = postprocess.apply(probs, Rules())
+    plain = apply(probs, Rules())
     assert plain[0].sum() == 32 and plain[1].sum() == 32
-    argmax = postprocess.apply(probs, Rules(one_class_per_pixel=True))
+    argmax = apply(probs, Rules(one_class_per_pixel=True))
     assert argmax[0].sum() == 16 and argmax[1].sum() == 32
     assert not (argmax.sum(0) > 1).any()
 
 
 def test_one_class_per_pixel_ties_go_to_the_first_class():
     probs = probs_with((0, slice(0, 2), slice(0, 2), 0.7), (2, slice(0, 2), slice(0, 2), 0.7))
-    out = postprocess.apply(probs, Rules(one_class_per_pixel=True))
+    out = apply(probs, Rules(one_class_per_pixel=True))
     assert out[0].sum() == 4 and out[2].sum() == 0
 
 
@@ -121,7 +130,7 @@ def test_rules_combined():
             ClassRule(4),
         )
     )
-    out = postprocess.apply(probs, rules)
+    out = apply(probs, rules)
     assert out[0].sum() == 100 and out[0, :10, :10].all()
     assert out[1:].sum() == 0
 
@@ -132,13 +141,13 @@ def test_apply_equals_threshold_then_filter_masks_and_batch_equals_single():
     cls = rng.random((3, 4), dtype=np.float32)
     rules = Rules(tuple(ClassRule(k + 1, 0.3 + 0.1 * k, 3, 10, 0.2) for k in range(4)), True)
     for c in (None, cls):
-        batch = postprocess.apply_batch(probs, rules, c)
+        batch = apply_batch(probs, rules, c)
         for n in range(3):
-            one = postprocess.apply(probs[n], rules, None if c is None else c[n])
-            split = postprocess.filter_masks(
-                postprocess.threshold(probs[n], rules),
+            one = apply(probs[n], rules, None if c is None else c[n])
+            split = filter_masks(
+                threshold(probs[n], rules),
                 rules,
-                postprocess.gate_scores(probs[n], None if c is None else c[n]),
+                gate_scores(probs[n], None if c is None else c[n]),
             )
             np.testing.assert_array_equal(batch[n], one)
             np.testing.assert_array_equal(split, one)
@@ -153,7 +162,7 @@ def test_component_filter_matches_a_per_component_reference():
         component = labels == c
         if component.sum() >= 4:
             expected[component] = 1
-    np.testing.assert_array_equal(postprocess.drop_small_components(mask, 4), expected)
+    np.testing.assert_array_equal(drop_small_components(mask, 4), expected)
 
 
 def test_rules_round_trip_and_loaded_errors_name_the_file(tmp_path):
@@ -187,15 +196,15 @@ def test_component_filter_on_local_blobs_and_image_corners():
     mask[10:13, 20:23] = 1  # 9 px, mid-image
     mask[H - 2 :, W - 3 :] = 1  # 6 px, bottom-right corner
     mask[0, 0] = 1  # 1 px, top-left corner
-    assert postprocess.bounding_box(mask) == (slice(0, H), slice(0, W))
-    assert postprocess.bounding_box(np.zeros((H, W), np.uint8)) is None
-    out = postprocess.drop_small_components(mask, 6)
+    assert bounding_box(mask) == (slice(0, H), slice(0, W))
+    assert bounding_box(np.zeros((H, W), np.uint8)) is None
+    out = drop_small_components(mask, 6)
     assert out.sum() == 15 and out[0, 0] == 0 and out[H - 1, W - 1] == 1
     local = np.zeros((H, W), np.uint8)
     local[5:8, 30:32] = 1
-    assert postprocess.bounding_box(local) == (slice(5, 8), slice(30, 32))
-    np.testing.assert_array_equal(postprocess.drop_small_components(local, 6), local)
-    assert postprocess.drop_small_components(local, 7).sum() == 0
+    assert bounding_box(local) == (slice(5, 8), slice(30, 32))
+    np.testing.assert_array_equal(drop_small_components(local, 6), local)
+    assert drop_small_components(local, 7).sum() == 0
 
 
 def test_a_misspelt_key_is_an_error_not_a_default(tmp_path):

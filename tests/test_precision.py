@@ -1,4 +1,4 @@
-"""steel_seg.precision: the autocast dtype of each flag per device, and `train.amp: off` read from YAML."""
+"""steel_seg.models.precision: the autocast dtype of each flag per device; `train.amp: off` read from YAML."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 import yaml
 
-from steel_seg.precision import autocast, autocast_dtype, device_dtype
-from steel_seg.trainer_config import LoopConfig, TrainConfig
+from steel_seg.models.precision import autocast, autocast_dtype, device_dtype
+from steel_seg.train.config import LoopConfig, TrainConfig
 
 T4, A100, H200 = (7, 5), (8, 0), (9, 0)
 

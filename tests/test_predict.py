@@ -15,28 +15,31 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from tiny_models import forward_probs
 from torch import nn
 
-from steel_seg import models, postprocess, rle, submission
 from steel_seg.cli import main as cli_main
 from steel_seg.competition import SAMPLE_LAYOUTS, Layout
-from steel_seg.ensemble import Ensemble, Member, flip
-from steel_seg.images import read_grey
-from steel_seg.manifest import Manifest, ManifestError, write_manifest
-from steel_seg.models import to_tensor
-from steel_seg.predict import (
+from steel_seg.engine.ensemble import Ensemble, Member, flip
+from steel_seg.engine.predict import (
     PredictSettings,
     iter_probs,
     predict_submission,
     threshold_on_device,
 )
+from steel_seg.formats import rle, submission
+from steel_seg.formats.images import read_grey
+from steel_seg.models import factory
+from steel_seg.models.factory import to_tensor
+from steel_seg.models.manifest import Manifest, ManifestError, write_manifest
+from steel_seg.postprocess.rules import ClassRule, Rules, apply, gate_scores, threshold
 from steel_seg.progress import Progress
 
 ENCODER = "tu-mobilenetv3_small_050"
-SEG = models.ModelSpec(
+SEG = factory.ModelSpec(
     arch="Unet", encoder=ENCODER, in_channels=1, encoder_depth=3, decoder_channels=(8, 8, 8)
 )
-SEG_AUX = models.ModelSpec(
+SEG_AUX = factory.ModelSpec(
     arch="Unet",
     encoder=ENCODER,
     in_channels=1,
@@ -46,29 +49,29 @@ SEG_AUX = models.ModelSpec(
     mean=0.4,
     std=0.2,
 )
-CLS = models.ModelSpec(arch="Classifier", encoder=ENCODER, in_channels=3, encoder_depth=3)
+CLS = factory.ModelSpec(arch="Classifier", encoder=ENCODER, in_channels=3, encoder_depth=3)
 FAST = {"workers": 0, "progress": False, "batch_size": 2}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _member(name: str, spec: models.ModelSpec, seed: int, **kw) -> Member:
+def _member(name: str, spec: factory.ModelSpec, seed: int, **kw) -> Member:
     torch.manual_seed(seed)
     return Member(
-        name, "cls" if spec.arch == "Classifier" else "seg", models.build_model(spec).eval(), spec, **kw
+        name, "cls" if spec.arch == "Classifier" else "seg", factory.build_model(spec).eval(), spec, **kw
     )
 
 
 @pytest.fixture(scope="module")
 def weights_dir(tmp_path_factory) -> Path:
-    """Two real segmenters (one with an aux head) saved with `models.save`, a manifest and thresholds."""
+    """Two real segmenters (one with an aux head) saved with `factory.save`, a manifest and thresholds."""
     root = tmp_path_factory.mktemp("weights")
     for name, spec, seed in (("aux", SEG_AUX, 0), ("plain", SEG, 1)):
         torch.manual_seed(seed)
-        models.save(models.build_model(spec), spec, root / name)
+        factory.save(factory.build_model(spec), spec, root / name)
     write_manifest(root, ["aux", "plain"], tta=("none",))
-    postprocess.Rules().save(root / "thresholds.json")
+    Rules().save(root / "thresholds.json")
     return root
 
 
@@ -100,7 +103,7 @@ def test_tta_views_are_unflipped_exactly():
     with torch.inference_mode():
         seg, cls = ensemble.forward(grey, ensemble.plan())
         x = to_tensor(grey, SEG)
-        per_view = {v: flip(models.forward_probs(member.model, SEG, flip(x, v))[0], v) for v in member.views}
+        per_view = {v: flip(forward_probs(member.model, SEG, flip(x, v))[0], v) for v in member.views}
     assert cls is None
     torch.testing.assert_close(seg, sum(per_view.values()) / 4, atol=1e-6, rtol=1e-5)
     # The model is not flip-invariant, so a view left flipped (or un-flipped twice) would show.
@@ -113,9 +116,9 @@ def test_ensemble_weighted_average_and_gate_sources():
     clf = _member("clf", CLS, 2, weight=2.0)
     grey = torch.randint(0, 256, (2, 64, 320), dtype=torch.uint8)
     with torch.inference_mode():
-        seg_a, cls_a = models.forward_probs(aux.model, SEG_AUX, to_tensor(grey, SEG_AUX))
-        seg_p, _ = models.forward_probs(plain.model, SEG, to_tensor(grey, SEG))
-        _, cls_c = models.forward_probs(clf.model, CLS, to_tensor(grey, CLS))
+        seg_a, cls_a = forward_probs(aux.model, SEG_AUX, to_tensor(grey, SEG_AUX))
+        seg_p, _ = forward_probs(plain.model, SEG, to_tensor(grey, SEG))
+        _, cls_c = forward_probs(clf.model, CLS, to_tensor(grey, CLS))
         seg, cls = Ensemble([aux, plain]).forward(grey, {"aux": ("none",), "plain": ("none",)})
         torch.testing.assert_close(seg, (seg_a + 3 * seg_p) / 4)
         torch.testing.assert_close(cls, cls_a)  # the aux head gates when there is no classifier
@@ -138,14 +141,14 @@ def test_device_threshold_matches_postprocess(one_class):
     rng = np.random.default_rng(0)
     probs = rng.random((3, 4, 40, 60), dtype=np.float32)
     probs[:, 1, :5] = probs[:, 2, :5]  # ties go to the first class in both
-    rules = postprocess.Rules(
-        tuple(postprocess.ClassRule(k + 1, pixel_threshold=t) for k, t in enumerate((0.3, 0.5, 0.5, 0.9))),
+    rules = Rules(
+        tuple(ClassRule(k + 1, pixel_threshold=t) for k, t in enumerate((0.3, 0.5, 0.5, 0.9))),
         one_class_per_pixel=one_class,
     )
     cls = rng.random((3, 4), dtype=np.float32)
     masks, gates = threshold_on_device(torch.from_numpy(probs), None, rules)
-    np.testing.assert_array_equal(masks.numpy(), postprocess.threshold(probs, rules))
-    np.testing.assert_array_equal(gates.numpy(), postprocess.gate_scores(probs))
+    np.testing.assert_array_equal(masks.numpy(), threshold(probs, rules))
+    np.testing.assert_array_equal(gates.numpy(), gate_scores(probs))
     _, gates = threshold_on_device(torch.from_numpy(probs), torch.from_numpy(cls), rules)
     np.testing.assert_array_equal(gates.numpy(), cls)
 
@@ -233,10 +236,10 @@ def test_bad_images_are_logged_and_predicted_empty(
 ):
     images, ids = messy_images
     sample = _sample_csv(tmp_path / "sample.csv", ids, layout)
-    rules = postprocess.Rules(tuple(postprocess.ClassRule(k + 1, pixel_threshold=0.0) for k in range(4)))
+    rules = Rules(tuple(ClassRule(k + 1, pixel_threshold=0.0) for k in range(4)))
     ensemble = Ensemble([_member("plain", SEG, 1)])
     out = tmp_path / "sub.csv"
-    with caplog.at_level(logging.WARNING, logger="steel_seg.predict"):
+    with caplog.at_level(logging.WARNING, logger="steel_seg.engine.predict"):
         summary = predict_submission(
             ensemble, rules, images, sample, out, PredictSettings(**{**FAST, "workers": workers})
         )
@@ -291,9 +294,9 @@ def test_iter_probs_matches_predict_submission(synthetic_set, tmp_path):
     # Rules that make every step matter: thresholds inside the probability range, components, a gate.
     stack = np.stack([p[1] for p in probs])
     gates = np.stack([p[2] for p in probs])
-    rules = postprocess.Rules(
+    rules = Rules(
         tuple(
-            postprocess.ClassRule(
+            ClassRule(
                 k + 1,
                 pixel_threshold=float(np.quantile(stack[:, k], 0.8)),
                 min_component=30,
@@ -304,7 +307,7 @@ def test_iter_probs_matches_predict_submission(synthetic_set, tmp_path):
         ),
         one_class_per_pixel=True,
     )
-    expected = {i: rle.encode_many(postprocess.apply(p, rules, c)) for i, p, c in probs}
+    expected = {i: rle.encode_many(apply(p, rules, c)) for i, p, c in probs}
     assert any(any(r) for r in expected.values()) and not all(all(r) for r in expected.values())
     sample = _sample_csv(tmp_path / "sample.csv", ids, Layout.FINAL)
     predict_submission(ensemble, rules, images, sample, tmp_path / "sub.csv", settings)
@@ -345,10 +348,10 @@ def test_budget_drops_views_then_models_and_finishes_in_time(tmp_path, caplog):
     # (~4.9 s spent) is ~20 s in full, ~12 s without h and ~5 s without b: 8.5 s sits between with margins
     # of several seconds, so a loaded machine cannot change the decisions.
     ensemble = Ensemble(members, drop_order=["tta:h", "model:b"], budget_s=8.5)
-    with caplog.at_level(logging.WARNING, logger="steel_seg.predict"):
+    with caplog.at_level(logging.WARNING, logger="steel_seg.engine.predict"):
         summary = predict_submission(
             ensemble,
-            postprocess.Rules(),
+            Rules(),
             images,
             sample,
             tmp_path / "sub.csv",
@@ -384,10 +387,10 @@ def test_the_deadline_stops_the_run_and_writes_the_rest_empty(tmp_path, caplog, 
     ids = _flat_images(tmp_path / "images", 40)
     sample = _sample_csv(tmp_path / "sample.csv", ids, layout)
     ensemble = Ensemble([Member("slow", "seg", SlowSegmenter(0.3), SEG)], budget_s=3.0)
-    rules = postprocess.Rules(tuple(postprocess.ClassRule(k + 1, pixel_threshold=0.0) for k in range(4)))
+    rules = Rules(tuple(ClassRule(k + 1, pixel_threshold=0.0) for k in range(4)))
     out, start = tmp_path / "sub.csv", time.perf_counter()
     settings = PredictSettings(**{**FAST, "batch_size": 2}, budget_start=start)
-    with caplog.at_level(logging.INFO, logger="steel_seg.predict"):
+    with caplog.at_level(logging.INFO, logger="steel_seg.engine.predict"):
         summary = predict_submission(ensemble, rules, tmp_path / "images", sample, out, settings)
     elapsed = time.perf_counter() - start
     assert elapsed < 3.0 + 2.5  # the last batch that fits ends before the limit
@@ -408,9 +411,7 @@ def test_the_deadline_does_not_wait_for_a_batch_that_overruns_it(tmp_path, caplo
     ensemble = Ensemble([Member("stuck", "seg", SlowSegmenter(4.0), SEG)], budget_s=2.0)
     start = time.perf_counter()
     settings = PredictSettings(**{**FAST, "batch_size": 2}, budget_start=start)
-    summary = predict_submission(
-        ensemble, postprocess.Rules(), tmp_path / "images", sample, tmp_path / "s.csv", settings
-    )
+    summary = predict_submission(ensemble, Rules(), tmp_path / "images", sample, tmp_path / "s.csv", settings)
     assert time.perf_counter() - start < 2.0 + 2.0
     assert summary.cut == 4 and submission.validate(tmp_path / "s.csv", sample) == []
     assert "a batch was still running" in caplog.text
@@ -421,9 +422,7 @@ def test_an_infinite_budget_never_cuts(tmp_path):
     sample = _sample_csv(tmp_path / "sample.csv", ids, Layout.FINAL)
     ensemble = Ensemble([Member("quick", "seg", SlowSegmenter(0.0), SEG)])
     settings = PredictSettings(**FAST, budget_s=math.inf)
-    summary = predict_submission(
-        ensemble, postprocess.Rules(), tmp_path / "images", sample, tmp_path / "s.csv", settings
-    )
+    summary = predict_submission(ensemble, Rules(), tmp_path / "images", sample, tmp_path / "s.csv", settings)
     assert summary.cut == 0 and summary.images == 3
 
 
@@ -437,7 +436,7 @@ def test_two_devices_give_the_same_submission_and_probabilities(synthetic_set, t
     images = synthetic_set.out_dir / "train_images"
     sample = _sample_csv(tmp_path / "sample.csv", ids, Layout.ORIGINAL)
     ensemble = Ensemble([_member("aux", SEG_AUX, 0, views=("none", "h")), _member("plain", SEG, 1)])
-    rules = postprocess.Rules(tuple(postprocess.ClassRule(k + 1, pixel_threshold=0.5) for k in range(4)))
+    rules = Rules(tuple(ClassRule(k + 1, pixel_threshold=0.5) for k in range(4)))
     outputs = {}
     for device in ("cpu", "cpu,cpu"):
         settings = PredictSettings(**FAST, device=device)
@@ -471,12 +470,12 @@ def test_a_model_with_nan_outputs_is_dropped_loudly(synthetic_set, tmp_path, cap
     ids = sorted(synthetic_set.train_ids)[:3]
     images = synthetic_set.out_dir / "train_images"
     sample = _sample_csv(tmp_path / "sample.csv", ids, Layout.FINAL)
-    rules = postprocess.Rules(tuple(postprocess.ClassRule(k + 1, pixel_threshold=0.5) for k in range(4)))
+    rules = Rules(tuple(ClassRule(k + 1, pixel_threshold=0.5) for k in range(4)))
     settings = PredictSettings(**{**FAST, "batch_size": 1})
     good = _member("plain", SEG, 1)
     predict_submission(Ensemble([good]), rules, images, sample, tmp_path / "good.csv", settings)
     nan = NaNSegmenter()
-    with caplog.at_level(logging.ERROR, logger="steel_seg.predict"):
+    with caplog.at_level(logging.ERROR, logger="steel_seg.engine.predict"):
         summary = predict_submission(
             Ensemble([good, Member("nan", "seg", nan, SEG)]),
             rules,
@@ -498,7 +497,7 @@ def test_when_the_last_segmenter_turns_nan_the_rest_is_empty_and_iter_probs_stop
     ids = sorted(synthetic_set.train_ids)[:3]
     images = synthetic_set.out_dir / "train_images"
     sample = _sample_csv(tmp_path / "sample.csv", ids, Layout.ORIGINAL)
-    rules = postprocess.Rules(tuple(postprocess.ClassRule(k + 1, pixel_threshold=0.0) for k in range(4)))
+    rules = Rules(tuple(ClassRule(k + 1, pixel_threshold=0.0) for k in range(4)))
     ensemble = Ensemble([Member("nan", "seg", NaNSegmenter(after=1), SEG)])
     settings = PredictSettings(**{**FAST, "batch_size": 1})
     summary = predict_submission(ensemble, rules, images, sample, tmp_path / "sub.csv", settings)

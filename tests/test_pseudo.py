@@ -1,4 +1,4 @@
-"""steel_seg.pseudo: the selection rules on hand-made scores, the outputs read back by `labels`."""
+"""steel_seg.workflow.pseudo: the selection rules on hand-made scores, the outputs read back by `labels`."""
 
 from __future__ import annotations
 
@@ -11,13 +11,17 @@ import pandas as pd
 import pytest
 import yaml
 
-from steel_seg import metric, pseudo, rle
 from steel_seg.cli import main as cli_main
 from steel_seg.competition import IMAGE_SHAPE, SAMPLE_SUBMISSION, TEST_IMAGES, TRAIN_CSV, TRAIN_IMAGES, Layout
-from steel_seg.labels import Labels, read_label_file
-from steel_seg.manifest import copy_model_dir, write_manifest
-from steel_seg.postprocess import ClassRule, Rules
-from steel_seg.pseudo import (
+from steel_seg.formats import metric, rle
+from steel_seg.formats.labels import Labels, read_label_file
+from steel_seg.models.manifest import copy_model_dir, write_manifest
+from steel_seg.postprocess.rules import ClassRule, Rules
+from steel_seg.synthetic.dataset import write_dataset
+from steel_seg.train.config import TrainConfig
+from steel_seg.train.loop import train
+from steel_seg.workflow import pseudo
+from steel_seg.workflow.pseudo import (
     CLEAN,
     CLEARED,
     CONTRADICTED,
@@ -35,9 +39,6 @@ from steel_seg.pseudo import (
     mask_confidence,
     write_outputs,
 )
-from steel_seg.synthetic import write_dataset
-from steel_seg.train import train
-from steel_seg.trainer_config import TrainConfig
 
 LIMITS = Confidence(positive=0.8, negative=0.2, min_pixel_confidence=0.7)
 

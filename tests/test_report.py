@@ -19,14 +19,15 @@ import pandas as pd
 import pytest
 from test_tune import assert_stats_equal, small_case, write_small_oof
 
-from steel_seg import metric, postprocess, rle, tune
 from steel_seg.cli import COMMANDS
 from steel_seg.cli import report as report_cli
 from steel_seg.competition import CLASSES
-from steel_seg.images import read_grey
-from steel_seg.labels import Labels
-from steel_seg.oof import OOFWriter, read_oofs
-from steel_seg.postprocess import ClassRule, Rules
+from steel_seg.formats import metric, rle
+from steel_seg.formats.images import read_grey
+from steel_seg.formats.labels import Labels
+from steel_seg.formats.oof import OOFWriter, read_oofs
+from steel_seg.postprocess import tune
+from steel_seg.postprocess.rules import ClassRule, Rules, apply
 from steel_seg.report import eda, eda_page, eval_page, evaluate
 from steel_seg.report.html import HtmlPage, png_data_uri, table_html
 from steel_seg.report.overlay import CLASS_COLOURS, boundary, draw_contours, probability_rgb
@@ -319,7 +320,7 @@ def expected_score(oof_dir):
     oof = read_oofs([oof_dir])
     rows = []
     for image_id in oof.image_ids:
-        masks = postprocess.apply(oof.probs(image_id), RULES, oof.cls_of(image_id))
+        masks = apply(oof.probs(image_id), RULES, oof.cls_of(image_id))
         rows += [(image_id, k + 1, rle.encode(m)) for k, m in enumerate(masks)]
     pred = pd.DataFrame(rows, columns=["ImageId", "ClassId", "EncodedPixels"])
     return metric.score(oof.truth.table, pred, oof.image_ids)

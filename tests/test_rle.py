@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from steel_seg import rle
+from steel_seg.formats import rle
 
 
 def real_masks(sample_dir):

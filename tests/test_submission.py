@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from steel_seg.competition import SAMPLE_LAYOUTS, Layout
-from steel_seg.submission import (
+from steel_seg.formats.submission import (
     Sample,
     SubmissionWriter,
     detect_layout,

@@ -12,10 +12,12 @@ import torch
 from damage import oversized_jpeg
 from tiny_models import TINY_UNET as TINY
 
-from steel_seg import kernel, models, submission
+from steel_seg import kernel
 from steel_seg.cli import main as cli_main
-from steel_seg.manifest import write_manifest
-from steel_seg.postprocess import ClassRule, Rules
+from steel_seg.formats import submission
+from steel_seg.models import factory
+from steel_seg.models.manifest import write_manifest
+from steel_seg.postprocess.rules import ClassRule, Rules
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -25,7 +27,7 @@ def weights(tmp_path_factory) -> Path:
     """A tiny random smp Unet as an uploadable weights dir, with rules that keep what it predicts."""
     root = tmp_path_factory.mktemp("weights")
     torch.manual_seed(0)
-    models.save(models.build_model(TINY), TINY, root / "tiny")
+    factory.save(factory.build_model(TINY), TINY, root / "tiny")
     write_manifest(root, ["tiny"], tta=("none",))
     Rules(tuple(ClassRule(c, 0.5) for c in range(1, 5))).save(root / "thresholds.json")
     return root

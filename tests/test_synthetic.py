@@ -1,4 +1,4 @@
-"""steel_seg.synthetic: a deterministic, Kaggle-shaped set whose masks are where the image changed."""
+"""steel_seg.synthetic.dataset: a deterministic, Kaggle-shaped set whose masks are where the image changed."""
 
 from __future__ import annotations
 
@@ -12,18 +12,18 @@ import cv2
 import numpy as np
 import pytest
 
-from steel_seg import synthetic
 from steel_seg.cli import synth as synth_cli
 from steel_seg.competition import Layout
-from steel_seg.labels import Labels
-from steel_seg.submission import read_sample
-from steel_seg.synthetic import CLASSES, SyntheticStats, derive_stats, read_index, write_dataset
+from steel_seg.formats.labels import Labels
+from steel_seg.formats.submission import read_sample
+from steel_seg.synthetic import dataset
+from steel_seg.synthetic.dataset import CLASSES, SyntheticStats, derive_stats, read_index, write_dataset
 
 INDEX_NAME = "train_index_full_12568.csv"
 
 
 @pytest.fixture(scope="module")
-def big_set(tmp_path_factory) -> synthetic.SyntheticSet:
+def big_set(tmp_path_factory) -> dataset.SyntheticSet:
     """240 train + 8 test images, re-release layout: enough for class frequencies and a few clusters."""
     return write_dataset(tmp_path_factory.mktemp("big"), 240, 8, "rerelease", seed=11, progress=False)
 
@@ -122,7 +122,7 @@ def test_areas_follow_the_statistics():
     """Median generated area per class within a factor 2 of the real median."""
     stats = SyntheticStats.load()
     rng = np.random.default_rng(0)
-    areas = {c: [synthetic.sample_area(rng, stats, c) for _ in range(400)] for c in CLASSES}
+    areas = {c: [dataset.sample_area(rng, stats, c) for _ in range(400)] for c in CLASSES}
     median = stats.area_levels.index(0.5)
     for c in CLASSES:
         ratio = np.median(areas[c]) / stats.area_quantiles[c][median]

@@ -1,4 +1,4 @@
-"""steel_seg.train: the run directory, exact resume, the loss falling, DDP on 2 CPU processes, the configs."""
+"""steel_seg.train.loop: the run directory, exact resume, the loss falling, DDP on 2 CPU processes, configs"""
 
 from __future__ import annotations
 
@@ -18,18 +18,19 @@ import torch
 import yaml
 from damage import truncated_jpeg
 from safetensors.torch import load_file
+from tiny_models import forward_probs
 
-from steel_seg import models
-from steel_seg.checkpoint import load_state
 from steel_seg.competition import CLASSES, TRAIN_IMAGES, Layout
-from steel_seg.distributed import init_dist
-from steel_seg.images import read_grey
-from steel_seg.labels import Labels
-from steel_seg.run_log import RunLog, read_log
-from steel_seg.runs import RunDir
-from steel_seg.synthetic import write_dataset
-from steel_seg.train import Trainer, resolve_folds, train
-from steel_seg.trainer_config import DataConfig, TrainConfig
+from steel_seg.formats.images import read_grey
+from steel_seg.formats.labels import Labels
+from steel_seg.formats.runs import RunDir
+from steel_seg.models import factory
+from steel_seg.synthetic.dataset import write_dataset
+from steel_seg.train.checkpoint import load_state
+from steel_seg.train.config import DataConfig, TrainConfig
+from steel_seg.train.distributed import init_dist
+from steel_seg.train.loop import Trainer, resolve_folds, train
+from steel_seg.train.run_log import RunLog, read_log
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -99,7 +100,7 @@ def test_run_directory_layout(straight_run, data_dir):
     assert info["model_dir"] == "best" and info["fold"] == 0 and Path(info["images_dir"]).is_dir()
     assert TrainConfig.from_yaml(run / "config.yaml") == cfg
     for name in ("best", "last"):
-        model, spec = models.load(run / name)
+        model, spec = factory.load(run / name)
         assert spec == cfg.model.spec
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 2 and state["batch"] == 0 and state["step"] == 4
@@ -194,9 +195,9 @@ def test_bad_folds_csv_names_the_file(tmp_path, data_dir):
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_parse_and_build(path, shipped_encoders):
     cfg = TrainConfig.from_yaml(path)
-    model = models.build_model(cfg.model.spec)
+    model = factory.build_model(cfg.model.spec)
     x = torch.zeros(1, cfg.model.spec.in_channels, 64, 64)
-    seg, cls = models.forward_probs(model.eval(), cfg.model.spec, x)
+    seg, cls = forward_probs(model.eval(), cfg.model.spec, x)
     assert (seg is not None) == cfg.model.spec.has_seg and (cls is not None) == cfg.model.spec.has_cls
 
 
@@ -211,13 +212,13 @@ def test_ddp_two_cpu_processes_agree_with_single_process(straight_run, tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    ddp_model, spec = models.load(tmp_path / "ddp" / "best")
-    single_model, _ = models.load(single.run_dir / "best")
+    ddp_model, spec = factory.load(tmp_path / "ddp" / "best")
+    single_model, _ = factory.load(single.run_dir / "best")
     a, b = ddp_model.state_dict(), single_model.state_dict()
     assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
     x = torch.randn(1, 1, 256, 1600)
     with torch.no_grad():
-        for p, q in zip(models.forward_probs(ddp_model, spec, x), models.forward_probs(single_model, spec, x),
+        for p, q in zip(forward_probs(ddp_model, spec, x), forward_probs(single_model, spec, x),
                         strict=True):  # fmt: skip
             assert p.shape == q.shape and torch.isfinite(p).all()
     records = read_log(tmp_path / "ddp" / "log.jsonl")

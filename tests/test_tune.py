@@ -11,13 +11,14 @@ import pandas as pd
 import pytest
 from test_oof import write_oof
 
-from steel_seg import metric, postprocess, rle, tune
 from steel_seg.cli import tune as tune_cli
 from steel_seg.competition import CLASSES, N_CLASSES, TIDY_COLUMNS
-from steel_seg.labels import Labels
-from steel_seg.oof import OOFWriter, dequantise, quantise, read_oof, read_oofs
-from steel_seg.postprocess import ClassRule, Rules
-from steel_seg.tune import (
+from steel_seg.formats import metric, rle
+from steel_seg.formats.labels import Labels
+from steel_seg.formats.oof import OOFWriter, dequantise, quantise, read_oof, read_oofs
+from steel_seg.postprocess import tune
+from steel_seg.postprocess.rules import ClassRule, Rules, apply
+from steel_seg.postprocess.tune import (
     TIE_BREAK,
     ClassStats,
     Grid,
@@ -86,7 +87,7 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def brute_force(truth, values, cls, grid: Grid) -> np.ndarray:
-    """(4, T, C, A, G) mean Dice by running postprocess.apply for every grid point."""
+    """(4, T, C, A, G) mean Dice by running apply for every grid point."""
     axes = (grid.pixel_thresholds, grid.min_components, grid.min_areas, grid.gates)
     out = np.zeros((4, *map(len, axes)))
     probs = dequantise(values)
@@ -94,7 +95,7 @@ def brute_force(truth, values, cls, grid: Grid) -> np.ndarray:
         point = [a[i] for a, i in zip(axes, idx, strict=True)]
         rules = Rules(tuple(ClassRule(k + 1, *point) for k in range(4)), grid.one_class_per_pixel)
         for n in range(len(values)):
-            pred = postprocess.apply(probs[n], rules, None if cls is None else cls[n])
+            pred = apply(probs[n], rules, None if cls is None else cls[n])
             for k in range(4):
                 out[(k, *idx)] += dice(pred[k], truth[n, k]) / len(values)
     return out
@@ -285,7 +286,7 @@ def tune_command(argv: list[str]) -> int:
 def predictions(oof, rules: Rules) -> pd.DataFrame:
     rows = []
     for image_id in oof.image_ids:
-        masks = postprocess.apply(oof.probs(image_id), rules, oof.cls_of(image_id))
+        masks = apply(oof.probs(image_id), rules, oof.cls_of(image_id))
         rows += [(image_id, k + 1, rle.encode(m)) for k, m in enumerate(masks) if m.any()]
     return pd.DataFrame(rows, columns=["ImageId", "ClassId", "EncodedPixels"])
 

@@ -33,9 +33,9 @@ from pathlib import Path
 import steel_seg
 from steel_seg import fileio
 from steel_seg.competition import SLUG
-from steel_seg.devices import DEFAULT_MACHINE_SHAPE, GPU_MACHINE_SHAPES, RETIRED_MACHINE_SHAPES
-from steel_seg.manifest import MANIFEST_FILE, Manifest, check_model_dir, load_model
-from steel_seg.postprocess import THRESHOLDS_FILE, Rules
+from steel_seg.engine.devices import DEFAULT_MACHINE_SHAPE, GPU_MACHINE_SHAPES, RETIRED_MACHINE_SHAPES
+from steel_seg.models.manifest import MANIFEST_FILE, Manifest, check_model_dir, load_model
+from steel_seg.postprocess.rules import THRESHOLDS_FILE, Rules
 
 SCRIPT_FILE = "kernel.py"
 KERNEL_METADATA_FILE = "kernel-metadata.json"

@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from steel_seg.competition import SAMPLE_SUBMISSION, SLUG, TEST_IMAGES
-from steel_seg.engine_options import add_budget_option, add_engine_options, engine_settings
+from steel_seg.engine.options import add_budget_option, add_engine_options, engine_settings
 
 if TYPE_CHECKING:
-    from steel_seg.locations import Locations
-    from steel_seg.manifest import Manifest
-    from steel_seg.submit import Inputs
+    from steel_seg.engine.locations import Locations
+    from steel_seg.engine.submit import Inputs
+    from steel_seg.models.manifest import Manifest
 
 log = logging.getLogger("steel_seg.kernel")
 
@@ -90,7 +90,7 @@ def log_versions() -> list[str]:
         origin = Path(module.__file__).parent if getattr(module, "__file__", None) else "?"
         log.info("%s %s from %s", name, getattr(module, "__version__", "?"), origin)
     if "torch" in sys.modules:
-        from steel_seg.devices import describe
+        from steel_seg.engine.devices import describe
 
         torch = sys.modules["torch"]
         log.info("cuda %s, cudnn %s, %s", torch.version.cuda, torch.backends.cudnn.version(), describe())
@@ -103,7 +103,7 @@ def resolve_inputs(args: argparse.Namespace, where: Locations, manifest: Manifes
     Without `--weights-dir` a model dir absent from the weights folder is searched by its sha256 under the
     input root; with no `manifest.json` anywhere, the input root itself is the weights folder.
     """
-    from steel_seg.submit import Inputs
+    from steel_seg.engine.submit import Inputs
 
     data_dir = args.data_dir
     if data_dir is None and not (args.images_dir and args.sample_csv):
@@ -120,7 +120,7 @@ def resolve_inputs(args: argparse.Namespace, where: Locations, manifest: Manifes
 def find_weights_dir(where: Locations, slug: str | None, manifest: Manifest | None) -> Path:
     """The folder holding `manifest.json`: `slug`'s dataset, else the only one, else the one whose manifest
     lists the embedded manifest's weights; the input root when no folder holds one."""
-    from steel_seg.manifest import MANIFEST_FILE
+    from steel_seg.models.manifest import MANIFEST_FILE
 
     if not where.holding(MANIFEST_FILE):
         return where.input_root
@@ -150,9 +150,9 @@ def main(argv: list[str], manifest: dict[str, Any], rules: dict[str, Any], start
     if failures:
         return _fail("\n".join(failures))
     # Imported only now that torch, smp and pandas are known to import (and were logged).
-    from steel_seg import locations, submit
-    from steel_seg.manifest import Manifest
-    from steel_seg.postprocess import Rules
+    from steel_seg.engine import locations, submit
+    from steel_seg.models.manifest import Manifest
+    from steel_seg.postprocess.rules import Rules
 
     try:
         embedded = Manifest.from_dict(manifest)

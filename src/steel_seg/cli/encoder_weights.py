@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from steel_seg.encoders import export
+from steel_seg.models.encoders import export
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

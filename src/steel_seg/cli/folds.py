@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from steel_seg.folds import HASH_THRESHOLD, Folds, make_folds
-from steel_seg.labels import Labels
+from steel_seg.formats.folds import HASH_THRESHOLD, Folds, make_folds
+from steel_seg.formats.labels import Labels
 
 
 def add_parser(subparsers) -> None:

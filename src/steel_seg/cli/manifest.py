@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from steel_seg.engine_options import views
-from steel_seg.manifest import DEFAULT_BUDGET_S, ManifestError, copy_model_dir, write_manifest
+from steel_seg.engine.options import views
+from steel_seg.models.manifest import DEFAULT_BUDGET_S, ManifestError, copy_model_dir, write_manifest
 
 
 def _model(text: str) -> tuple[str, Path]:

@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from steel_seg.engine_options import add_engine_options, engine_settings, views
-from steel_seg.oof_predict import predict_oof
+from steel_seg.engine.options import add_engine_options, engine_settings, views
+from steel_seg.workflow.oof_predict import predict_oof
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

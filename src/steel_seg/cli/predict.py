@@ -6,10 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from steel_seg.engine_options import add_budget_option, add_engine_options, engine_settings
-from steel_seg.manifest import MANIFEST_FILE, Manifest
-from steel_seg.postprocess import THRESHOLDS_FILE, Rules
-from steel_seg.submit import Inputs, load, run
+from steel_seg.engine.options import add_budget_option, add_engine_options, engine_settings
+from steel_seg.engine.submit import Inputs, load, run
+from steel_seg.models.manifest import MANIFEST_FILE, Manifest
+from steel_seg.postprocess.rules import THRESHOLDS_FILE, Rules
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -7,8 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from steel_seg.engine_options import add_engine_options, engine_settings, views
-from steel_seg.pseudo import Confidence, run
+from steel_seg.engine.options import add_engine_options, engine_settings, views
+from steel_seg.workflow.pseudo import Confidence, run
 
 DEFAULT = Confidence()
 

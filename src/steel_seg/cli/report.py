@@ -10,10 +10,10 @@ import os
 import sys
 from pathlib import Path
 
-from steel_seg.folds import HASH_THRESHOLD
-from steel_seg.labels import Labels
-from steel_seg.oof import read_oofs
-from steel_seg.postprocess import Rules
+from steel_seg.formats.folds import HASH_THRESHOLD
+from steel_seg.formats.labels import Labels
+from steel_seg.formats.oof import read_oofs
+from steel_seg.postprocess.rules import Rules
 from steel_seg.report import eda, eda_page, eval_page, evaluate
 from steel_seg.report.evaluate import CURVE_THRESHOLDS
 

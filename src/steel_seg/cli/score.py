@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from steel_seg.metric import Breakdown, Score, score_files
+from steel_seg.formats.metric import Breakdown, Score, score_files
 
 
 def add_parser(subparsers) -> None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from steel_seg.synthetic import LAYOUTS, write_dataset
+from steel_seg.synthetic.dataset import LAYOUTS, write_dataset
 
 
 def add_parser(subparsers) -> None:

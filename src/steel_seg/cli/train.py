@@ -9,8 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from steel_seg.train import summary, train
-from steel_seg.trainer_config import TrainConfig
+from steel_seg.train.config import TrainConfig
+from steel_seg.train.loop import summary, train
 
 
 def _override(text: str) -> tuple[str, object]:

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from steel_seg.tune import Grid, summary, tune_oof
+from steel_seg.postprocess.tune import Grid, summary, tune_oof
 
 DEFAULT = Grid()
 

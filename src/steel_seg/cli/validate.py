@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from steel_seg.submission import validate
+from steel_seg.formats.submission import validate
 
 
 def add_parser(subparsers) -> None:

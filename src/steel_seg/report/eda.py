@@ -1,6 +1,6 @@
 """Exploratory statistics of a train set: class counts and co-occurrence, mask areas, positions, components.
 
-One pass over the defect rows of the tidy labels (`steel_seg.labels`): each mask is decoded once, measured and
+One pass over the defect rows of the tidy labels (`formats.labels`): each mask is decoded once, measured and
 added to its class's position map; nothing holds more than one mask at a time.
 """
 
@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from steel_seg import folds, rle
 from steel_seg.competition import CLASSES, IMAGE_SHAPE, N_CLASSES
-from steel_seg.labels import Labels
+from steel_seg.formats import folds, rle
+from steel_seg.formats.labels import Labels
 
 HEAT_STEP = 4  # position maps are summed over HEAT_STEP x HEAT_STEP blocks: (4, 64, 400) for 256x1600
 
@@ -116,7 +116,7 @@ def multi_member(clusters: Sequence[Sequence[str]]) -> list[list[str]]:
 def near_duplicate_clusters(
     image_ids: Sequence[str], images_dir: str | Path, threshold: int = folds.HASH_THRESHOLD
 ) -> list[list[str]]:
-    """Groups of near-identical images as `steel_seg.folds` finds them (pHash within `threshold` bits).
+    """Groups of near-identical images as `formats.folds` finds them (pHash within `threshold` bits).
 
     Returns every group of two or more images, largest first, each sorted.
     """

@@ -11,8 +11,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from steel_seg.competition import CLASSES
-from steel_seg.images import read_grey
-from steel_seg.labels import Labels
+from steel_seg.formats.images import read_grey
+from steel_seg.formats.labels import Labels
 from steel_seg.report import eda, figures
 from steel_seg.report.html import HtmlPage, Written
 from steel_seg.report.overlay import draw_contours

@@ -10,9 +10,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from steel_seg.competition import CLASSES
-from steel_seg.images import fit_shape, read_grey
-from steel_seg.oof import OOF
-from steel_seg.postprocess import Rules, apply
+from steel_seg.formats.images import fit_shape, read_grey
+from steel_seg.formats.oof import OOF
+from steel_seg.postprocess.rules import Rules, apply
 from steel_seg.report import evaluate, figures
 from steel_seg.report.evaluate import Evaluation
 from steel_seg.report.html import HtmlPage, Written

@@ -1,10 +1,10 @@
 """Evaluation statistics of out-of-fold predictions under post-processing rules.
 
-One pass over the OOF images (`steel_seg.oof`): each image's stored probabilities are read once,
-post-processed by `steel_seg.postprocess` into the predicted masks (kept only as RLE), and fed to
-`steel_seg.tune`'s statistics collector for the Dice-versus-rule curves. The pass runs over contiguous
+One pass over the OOF images (`formats.oof`): each image's stored probabilities are read once,
+post-processed by `postprocess.rules` into the predicted masks (kept only as RLE), and fed to
+`postprocess.tune`'s statistics collector for the Dice-versus-rule curves. The pass runs over contiguous
 chunks of the images, spread over worker processes by `tune.map_oof` and joined in order, so every number
-is the same for any worker count. Every Dice number is then `steel_seg.metric`'s: the per-pair table of
+is the same for any worker count. Every Dice number is then `formats.metric`'s: the per-pair table of
 `metric.score` is the one source the tables are cut from.
 """
 
@@ -17,10 +17,11 @@ from functools import partial
 import numpy as np
 import pandas as pd
 
-from steel_seg import metric, postprocess, rle, tune
 from steel_seg.competition import CLASSES, N_CLASSES, TIDY_COLUMNS
-from steel_seg.oof import OOF, dequantise
-from steel_seg.postprocess import Rules
+from steel_seg.formats import metric, rle
+from steel_seg.formats.oof import OOF, dequantise
+from steel_seg.postprocess import tune
+from steel_seg.postprocess.rules import ClassRule, Rules, apply, gate_scores
 
 # Each curve threshold costs one connected-component pass per image and class (tune's collector): 9 points.
 CURVE_THRESHOLDS = tuple(round(0.1 * k, 1) for k in range(1, 10))  # 0.1 .. 0.9
@@ -158,13 +159,13 @@ class Evaluation:
         return table
 
 
-def _grid(stats: tune.Stats, min_components: Sequence[int], rule: postprocess.ClassRule) -> tune.Grid:
+def _grid(stats: tune.Stats, min_components: Sequence[int], rule: ClassRule) -> tune.Grid:
     return tune.Grid(
         stats.thresholds, tuple(min_components), (rule.min_area,), (rule.gate,), stats.one_class_per_pixel
     )
 
 
-def _rule_index(grid: tune.Grid, rule: postprocess.ClassRule) -> tuple[int, int, int]:
+def _rule_index(grid: tune.Grid, rule: ClassRule) -> tuple[int, int, int]:
     return (
         grid.min_components.index(rule.min_component),
         grid.min_areas.index(rule.min_area),
@@ -195,9 +196,9 @@ def _collect_part(oof: OOF, rules: Rules, thresholds: tuple[float, ...]) -> _Par
     for i, image_id in enumerate(oof.image_ids):
         values, cls = oof.probs_u8(image_id), oof.cls_of(image_id)
         probs = dequantise(values)
-        masks = postprocess.apply(probs, rules, cls)
+        masks = apply(probs, rules, cls)
         rows += [(image_id, c, rle.encode(m)) for c, m in zip(CLASSES, masks, strict=True) if m.any()]
-        gates[i] = postprocess.gate_scores(probs, cls)
+        gates[i] = gate_scores(probs, cls)
         collector.add(image_id, values, oof.truth.masks(image_id), cls)
     return _Part(rows, gates, collector.finish())
 

@@ -28,7 +28,7 @@ import pandas as pd
 
 from steel_seg import fileio
 from steel_seg.competition import CLASSES, IMAGE_SHAPE, N_CLASSES
-from steel_seg.labels import Labels, read_train_csv
+from steel_seg.formats.labels import Labels, read_train_csv
 
 PROB_SCALE = 255
 CLS_COLUMNS = [f"p{c}" for c in CLASSES]

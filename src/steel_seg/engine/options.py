@@ -9,12 +9,12 @@ import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from steel_seg.predict import PredictSettings
+    from steel_seg.engine.predict import PredictSettings
 
 
 def views(text: str) -> tuple[str, ...]:
     """argparse type: a comma list of TTA views."""
-    from steel_seg.manifest import parse_views
+    from steel_seg.models.manifest import parse_views
 
     try:
         return parse_views(text)
@@ -73,8 +73,8 @@ def engine_settings(args: argparse.Namespace, *, require_gpu: bool = False, **ex
     Without `--devices` the run uses every visible GPU; with none visible, the CPU, unless `require_gpu`
     (the kernel: on the CPU the test set takes hours, so the run would be killed with nothing written).
     """
-    from steel_seg.locations import default_device
-    from steel_seg.predict import PredictSettings
+    from steel_seg.engine.locations import default_device
+    from steel_seg.engine.predict import PredictSettings
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     budget = {"budget_s": args.budget_s} if hasattr(args, "budget_s") else {}

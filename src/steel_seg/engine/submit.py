@@ -15,12 +15,13 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from steel_seg import devices, locations, submission
-from steel_seg.ensemble import Ensemble
-from steel_seg.manifest import Manifest, ManifestError, ModelEntry, sha256_file
-from steel_seg.models import WEIGHTS_FILE
-from steel_seg.postprocess import Rules
-from steel_seg.predict import PredictSettings, RunSummary, predict_submission
+from steel_seg.engine import devices, locations
+from steel_seg.engine.ensemble import Ensemble
+from steel_seg.engine.predict import PredictSettings, RunSummary, predict_submission
+from steel_seg.formats import submission
+from steel_seg.models.factory import WEIGHTS_FILE
+from steel_seg.models.manifest import Manifest, ManifestError, ModelEntry, sha256_file
+from steel_seg.postprocess.rules import Rules
 
 log = logging.getLogger(__name__)
 

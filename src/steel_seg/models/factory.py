@@ -23,8 +23,9 @@ from segmentation_models_pytorch.base.heads import ClassificationHead
 from segmentation_models_pytorch.encoders import get_encoder
 from torch import Tensor, nn
 
-from steel_seg import encoders, fileio
+from steel_seg import fileio
 from steel_seg.competition import N_CLASSES
+from steel_seg.models import encoders
 
 SPEC_FILE = "spec.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -323,12 +324,6 @@ def forward_logits(model: nn.Module, spec: ModelSpec, x: Tensor) -> tuple[Tensor
         seg, cls = model(x)
         return seg, cls
     return model(x), None
-
-
-def forward_probs(model: nn.Module, spec: ModelSpec, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
-    """Sigmoid probabilities: (seg (N, classes, H, W) or None, cls (N, classes) or None); `x` normalised."""
-    seg, cls = forward_logits(model, spec, x)
-    return (None if seg is None else seg.sigmoid()), (None if cls is None else cls.sigmoid())
 
 
 def to_tensor(grey: np.ndarray | Tensor, spec: ModelSpec) -> Tensor:

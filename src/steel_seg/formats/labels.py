@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from steel_seg import rle
 from steel_seg.competition import CLASSES, IMAGE_SHAPE, IMAGE_SUFFIX, TIDY_COLUMNS, Layout
+from steel_seg.formats import rle
 
 COLUMNS = list(TIDY_COLUMNS)
 

@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from steel_seg import fileio
 from steel_seg.competition import CLASSES
-from steel_seg.images import read_grey
-from steel_seg.labels import Labels
+from steel_seg.formats.images import read_grey
+from steel_seg.formats.labels import Labels
 
 HASH_SIZE = (128, 32)  # (W, H) of the shrunk image
 HASH_BLOCK = (4, 16)  # (vertical, horizontal) low frequencies kept: 64 bits

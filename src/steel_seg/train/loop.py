@@ -26,20 +26,20 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from steel_seg.checkpoint import Ema, load_state, save_state
-from steel_seg.data import raise_image_errors, train_loader, val_loader
-from steel_seg.distributed import Dist, barrier, gather, init_dist
-from steel_seg.epoch_eval import evaluate
-from steel_seg.folds import fold_ids, random_folds, read_folds, write_folds
-from steel_seg.labels import Labels
-from steel_seg.losses import ModelLoss
-from steel_seg.models import build_model, forward_logits, load_init_weights, save, set_seg_prior
-from steel_seg.optim import make_optimizer, make_scheduler
-from steel_seg.precision import autocast, device_dtype
-from steel_seg.run_log import RunLog
-from steel_seg.runs import RunDir, RunInfo
-from steel_seg.sources import load_sources, usable_sources
-from steel_seg.trainer_config import DataConfig, TrainConfig
+from steel_seg.formats.folds import fold_ids, random_folds, read_folds, write_folds
+from steel_seg.formats.labels import Labels
+from steel_seg.formats.runs import RunDir, RunInfo
+from steel_seg.models.factory import build_model, forward_logits, load_init_weights, save, set_seg_prior
+from steel_seg.models.precision import autocast, device_dtype
+from steel_seg.train.checkpoint import Ema, load_state, save_state
+from steel_seg.train.config import DataConfig, TrainConfig
+from steel_seg.train.data import raise_image_errors, train_loader, val_loader
+from steel_seg.train.distributed import Dist, barrier, gather, init_dist
+from steel_seg.train.epoch_eval import evaluate
+from steel_seg.train.losses import ModelLoss
+from steel_seg.train.optim import make_optimizer, make_scheduler
+from steel_seg.train.run_log import RunLog
+from steel_seg.train.sources import load_sources, usable_sources
 
 log = logging.getLogger(__name__)
 # Keys that may change between a run and its resumption: where and how fast it runs, not what it computes.

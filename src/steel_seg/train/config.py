@@ -16,12 +16,12 @@ from typing import Any
 
 import yaml
 
-from steel_seg import encoders
-from steel_seg.augment import AugmentConfig
 from steel_seg.competition import HEIGHT
-from steel_seg.losses import LossConfig
-from steel_seg.models import GREY_MEAN, GREY_STD, ModelSpec
-from steel_seg.precision import AMP_FLAGS
+from steel_seg.models import encoders
+from steel_seg.models.factory import GREY_MEAN, GREY_STD, ModelSpec
+from steel_seg.models.precision import AMP_FLAGS
+from steel_seg.train.augment import AugmentConfig
+from steel_seg.train.losses import LossConfig
 
 
 @dataclass(frozen=True)

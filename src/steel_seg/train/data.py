@@ -18,14 +18,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from steel_seg.augment import augment, build_pipeline
 from steel_seg.competition import IMAGE_SHAPE, N_CLASSES
-from steel_seg.images import ImageError, check_images, read_grey
-from steel_seg.models import ModelSpec, to_tensor
+from steel_seg.formats.images import ImageError, check_images, read_grey
+from steel_seg.models.factory import ModelSpec, to_tensor
+from steel_seg.train.augment import augment, build_pipeline
 
 if TYPE_CHECKING:
-    from steel_seg.labels import Labels
-    from steel_seg.trainer_config import DataConfig
+    from steel_seg.formats.labels import Labels
+    from steel_seg.train.config import DataConfig
 
 log = logging.getLogger(__name__)
 

@@ -37,9 +37,9 @@ import numpy as np
 from tqdm import tqdm
 
 from steel_seg.competition import CLASSES, N_CLASSES
-from steel_seg.labels import Labels
-from steel_seg.oof import OOF, dequantise, read_oofs
-from steel_seg.postprocess import ClassRule, Rules, bounding_box, components
+from steel_seg.formats.labels import Labels
+from steel_seg.formats.oof import OOF, dequantise, read_oofs
+from steel_seg.postprocess.rules import ClassRule, Rules, bounding_box, components
 
 DEFAULT_RULE = ClassRule(CLASSES[0])
 CHUNK_IMAGES = 64  # images per chunk of `map_oof`: a progress step of a few seconds, cheap to pickle

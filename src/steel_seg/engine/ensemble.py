@@ -1,7 +1,7 @@
 """The loaded ensemble: models, their TTA views and weights, and one batched forward pass on the device.
 
 `Ensemble.forward` takes a `(B, H, W) uint8` grey batch already on the device, normalises it per model
-(`models.to_tensor`), stacks the model's TTA views into ONE batch, un-flips them on the device and averages
+(`factory.to_tensor`), stacks the model's TTA views into ONE batch, un-flips them on the device and averages
 views and models (ensemble weights) on the device. Image-level probabilities come from the classifiers
 (role "cls"), else from the segmenters' aux heads, else None (the caller then uses the max pixel probability).
 With `nonfinite` given, each model's logits are checked for NaN/inf (an fp16 overflow of a model trained in
@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from steel_seg import models
-from steel_seg.budget import Plan
-from steel_seg.manifest import DEFAULT_BUDGET_S, TTA_VIEWS, Manifest, check_model_dir, load_model
+from steel_seg.engine.budget import Plan
+from steel_seg.models import factory
+from steel_seg.models.manifest import DEFAULT_BUDGET_S, TTA_VIEWS, Manifest, check_model_dir, load_model
 
 _FLIP_DIMS = {"none": (), "h": (-1,), "v": (-2,), "hv": (-2, -1)}
 
@@ -35,7 +35,7 @@ class Member:
     name: str
     role: str
     model: nn.Module
-    spec: models.ModelSpec
+    spec: factory.ModelSpec
     weight: float = 1.0
     views: tuple[str, ...] = ("none",)
 
@@ -173,12 +173,12 @@ class Ensemble:
 
         With `nonfinite` given and NaN/inf in the logits, appends the model's name and returns (None, None).
         """
-        x = models.to_tensor(grey, member.spec)
+        x = factory.to_tensor(grey, member.spec)
         stacked = flip(x, views[0]) if len(views) == 1 else torch.cat([flip(x, v) for v in views])
         stacked = stacked.contiguous(memory_format=torch.channels_last)
         context = torch.autocast(self.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
         with context:
-            seg, cls = models.forward_logits(member.model, member.spec, stacked)
+            seg, cls = factory.forward_logits(member.model, member.spec, stacked)
         if nonfinite is not None and not _finite(seg, cls):
             nonfinite.append(member.name)
             return None, None

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from steel_seg import rle
 from steel_seg.competition import CLASSES, IMAGE_SHAPE, IMAGE_SUFFIX, N_CLASSES, Layout
-from steel_seg.labels import read_label_file
+from steel_seg.formats import rle
+from steel_seg.formats.labels import read_label_file
 
 
 @dataclass(frozen=True)

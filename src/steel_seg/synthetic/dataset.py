@@ -11,9 +11,9 @@ drawn defects, each clearly visible but never identical:
 
 The masks are the exact truth: a defect's pixels are exactly the pixels its renderer altered (classes never
 overlap). Which classes an image carries and how large each mask is follow the real train set's statistics
-(`SyntheticStats`, derived from the per-image index by `derive_stats` and shipped as `synthetic_stats.json`).
+(`SyntheticStats`, derived from the per-image index by `derive_stats` and shipped as `stats.json`).
 A few train images come in near-duplicate clusters (one base image, slightly shifted, re-lit and re-noised),
-like the real train set's, so `steel_seg.folds` has something to find. Deterministic by seed: the same seed
+like the real train set's, so `formats.folds` has something to find. Deterministic by seed: the same seed
 gives byte-identical files.
 """
 
@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from steel_seg import fileio, rle
+from steel_seg import fileio
 from steel_seg.competition import (
     CLASSES,
     HEIGHT,
@@ -45,9 +45,10 @@ from steel_seg.competition import (
     WIDTH,
     Layout,
 )
+from steel_seg.formats import rle
 
 LAYOUTS = tuple(layout.value for layout in TRAIN_LAYOUTS)  # train.csv layouts by name, as the CLI takes them
-STATS_PATH = Path(__file__).with_name("synthetic_stats.json")
+STATS_PATH = Path(__file__).with_name("stats.json")
 AREA_LEVELS = (0.0, 0.02, *(round(0.05 * i, 2) for i in range(1, 20)), 0.98, 1.0)
 AREA_CLIP = (0.02, 0.98)  # areas are drawn between these quantiles: no 115 px class 3 nor 368k px monsters
 JPEG_QUALITY = 92

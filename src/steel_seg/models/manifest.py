@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from steel_seg import fileio, models
-from steel_seg.models import SPEC_FILE, WEIGHTS_FILE
+from steel_seg import fileio
+from steel_seg.models import factory
+from steel_seg.models.factory import SPEC_FILE, WEIGHTS_FILE
 
 TTA_VIEWS = ("none", "h", "v", "hv")
 ROLES = ("seg", "cls")
@@ -151,7 +152,7 @@ def load_model(model_dir: Path, name: str, role: str | None = None, device: str 
     the model and the file otherwise. `steel-seg manifest` and `build_kernel.py` call it to refuse, before
     any upload, what would fail at kernel start-up."""
     try:
-        model, spec = models.load(model_dir, device=device)
+        model, spec = factory.load(model_dir, device=device)
         spec.check_classes(str(model_dir / SPEC_FILE))
     except (ValueError, KeyError) as exc:
         raise ManifestError(f"model {name!r}: {exc}") from exc
@@ -227,7 +228,7 @@ def _entry(weights_dir: Path, model_dir: Path, weight: float, tta: tuple[str, ..
         if not path.is_file():
             raise ManifestError(f"{path}: missing")
     try:
-        spec = models.ModelSpec.from_json(spec_path)
+        spec = factory.ModelSpec.from_json(spec_path)
         spec.check_classes(str(spec_path))
     except ValueError as exc:
         raise ManifestError(str(exc)) from None

@@ -36,14 +36,16 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from steel_seg import devices, postprocess, rle, submission
-from steel_seg.budget import Budget, BudgetDecision, Deadline, Plan
 from steel_seg.competition import IMAGE_SHAPE, N_CLASSES
-from steel_seg.dispatch import DeviceWorker, Feed
-from steel_seg.ensemble import Ensemble, views_text
-from steel_seg.images import ImageError, fit_shape, read_grey
-from steel_seg.manifest import DEFAULT_BUDGET_S
-from steel_seg.precision import device_dtype
+from steel_seg.engine import devices
+from steel_seg.engine.budget import Budget, BudgetDecision, Deadline, Plan
+from steel_seg.engine.dispatch import DeviceWorker, Feed
+from steel_seg.engine.ensemble import Ensemble, views_text
+from steel_seg.formats import rle, submission
+from steel_seg.formats.images import ImageError, fit_shape, read_grey
+from steel_seg.models.manifest import DEFAULT_BUDGET_S
+from steel_seg.models.precision import device_dtype
+from steel_seg.postprocess.rules import Rules, filter_masks
 from steel_seg.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -428,10 +430,10 @@ def _to_numpy(seg: Tensor, cls: Tensor | None) -> tuple[np.ndarray, np.ndarray |
     return seg.cpu().numpy(), None if cls is None else cls.cpu().numpy()
 
 
-def threshold_on_device(seg: Tensor, cls: Tensor | None, rules: postprocess.Rules) -> tuple[Tensor, Tensor]:
+def threshold_on_device(seg: Tensor, cls: Tensor | None, rules: Rules) -> tuple[Tensor, Tensor]:
     """Steps 1-2 of `postprocess` on the device: `seg (B, 4, H, W)` -> masks (B, 4, H, W) uint8, gates (B, 4).
 
-    The same float32 comparisons as `postprocess.threshold`/`gate_scores`, so the results are identical.
+    The same float32 comparisons as `threshold`/`gate_scores`, so the results are identical.
     """
     thresholds = torch.from_numpy(rules.thresholds()).to(seg.device)[None, :, None, None]
     masks = seg > thresholds
@@ -442,14 +444,14 @@ def threshold_on_device(seg: Tensor, cls: Tensor | None, rules: postprocess.Rule
     return masks.to(torch.uint8), gates.float()
 
 
-def encode_image(masks: np.ndarray, rules: postprocess.Rules, gates: np.ndarray) -> list[str]:
+def encode_image(masks: np.ndarray, rules: Rules, gates: np.ndarray) -> list[str]:
     """The CPU half of one image: `masks (4, H, W) uint8`, `gates (4,)` -> 4 RLE strings (a pool job)."""
-    return rle.encode_many(postprocess.filter_masks(masks, rules, gates))
+    return rle.encode_many(filter_masks(masks, rules, gates))
 
 
 def predict_submission(
     ensemble: Ensemble,
-    rules: postprocess.Rules,
+    rules: Rules,
     images_dir: str | Path,
     sample_csv: str | Path,
     out_csv: str | Path,
@@ -515,7 +517,7 @@ def _not_reached(missing: list[str], ids: list[str]) -> int:
 
 def _stream(
     runner: _Runner,
-    rules: postprocess.Rules,
+    rules: Rules,
     writer: submission.SubmissionWriter,
     ids: list[str],
     settings: PredictSettings,
@@ -542,7 +544,7 @@ def _stream(
             raise
 
 
-def _to_masks(seg: Tensor, cls: Tensor | None, rules: postprocess.Rules) -> tuple[np.ndarray, np.ndarray]:
+def _to_masks(seg: Tensor, cls: Tensor | None, rules: Rules) -> tuple[np.ndarray, np.ndarray]:
     """`predict_submission`'s finish: threshold on the device, then only uint8 masks and gates to the CPU."""
     masks, gates = threshold_on_device(seg, cls, rules)
     return masks.cpu().numpy(), gates.cpu().numpy()
@@ -550,7 +552,7 @@ def _to_masks(seg: Tensor, cls: Tensor | None, rules: postprocess.Rules) -> tupl
 
 def _submit(
     batch: Batch,
-    rules: postprocess.Rules,
+    rules: Rules,
     pool: Executor,
     pending: deque[tuple[str, Future | None]],
     ids: Sequence[str],

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from steel_seg import rle
 from steel_seg.competition import CLASSES, IMAGE_SHAPE, N_CLASSES, SAMPLE_LAYOUTS, Layout
-from steel_seg.labels import Rows, read_label_file, read_rows
+from steel_seg.formats import rle
+from steel_seg.formats.labels import Rows, read_label_file, read_rows
 
 
 @dataclass(frozen=True)

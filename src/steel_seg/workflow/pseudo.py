@@ -3,9 +3,9 @@
 The 1st place's last step: label the test images with the ensemble, keep the confident ones, train again on
 train + those. The ensemble of a weights dir is loaded with the kernel's checks (`Ensemble.load`), run
 through the engine (`predict.iter_probs`: the kernel's batching and TTA) and post-processed with the kernel's
-rules (`postprocess.apply`). An image is selected when every class is sure:
+rules (`apply`). An image is selected when every class is sure:
 
-- no defect: its gate score (`postprocess.gate_scores`) is <= `negative`, and the rules left no mask;
+- no defect: its gate score (`gate_scores`) is <= `negative`, and the rules left no mask;
 - defect: its gate score is >= `positive`, the rules left a mask, and the mean ensemble probability over
   that mask's pixels is >= `min_pixel_confidence`; the mask becomes the label.
 
@@ -32,12 +32,14 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from steel_seg import fileio, metric, postprocess, rle
+from steel_seg import fileio
 from steel_seg.competition import CLASSES, TRAIN_CSV, Layout
-from steel_seg.ensemble import Ensemble
-from steel_seg.images import ImageError, read_grey
-from steel_seg.manifest import MANIFEST_FILE, Manifest
-from steel_seg.predict import PredictSettings, iter_probs
+from steel_seg.engine.ensemble import Ensemble
+from steel_seg.engine.predict import PredictSettings, iter_probs
+from steel_seg.formats import metric, rle
+from steel_seg.formats.images import ImageError, read_grey
+from steel_seg.models.manifest import MANIFEST_FILE, Manifest
+from steel_seg.postprocess.rules import THRESHOLDS_FILE, Rules, apply, gate_scores
 
 # A class's verdict: sure (DEFECT, CLEAN), or why it is not.
 DEFECT, CLEAN = "defect", "no defect"
@@ -142,15 +144,15 @@ class Decision:
 
 
 def decide(
-    image_id: str, probs: np.ndarray, cls: np.ndarray | None, rules: postprocess.Rules, limits: Confidence
+    image_id: str, probs: np.ndarray, cls: np.ndarray | None, rules: Rules, limits: Confidence
 ) -> Decision:
     """The kernel's rules on one image's ensemble output, then the verdicts.
 
     Args:
         probs: `(4, H, W) float32` ensemble probabilities; cls: `(4,)` image-level ones, or None.
     """
-    masks = postprocess.apply(probs, rules, cls)
-    gates = postprocess.gate_scores(probs, cls)
+    masks = apply(probs, rules, cls)
+    gates = gate_scores(probs, cls)
     areas = np.count_nonzero(masks.reshape(len(masks), -1), axis=1).astype(np.int64)
     confidences = mask_confidence(probs, masks)
     verdicts = image_verdicts(gates, areas, confidences, limits)
@@ -169,7 +171,7 @@ def check_readable(decision: Decision, path: Path) -> Decision:
 
 def pseudo_label(
     ensemble: Ensemble,
-    rules: postprocess.Rules,
+    rules: Rules,
     paths: Sequence[Path],
     limits: Confidence,
     settings: PredictSettings,
@@ -295,7 +297,7 @@ def run(
     limits, settings = limits or Confidence(), settings or PredictSettings()
     staging = fileio.staging_dir(out_dir, overwrite, "files (an earlier pseudo-label round?)")
     paths = [images_dir / name for name in metric.image_files(images_dir)][: settings.limit]
-    rules = postprocess.Rules.load(weights_dir / postprocess.THRESHOLDS_FILE)
+    rules = Rules.load(weights_dir / THRESHOLDS_FILE)
     ensemble = Ensemble.load(weights_dir, Manifest.load(weights_dir / MANIFEST_FILE), settings.device)
     quiet = dataclasses.replace(settings, progress=False)  # one bar: ours, which counts the selection
     decisions = collect(pseudo_label(ensemble, rules, paths, limits, quiet), len(paths), settings.progress)

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from steel_seg.data import usable_labels
-from steel_seg.labels import Labels, read_label_file
+from steel_seg.formats.labels import Labels, read_label_file
+from steel_seg.train.data import usable_labels
 
 if TYPE_CHECKING:
-    from steel_seg.trainer_config import DataConfig, ExtraSource
+    from steel_seg.train.config import DataConfig, ExtraSource
 
 
 @dataclass(frozen=True)

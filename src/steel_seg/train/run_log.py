@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from steel_seg.competition import CLASSES
-from steel_seg.runs import RunDir
+from steel_seg.formats.runs import RunDir
 
 CSV_FIELDS = (
     "epoch", "step", "lr", "train_loss", "val_loss", "val_dice", *(f"dice_{c}" for c in CLASSES),

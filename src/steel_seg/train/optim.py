@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from steel_seg.trainer_config import OptimConfig, ScheduleConfig
+from steel_seg.train.config import OptimConfig, ScheduleConfig
 
 
 def make_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:

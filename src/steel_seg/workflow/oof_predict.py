@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from steel_seg import models
-from steel_seg.ensemble import Ensemble, Member
-from steel_seg.folds import fold_ids, read_folds
-from steel_seg.labels import Labels
-from steel_seg.oof import OOFWriter
-from steel_seg.predict import PredictSettings, iter_probs
-from steel_seg.runs import RunInfo
+from steel_seg.engine.ensemble import Ensemble, Member
+from steel_seg.engine.predict import PredictSettings, iter_probs
+from steel_seg.formats.folds import fold_ids, read_folds
+from steel_seg.formats.labels import Labels
+from steel_seg.formats.oof import OOFWriter
+from steel_seg.formats.runs import RunInfo
+from steel_seg.models import factory
 
 
 def heldout_ids(info: RunInfo) -> list[str]:
@@ -32,7 +32,7 @@ def predict_oof(
     directory is refused unless `overwrite`, and then replaced only when the new one is complete."""
     settings = settings or PredictSettings()
     info = RunInfo.load(run_dir)
-    model, spec = models.load(info.model_path, device="cpu")
+    model, spec = factory.load(info.model_path, device="cpu")
     if not spec.has_seg:
         raise ValueError(f"{info.model_path}: a {spec.arch} has no segmentation output to store as OOF")
     ensemble = Ensemble([Member(info.name, "seg", model, spec)], settings.devices()[0])
