@@ -24,6 +24,10 @@ SAMPLE_SUBMISSION = "sample_submission.csv"
 SUBMISSION = "submission.csv"
 IMAGE_SUFFIX = ".jpg"
 
+# The columns of the competition's CSVs; each `Layout` is a sequence of them.
+IMAGE_ID, CLASS_ID, ENCODED_PIXELS = "ImageId", "ClassId", "EncodedPixels"
+IMAGE_CLASS_ID = f"{IMAGE_ID}_{CLASS_ID}"  # the original layout's key: `<ImageId>_<ClassId>`
+
 
 class Layout(Enum):
     """A CSV layout of the competition's label and submission files, valued by a short name.
@@ -54,9 +58,9 @@ class Layout(Enum):
 
 
 _COLUMNS = {
-    Layout.ORIGINAL: ("ImageId_ClassId", "EncodedPixels"),
-    Layout.RERELEASE: ("ImageId", "ClassId", "EncodedPixels"),
-    Layout.FINAL: ("ImageId", "EncodedPixels", "ClassId"),
+    Layout.ORIGINAL: (IMAGE_CLASS_ID, ENCODED_PIXELS),
+    Layout.RERELEASE: (IMAGE_ID, CLASS_ID, ENCODED_PIXELS),
+    Layout.FINAL: (IMAGE_ID, ENCODED_PIXELS, CLASS_ID),
 }
 TRAIN_LAYOUTS = (Layout.ORIGINAL, Layout.RERELEASE)  # what a train.csv can be
 SAMPLE_LAYOUTS = (Layout.ORIGINAL, Layout.FINAL)  # what a sample submission can be (stage 1, final)

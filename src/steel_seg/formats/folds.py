@@ -23,7 +23,7 @@ from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
 from tqdm import tqdm
 
 from steel_seg import fileio
-from steel_seg.competition import CLASSES
+from steel_seg.competition import CLASSES, IMAGE_ID
 from steel_seg.formats.images import read_grey
 from steel_seg.formats.labels import Labels
 
@@ -131,8 +131,8 @@ def assign_folds(
     splitter = MultilabelStratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
     for fold, (_, members) in enumerate(splitter.split(np.zeros(len(ids)), labels)):
         fold_of_cluster[members] = fold
-    table = pd.DataFrame({"ImageId": presence.index, "fold": fold_of_cluster[inverse], "cluster": inverse})
-    return table.sort_values("ImageId", ignore_index=True)
+    table = pd.DataFrame({IMAGE_ID: presence.index, "fold": fold_of_cluster[inverse], "cluster": inverse})
+    return table.sort_values(IMAGE_ID, ignore_index=True)
 
 
 @dataclass
@@ -151,13 +151,13 @@ class Folds:
 
     def clusters(self) -> list[list[str]]:
         """Near-duplicate clusters (2+ images), largest first, each sorted."""
-        groups = self.table.groupby("cluster")["ImageId"].apply(sorted)
+        groups = self.table.groupby("cluster")[IMAGE_ID].apply(sorted)
         return sorted((g for g in groups if len(g) > 1), key=lambda g: (-len(g), g))
 
     def counts(self) -> pd.DataFrame:
         """Per fold: images, images per class 1..4 and defect-free images (index fold)."""
         labels = pd.DataFrame(label_matrix(self.presence), index=self.presence.index, columns=LABEL_COLUMNS)
-        joined = labels.join(self.table.set_index("ImageId")["fold"])
+        joined = labels.join(self.table.set_index(IMAGE_ID)["fold"])
         counts = joined.groupby("fold")[list(LABEL_COLUMNS)].sum()
         counts.insert(0, "images", joined.groupby("fold").size())
         return counts
@@ -194,19 +194,19 @@ def read_folds(path: str | Path, known: Collection[str] | None = None) -> pd.Ser
     """
     path = Path(path)
     try:
-        table = pd.read_csv(path, dtype={"ImageId": str})
+        table = pd.read_csv(path, dtype={IMAGE_ID: str})
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise ValueError(f"{path}: cannot read folds: {exc}") from exc
-    if not {"ImageId", "fold"} <= set(table.columns):
+    if not {IMAGE_ID, "fold"} <= set(table.columns):
         found = ",".join(map(str, table.columns))
         raise ValueError(f"{path}: columns must include ImageId,fold; got {found}")
     folds = pd.to_numeric(table["fold"], errors="coerce")
-    bad = np.flatnonzero(folds.isna().to_numpy() | table["ImageId"].duplicated().to_numpy())
+    bad = np.flatnonzero(folds.isna().to_numpy() | table[IMAGE_ID].duplicated().to_numpy())
     if bad.size:
         raise ValueError(f"{path}: row {bad[0] + 2}: bad or repeated entry {table.iloc[bad[0]].to_dict()}")
     if known is not None:
-        _check_coverage(path, set(table["ImageId"]), set(known))
-    return pd.Series(folds.astype(int).to_numpy(), index=table["ImageId"].to_numpy(), name="fold")
+        _check_coverage(path, set(table[IMAGE_ID]), set(known))
+    return pd.Series(folds.astype(int).to_numpy(), index=table[IMAGE_ID].to_numpy(), name="fold")
 
 
 def _check_coverage(path: Path, listed: set[str], known: set[str]) -> None:

@@ -17,7 +17,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from steel_seg.competition import CLASSES, IMAGE_SHAPE, IMAGE_SUFFIX, TIDY_COLUMNS, Layout
+from steel_seg.competition import (
+    CLASS_ID,
+    CLASSES,
+    ENCODED_PIXELS,
+    IMAGE_ID,
+    IMAGE_SHAPE,
+    IMAGE_SUFFIX,
+    TIDY_COLUMNS,
+    Layout,
+)
 from steel_seg.formats import rle
 
 COLUMNS = list(TIDY_COLUMNS)
@@ -62,7 +71,7 @@ def read_rows(path: str | Path) -> Rows:
     """The rows of a label CSV in any layout; ValueError naming the file if unreadable or unknown."""
     raw, layout = _read_raw(Path(path))
     image_ids, class_ids = _split_ids(raw, layout)
-    rles = raw["EncodedPixels"].to_numpy(dtype=object)
+    rles = raw[ENCODED_PIXELS].to_numpy(dtype=object)
     return Rows(layout, raw.index.to_numpy() + 2, image_ids, class_ids, rles)
 
 
@@ -87,9 +96,9 @@ def read_label_file(
     allowed = {str(c) for c in CLASSES} | ({"0"} if class_zero else set())
     _check_rows(path, lines, image_ids, class_ids, allowed)
     _check_rles(path, lines, rles, shape)
-    table = pd.DataFrame({"ImageId": image_ids, "ClassId": class_ids.astype(np.int64), "EncodedPixels": rles})
-    defects = (table["ClassId"] > 0) & (table["EncodedPixels"].str.strip() != "")
-    table = table[defects].sort_values(["ImageId", "ClassId"], kind="stable").reset_index(drop=True)
+    table = pd.DataFrame({IMAGE_ID: image_ids, CLASS_ID: class_ids.astype(np.int64), ENCODED_PIXELS: rles})
+    defects = (table[CLASS_ID] > 0) & (table[ENCODED_PIXELS].str.strip() != "")
+    table = table[defects].sort_values([IMAGE_ID, CLASS_ID], kind="stable").reset_index(drop=True)
     first = dict(zip(image_ids.tolist()[::-1], lines.tolist()[::-1], strict=True))
     return LabelFile(table, list(dict.fromkeys(image_ids.tolist())), rows.layout, first)
 
@@ -122,7 +131,7 @@ def _split_ids(raw: pd.DataFrame, layout: Layout) -> tuple[np.ndarray, np.ndarra
         image_ids[no_underscore] = class_ids[no_underscore]
         class_ids[no_underscore] = ""
         return image_ids, class_ids
-    return raw["ImageId"].to_numpy(dtype=object), raw["ClassId"].str.strip().to_numpy(dtype=object)
+    return raw[IMAGE_ID].to_numpy(dtype=object), raw[CLASS_ID].str.strip().to_numpy(dtype=object)
 
 
 def _check_rows(path: Path, lines: np.ndarray, image_ids: np.ndarray, class_ids: np.ndarray, allowed) -> None:
@@ -210,7 +219,7 @@ class Labels:
     def without(self, image_ids: Collection[str]) -> Labels:
         """These labels less the given images (their rows and ids)."""
         drop = set(image_ids)
-        table = self.table[~self.table["ImageId"].isin(drop)].reset_index(drop=True)
+        table = self.table[~self.table[IMAGE_ID].isin(drop)].reset_index(drop=True)
         kept = [i for i in self.image_ids if i not in drop]
         return Labels(
             table, kept, self.shape, self.csv, {i: n for i, n in self.lines.items() if i not in drop}
@@ -218,9 +227,9 @@ class Labels:
 
     def presence(self) -> pd.DataFrame:
         """Index ImageId (every image_id), bool columns 1..4: does the image carry that class."""
-        present = pd.DataFrame(False, index=pd.Index(self.image_ids, name="ImageId"), columns=list(CLASSES))
-        for class_id, group in self.table.groupby("ClassId"):
-            present.loc[group["ImageId"].to_numpy(), int(class_id)] = True
+        present = pd.DataFrame(False, index=pd.Index(self.image_ids, name=IMAGE_ID), columns=list(CLASSES))
+        for class_id, group in self.table.groupby(CLASS_ID):
+            present.loc[group[IMAGE_ID].to_numpy(), int(class_id)] = True
         return present
 
     def masks(self, image_id: str) -> np.ndarray:

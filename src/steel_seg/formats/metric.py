@@ -21,7 +21,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from steel_seg.competition import CLASSES, IMAGE_SHAPE, IMAGE_SUFFIX, N_CLASSES, Layout
+from steel_seg.competition import (
+    CLASS_ID,
+    CLASSES,
+    ENCODED_PIXELS,
+    IMAGE_ID,
+    IMAGE_SHAPE,
+    IMAGE_SUFFIX,
+    N_CLASSES,
+    Layout,
+)
 from steel_seg.formats import rle
 from steel_seg.formats.labels import read_label_file
 
@@ -111,8 +120,8 @@ def score(
     pair_dice = np.where(total == 0, 1.0, 2.0 * inter / np.maximum(total, 1))
     pairs = pd.DataFrame(
         {
-            "ImageId": np.repeat(np.array(image_ids, dtype=object), N_CLASSES),
-            "ClassId": np.tile(np.array(CLASSES), len(image_ids)),
+            IMAGE_ID: np.repeat(np.array(image_ids, dtype=object), N_CLASSES),
+            CLASS_ID: np.tile(np.array(CLASSES), len(image_ids)),
             "truth_area": true_area,
             "pred_area": pred_area,
             "intersection": inter,
@@ -139,7 +148,7 @@ def score_files(
     truth = read_label_file(truth_path, shape)
     pred = read_label_file(pred_path, shape, class_zero=True)
     predicted = set(pred.image_ids)
-    every_image = pred.layout is Layout.ORIGINAL or predicted != set(pred.table["ImageId"])
+    every_image = pred.layout is Layout.ORIGINAL or predicted != set(pred.table[IMAGE_ID])
     if images_dir is not None:
         image_ids = image_files(images_dir)
     elif truth.layout is Layout.RERELEASE:
@@ -185,26 +194,26 @@ def _pair_runs(table: pd.DataFrame, position: pd.Series, n_pairs: int, shape, na
     pair = image position x 4 + class index; starts are 0-based column-major within the pair's mask.
     A missing (NaN) EncodedPixels is an empty mask.
     """
-    encoded = table["EncodedPixels"].fillna("").astype(str)
-    rows = table.assign(EncodedPixels=encoded)[
-        table["ImageId"].isin(position.index) & (encoded.str.strip() != "")
+    encoded = table[ENCODED_PIXELS].fillna("").astype(str)
+    rows = table.assign(**{ENCODED_PIXELS: encoded})[
+        table[IMAGE_ID].isin(position.index) & (encoded.str.strip() != "")
     ]
-    classes = rows["ClassId"].astype(np.int64).to_numpy()
+    classes = rows[CLASS_ID].astype(np.int64).to_numpy()
     if np.any((classes < 1) | (classes > N_CLASSES)):
         raise ValueError(
             f"{name}: ClassId {sorted(set(classes) - set(CLASSES))} outside {CLASSES[0]}..{CLASSES[-1]}"
         )
-    pair = position.loc[rows["ImageId"].to_numpy()].to_numpy() * N_CLASSES + classes - 1
+    pair = position.loc[rows[IMAGE_ID].to_numpy()].to_numpy() * N_CLASSES + classes - 1
     if len(np.unique(pair)) < len(pair):
         twice = rows[pd.Series(pair).duplicated(keep=False).to_numpy()]
         raise ValueError(
             f"{name}: (image, class) pairs given more than once: {twice.iloc[:4, :2].values.tolist()}"
         )
     rows = rows.iloc[np.argsort(pair, kind="stable")]
-    parsed = rle.parse_many(rows["EncodedPixels"].tolist(), shape)
+    parsed = rle.parse_many(rows[ENCODED_PIXELS].tolist(), shape)
     if parsed.problems:
         k = min(parsed.problems)
-        image_id, class_id = rows["ImageId"].iloc[k], rows["ClassId"].iloc[k]
+        image_id, class_id = rows[IMAGE_ID].iloc[k], rows[CLASS_ID].iloc[k]
         raise ValueError(f"{name}: {image_id} class {class_id}: {parsed.problems[k]}")
     return np.sort(pair)[parsed.owner], parsed.starts, parsed.lengths
 
@@ -251,12 +260,12 @@ def _summarise(pairs: pd.DataFrame, n_images: int) -> Score:
 
 
 def _class_means(pairs: pd.DataFrame) -> dict[int, float | None]:
-    means = pairs.groupby("ClassId")["dice"].mean()
+    means = pairs.groupby(CLASS_ID)["dice"].mean()
     return {c: float(means[c]) if c in means.index else None for c in CLASSES}
 
 
 def _breakdown(pairs: pd.DataFrame) -> Breakdown:
-    counts = pairs["ClassId"].value_counts()
+    counts = pairs[CLASS_ID].value_counts()
     return Breakdown(
         n_pairs=len(pairs),
         mean_dice=float(pairs["dice"].mean()) if len(pairs) else None,

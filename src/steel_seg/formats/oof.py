@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from steel_seg import fileio
-from steel_seg.competition import CLASSES, IMAGE_SHAPE, N_CLASSES
+from steel_seg.competition import CLASS_ID, CLASSES, ENCODED_PIXELS, IMAGE_ID, IMAGE_SHAPE, N_CLASSES
 from steel_seg.formats.labels import Labels, read_train_csv
 
 PROB_SCALE = 255
@@ -111,10 +111,10 @@ class OOFWriter:
             )
         if self.has_cls:
             table = pd.DataFrame(self._cls_rows, columns=CLS_COLUMNS)
-            table.insert(0, "ImageId", self.image_ids)
+            table.insert(0, IMAGE_ID, self.image_ids)
             fileio.write_text(self._work / "cls.csv", table.to_csv(index=False, float_format="%.9g"))
-        rows = truth.table[truth.table["ImageId"].isin(set(self.image_ids))]
-        rows = rows[["ImageId", "ClassId", "EncodedPixels"]].sort_values(["ImageId", "ClassId"])
+        rows = truth.table[truth.table[IMAGE_ID].isin(set(self.image_ids))]
+        rows = rows[[IMAGE_ID, CLASS_ID, ENCODED_PIXELS]].sort_values([IMAGE_ID, CLASS_ID])
         fileio.write_text(self._work / "truth.csv", rows.to_csv(index=False))
         meta = {
             "image_ids": self.image_ids,
@@ -194,24 +194,24 @@ def _read_cls(path: Path, image_ids: Sequence[str]) -> pd.DataFrame:
     if not path.is_file():
         raise ValueError(f"{path}: missing although meta.json says has_cls")
     table = pd.read_csv(path)
-    if list(table.columns) != ["ImageId", *CLS_COLUMNS]:
-        expected = ",".join(["ImageId", *CLS_COLUMNS])
+    if list(table.columns) != [IMAGE_ID, *CLS_COLUMNS]:
+        expected = ",".join([IMAGE_ID, *CLS_COLUMNS])
         raise ValueError(f"{path}: columns must be {expected}, got {list(table.columns)}")
     values = table[CLS_COLUMNS].to_numpy(dtype=np.float64)
     bad = np.flatnonzero(~(np.isfinite(values) & (values >= 0) & (values <= 1)).all(axis=1))
     if bad.size:
         raise ValueError(f"{path}: row {bad[0] + 2}: probabilities must be in [0, 1]")
-    missing = sorted(set(image_ids) - set(table["ImageId"]))
+    missing = sorted(set(image_ids) - set(table[IMAGE_ID]))
     if missing:
         raise ValueError(f"{path}: {len(missing)} images of meta.json have no row, e.g. {missing[:3]}")
-    return table.set_index("ImageId").loc[list(image_ids)].astype(np.float32)
+    return table.set_index(IMAGE_ID).loc[list(image_ids)].astype(np.float32)
 
 
 def _read_truth(path: Path, image_ids: Sequence[str], shape: tuple[int, int]) -> pd.DataFrame:
     if not path.is_file():
         raise ValueError(f"{path}: missing")
     table = read_train_csv(path, shape)
-    extra = sorted(set(table["ImageId"]) - set(image_ids))
+    extra = sorted(set(table[IMAGE_ID]) - set(image_ids))
     if extra:
         raise ValueError(f"{path}: {len(extra)} images not in meta.json, e.g. {extra[:3]}")
     return table

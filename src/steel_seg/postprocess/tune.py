@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from steel_seg.competition import CLASSES, N_CLASSES
+from steel_seg.competition import CLASSES, IMAGE_ID, N_CLASSES
 from steel_seg.formats.labels import Labels
 from steel_seg.formats.oof import OOF, dequantise, read_oofs
 from steel_seg.postprocess.rules import ClassRule, Rules, bounding_box, components
@@ -223,7 +223,7 @@ def subset(oof: OOF, image_ids: Sequence[str]) -> OOF:
     """The OOF restricted to `image_ids` (in that order): their PNG paths, cls rows and truth only."""
     ids = list(image_ids)
     cls = None if oof.cls is None else oof.cls.loc[ids]
-    table = oof.truth.table[oof.truth.table["ImageId"].isin(set(ids))]
+    table = oof.truth.table[oof.truth.table[IMAGE_ID].isin(set(ids))]
     truth = Labels(table, sorted(ids), oof.truth.shape)
     return OOF(oof.dirs, ids, oof.shape, oof.has_cls, cls, truth, {i: oof.png_paths[i] for i in ids})
 

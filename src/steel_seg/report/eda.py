@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from steel_seg.competition import CLASSES, IMAGE_SHAPE, N_CLASSES
+from steel_seg.competition import CLASS_ID, CLASSES, ENCODED_PIXELS, IMAGE_SHAPE, N_CLASSES
 from steel_seg.formats import folds, rle
 from steel_seg.formats.labels import Labels
 
@@ -73,7 +73,7 @@ def collect(labels: Labels, shape: tuple[int, int] = IMAGE_SHAPE) -> EdaStats:
     comps: dict[int, list[int]] = {c: [] for c in CLASSES}
     heat = np.zeros((N_CLASSES, *shape), np.int32)  # summed at full size (one add a mask), reduced at the end
     table = labels.table
-    rows = zip(table["ClassId"].tolist(), table["EncodedPixels"].tolist(), strict=True)
+    rows = zip(table[CLASS_ID].tolist(), table[ENCODED_PIXELS].tolist(), strict=True)
     for class_id, encoded in tqdm(rows, total=len(table), desc="eda: masks", unit="mask"):
         mask = rle.decode(encoded, shape)
         area = int(np.count_nonzero(mask))

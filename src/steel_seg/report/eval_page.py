@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from steel_seg.competition import CLASSES
+from steel_seg.competition import CLASS_ID, CLASSES, IMAGE_ID
 from steel_seg.formats.images import fit_shape, read_grey
 from steel_seg.formats.oof import OOF
 from steel_seg.postprocess.rules import Rules, apply
@@ -91,9 +91,7 @@ def _presence(page: HtmlPage, ev: Evaluation, out: Path) -> None:
     page.figure(figures.save(fig, out / "dice_lost.png"), "Dice lost per class, by kind of pair.")
     page.heading("Image-level presence")
     page.table(ev.presence_table(), "Predicted non-empty vs truth non-empty, per class")
-    truth = (
-        ev.score.pairs.pivot(index="ImageId", columns="ClassId", values="truth_area").loc[ev.gate.index] > 0
-    )
+    truth = ev.score.pairs.pivot(index=IMAGE_ID, columns=CLASS_ID, values="truth_area").loc[ev.gate.index] > 0
     series, marks = {}, {}
     for rule in ev.rules.classes:
         c = rule.class_id

@@ -17,7 +17,7 @@ from functools import partial
 import numpy as np
 import pandas as pd
 
-from steel_seg.competition import CLASSES, N_CLASSES, TIDY_COLUMNS
+from steel_seg.competition import CLASS_ID, CLASSES, IMAGE_ID, N_CLASSES, TIDY_COLUMNS
 from steel_seg.formats import metric, rle
 from steel_seg.formats.oof import OOF, dequantise
 from steel_seg.postprocess import tune
@@ -77,7 +77,7 @@ class Evaluation:
         pairs = self.score.pairs
         rows = {}
         for c in CLASSES:
-            p = pairs[pairs["ClassId"] == c]
+            p = pairs[pairs[CLASS_ID] == c]
             truth, pred = p["truth_area"].to_numpy() > 0, p["pred_area"].to_numpy() > 0
             tp, fp = int(np.sum(truth & pred)), int(np.sum(~truth & pred))
             fn, tn = int(np.sum(truth & ~pred)), int(np.sum(~truth & ~pred))
@@ -101,7 +101,7 @@ class Evaluation:
         """
         pairs, n = self.score.pairs, self.score.n_pairs
         rows = {}
-        for name, p in [*((f"class {c}", pairs[pairs["ClassId"] == c]) for c in CLASSES), ("all", pairs)]:
+        for name, p in [*((f"class {c}", pairs[pairs[CLASS_ID] == c]) for c in CLASSES), ("all", pairs)]:
             truth, pred, lost = p["truth_area"] > 0, p["pred_area"] > 0, 1.0 - p["dice"]
             fp, fn, both = ~truth & pred, truth & ~pred, truth & pred
             rows[name] = {
@@ -120,10 +120,10 @@ class Evaluation:
     def worst(self, class_id: int, n: int) -> pd.DataFrame:
         """The `n` lowest-Dice pairs of a class (Dice < 1 only); ties: larger truth + predicted area first."""
         pairs = self.score.pairs
-        p = pairs[(pairs["ClassId"] == class_id) & (pairs["dice"] < 1.0)].copy()
+        p = pairs[(pairs[CLASS_ID] == class_id) & (pairs["dice"] < 1.0)].copy()
         p["size"] = p["truth_area"] + p["pred_area"]
-        p = p.sort_values(["dice", "size", "ImageId"], ascending=[True, False, True]).head(n)
-        return p.drop(columns="size").set_index("ImageId")
+        p = p.sort_values(["dice", "size", IMAGE_ID], ascending=[True, False, True]).head(n)
+        return p.drop(columns="size").set_index(IMAGE_ID)
 
     def threshold_curves(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """Per class: (pixel thresholds, class Dice), the rule's other settings held fixed."""
@@ -216,7 +216,7 @@ def collect(
         rules=rules,
         score=metric.score(oof.truth.table, pred, oof.image_ids, oof.shape),
         empty_baseline=metric.score(oof.truth.table, pred.iloc[:0], oof.image_ids, oof.shape),
-        gate=pd.DataFrame(gates, index=pd.Index(oof.image_ids, name="ImageId"), columns=list(CLASSES)),
+        gate=pd.DataFrame(gates, index=pd.Index(oof.image_ids, name=IMAGE_ID), columns=list(CLASSES)),
         gate_source="classifier" if oof.cls is not None else "max pixel probability",
         curve_stats=tune.Stats.concat([part.stats for part in parts]),
     )

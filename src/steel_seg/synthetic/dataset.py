@@ -35,6 +35,7 @@ from steel_seg import fileio
 from steel_seg.competition import (
     CLASSES,
     HEIGHT,
+    IMAGE_ID,
     IMAGE_SUFFIX,
     N_CLASSES,
     SAMPLE_SUBMISSION,
@@ -124,7 +125,7 @@ def read_index(path: str | Path) -> pd.DataFrame:
     missing = [c for c in INDEX_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; expected {list(INDEX_COLUMNS)}")
-    areas = pd.DataFrame(index=pd.Index(table["image_id"], name="ImageId"))
+    areas = pd.DataFrame(index=pd.Index(table["image_id"], name=IMAGE_ID))
     for c in CLASSES:
         column = table[f"area_class_{c}"]
         bad = ~column.str.fullmatch(r"\d+")
@@ -582,6 +583,6 @@ def _write_groups(path: Path, units: dict[str, int]) -> list[list[str]]:
     clusters = sorted(sorted(ids) for ids in by_unit.values() if len(ids) > 1)
     with path.open("w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["ImageId", "group"])
+        writer.writerow([IMAGE_ID, "group"])
         writer.writerows([i, g] for g, ids in enumerate(clusters) for i in ids)
     return clusters

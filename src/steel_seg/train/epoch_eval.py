@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from steel_seg.competition import CLASSES, TIDY_COLUMNS
+from steel_seg.competition import CLASSES, IMAGE_ID, TIDY_COLUMNS
 from steel_seg.engine.predict import encode_image, threshold_on_device
 from steel_seg.formats import metric
 from steel_seg.formats.labels import Labels
@@ -79,7 +79,7 @@ def _rows(image_ids: list[str], probs: Tensor) -> list[tuple[str, int, str]]:
 
 def _dice(labels: Labels, ids: list[str], rows: list[tuple[str, int, str]]) -> dict[str, Any]:
     pred = pd.DataFrame(rows, columns=list(TIDY_COLUMNS))
-    truth = labels.table[labels.table["ImageId"].isin(set(ids))]
+    truth = labels.table[labels.table[IMAGE_ID].isin(set(ids))]
     score = metric.score(truth, pred, ids)
     per_class = {f"dice_{c}": float(score.per_class[c]) for c in CLASSES}
     split_dice = {"dice_empty": score.empty_truth.mean_dice, "dice_nonempty": score.nonempty_truth.mean_dice}

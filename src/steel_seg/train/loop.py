@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from steel_seg.competition import IMAGE_ID
 from steel_seg.formats.folds import fold_ids, random_folds, read_folds, write_folds
 from steel_seg.formats.labels import Labels
 from steel_seg.formats.runs import RunDir, RunInfo
@@ -58,7 +59,7 @@ def resolve_folds(
         raise ValueError(f"data: give folds_csv, or folds: 'random K' with K >= 2 (got folds={cfg.folds!r})")
     folds = random_folds(labels.image_ids, int(k), seed)
     if write:
-        write_folds(folds.rename_axis("ImageId").reset_index(), run.folds)
+        write_folds(folds.rename_axis(IMAGE_ID).reset_index(), run.folds)
     return folds, run.folds
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from steel_seg.competition import CLASS_ID, IMAGE_ID
 from steel_seg.formats.labels import Labels, read_label_file
 from steel_seg.train.data import usable_labels
 
@@ -136,6 +137,6 @@ def union(sources: Sequence[Source]) -> Labels:
     if len(sources) == 1:
         return sources[0].labels
     table = pd.concat([s.labels.table for s in sources], ignore_index=True)
-    table = table.sort_values(["ImageId", "ClassId"], kind="stable", ignore_index=True)
+    table = table.sort_values([IMAGE_ID, CLASS_ID], kind="stable", ignore_index=True)
     image_ids = sorted(i for s in sources for i in s.labels.image_ids)
     return Labels(table, image_ids, sources[0].labels.shape)

@@ -33,7 +33,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from steel_seg import fileio
-from steel_seg.competition import CLASSES, TRAIN_CSV, Layout
+from steel_seg.competition import CLASSES, IMAGE_ID, TRAIN_CSV, Layout
 from steel_seg.engine.ensemble import Ensemble
 from steel_seg.engine.predict import PredictSettings, iter_probs
 from steel_seg.formats import metric, rle
@@ -248,7 +248,7 @@ def train_csv_text(decisions: Sequence[Decision]) -> str:
 
 def selection_table(decisions: Sequence[Decision]) -> pd.DataFrame:
     """One row per image: ImageId, gate_k, area_k, confidence_k (k = 1..4), selected (0/1), reason."""
-    table = pd.DataFrame({"ImageId": [d.image_id for d in decisions]})
+    table = pd.DataFrame({IMAGE_ID: [d.image_id for d in decisions]})
     for k, c in enumerate(CLASSES):
         table[f"gate_{c}"] = [float(d.gates[k]) for d in decisions]
         table[f"area_{c}"] = [int(d.areas[k]) for d in decisions]
