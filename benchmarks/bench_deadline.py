@@ -35,7 +35,8 @@ from torch import nn
 
 from steel_seg import bundle
 from steel_seg.engine.ensemble import Ensemble, Member
-from steel_seg.engine.predict import PredictSettings, predict_submission
+from steel_seg.engine.predict import predict_submission
+from steel_seg.engine.runner import PredictSettings
 from steel_seg.formats import submission
 from steel_seg.models import factory
 from steel_seg.models.manifest import write_manifest

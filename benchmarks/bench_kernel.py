@@ -30,7 +30,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from steel_seg.engine.ensemble import Ensemble, Member
-from steel_seg.engine.predict import PredictSettings, predict_submission
+from steel_seg.engine.predict import predict_submission
+from steel_seg.engine.runner import PredictSettings
 from steel_seg.formats import metric, submission
 from steel_seg.models import factory
 from steel_seg.models.manifest import Manifest, write_manifest

@@ -26,7 +26,8 @@ import pandas as pd
 import torch
 
 from steel_seg.engine.ensemble import Ensemble, flip
-from steel_seg.engine.predict import PredictSettings, iter_probs, predict_submission
+from steel_seg.engine.predict import iter_probs, predict_submission
+from steel_seg.engine.runner import PredictSettings
 from steel_seg.formats import rle, submission
 from steel_seg.models import factory
 from steel_seg.models.manifest import Manifest, write_manifest

@@ -40,7 +40,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from steel_seg.competition import CLASSES, TEST_IMAGES, TIDY_COLUMNS  # noqa: E402
 from steel_seg.engine.ensemble import Ensemble  # noqa: E402
-from steel_seg.engine.predict import PredictSettings, iter_probs  # noqa: E402
+from steel_seg.engine.predict import iter_probs  # noqa: E402
+from steel_seg.engine.runner import PredictSettings
 from steel_seg.formats import (
     metric,
     rle,  # noqa: E402

@@ -84,7 +84,8 @@ def make_weights(root: Path, args: argparse.Namespace, n_models: int):
 
 
 def timed_run(ensemble, data: Path, out: Path, args: argparse.Namespace, limit: int | None) -> dict:
-    from steel_seg.engine.predict import PredictSettings, predict_submission
+    from steel_seg.engine.predict import predict_submission
+    from steel_seg.engine.runner import PredictSettings
     from steel_seg.postprocess.rules import Rules
 
     settings = PredictSettings(

@@ -14,7 +14,8 @@ from tiny_models import TINY_UNET
 
 from steel_seg.cli import main as cli_main
 from steel_seg.engine.ensemble import Ensemble, Member
-from steel_seg.engine.predict import PredictSettings, iter_probs
+from steel_seg.engine.predict import iter_probs
+from steel_seg.engine.runner import PredictSettings
 from steel_seg.formats.oof import quantise, read_oof
 from steel_seg.models import factory
 

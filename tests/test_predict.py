@@ -21,17 +21,14 @@ from torch import nn
 from steel_seg.cli import main as cli_main
 from steel_seg.competition import SAMPLE_LAYOUTS, Layout
 from steel_seg.engine.ensemble import Ensemble, Member, flip
-from steel_seg.engine.predict import (
-    PredictSettings,
-    iter_probs,
-    predict_submission,
-    threshold_on_device,
-)
+from steel_seg.engine.predict import iter_probs, predict_submission
+from steel_seg.engine.runner import PredictSettings
 from steel_seg.formats import rle, submission
 from steel_seg.formats.images import read_grey
 from steel_seg.models import factory
 from steel_seg.models.factory import to_tensor
 from steel_seg.models.manifest import Manifest, ManifestError, write_manifest
+from steel_seg.postprocess.on_device import threshold_on_device
 from steel_seg.postprocess.rules import ClassRule, Rules, apply, gate_scores, threshold
 from steel_seg.progress import Progress
 
@@ -101,7 +98,8 @@ def test_tta_views_are_unflipped_exactly():
     ensemble = Ensemble([member])
     grey = torch.randint(0, 256, (2, 64, 320), dtype=torch.uint8)
     with torch.inference_mode():
-        seg, cls = ensemble.forward(grey, ensemble.plan())
+        out = ensemble.forward(grey, ensemble.plan())
+        seg, cls = out.seg, out.cls
         x = to_tensor(grey, SEG)
         per_view = {v: flip(forward_probs(member.model, SEG, flip(x, v))[0], v) for v in member.views}
     assert cls is None
@@ -119,14 +117,16 @@ def test_ensemble_weighted_average_and_gate_sources():
         seg_a, cls_a = forward_probs(aux.model, SEG_AUX, to_tensor(grey, SEG_AUX))
         seg_p, _ = forward_probs(plain.model, SEG, to_tensor(grey, SEG))
         _, cls_c = forward_probs(clf.model, CLS, to_tensor(grey, CLS))
-        seg, cls = Ensemble([aux, plain]).forward(grey, {"aux": ("none",), "plain": ("none",)})
+        out = Ensemble([aux, plain]).forward(grey, {"aux": ("none",), "plain": ("none",)})
+        seg, cls = out.seg, out.cls
         torch.testing.assert_close(seg, (seg_a + 3 * seg_p) / 4)
         torch.testing.assert_close(cls, cls_a)  # the aux head gates when there is no classifier
         three = Ensemble([aux, plain, clf])
-        seg3, cls3 = three.forward(grey, three.plan())
+        out3 = three.forward(grey, three.plan())
+        seg3, cls3 = out3.seg, out3.cls
         torch.testing.assert_close(seg3, seg)  # a classifier adds no pixels
         torch.testing.assert_close(cls3, cls_c)  # a classifier beats the aux head
-        assert Ensemble([plain]).forward(grey, {"plain": ("none",)})[1] is None
+        assert Ensemble([plain]).forward(grey, {"plain": ("none",)}).cls is None
 
 
 def test_ensemble_rejects_a_role_that_does_not_fit_the_spec():

@@ -4,26 +4,26 @@
 (`factory.to_tensor`), stacks the model's TTA views into ONE batch, un-flips them on the device and averages
 views and models (ensemble weights) on the device. Image-level probabilities come from the classifiers
 (role "cls"), else from the segmenters' aux heads, else None (the caller then uses the max pixel probability).
-With `nonfinite` given, each model's logits are checked for NaN/inf (an fp16 overflow of a model trained in
-bf16): such a model is left out of that batch's average and named, for the caller to drop it.
+With `check_finite`, each model's logits are checked for NaN/inf (an fp16 overflow of a model trained in
+bf16): such a model is left out of that batch's average and named in the result, for the caller to drop it.
 `replicate(device)` gives the same ensemble on another device (one replica per GPU).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from steel_seg.engine.budget import Plan
-from steel_seg.models import factory
+from steel_seg.models.factory import ModelSpec, forward_logits, to_tensor
 from steel_seg.models.manifest import DEFAULT_BUDGET_S, TTA_VIEWS, Manifest, check_model_dir, load_model
+from steel_seg.models.precision import autocast
 
 _FLIP_DIMS = {"none": (), "h": (-1,), "v": (-2,), "hv": (-2, -1)}
 
@@ -35,9 +35,23 @@ class Member:
     name: str
     role: str
     model: nn.Module
-    spec: factory.ModelSpec
+    spec: ModelSpec
     weight: float = 1.0
     views: tuple[str, ...] = ("none",)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Output:
+    """One batch through the ensemble, on its device.
+
+    `seg (B, 4, H, W) float32` (None when every segmenter was left out), `cls (B, 4) float32` (None without an
+    image-level output), each model's seconds (`timed` forwards only) and the models left out for NaN/inf.
+    """
+
+    seg: Tensor | None
+    cls: Tensor | None
+    model_s: dict[str, float] = field(default_factory=dict)
+    nonfinite: tuple[str, ...] = ()
 
 
 def flip(x: Tensor, view: str) -> Tensor:
@@ -122,32 +136,32 @@ class Ensemble:
         grey: Tensor,
         plan: Plan,
         amp: torch.dtype | None = None,
-        timings: dict[str, float] | None = None,
-        nonfinite: list[str] | None = None,
-    ) -> tuple[Tensor | None, Tensor | None]:
+        *,
+        timed: bool = False,
+        check_finite: bool = False,
+    ) -> Output:
         """Ensemble probabilities of a batch.
 
         Args:
             grey: `(B, H, W) uint8` on the device.
             plan: active model name -> views.
             amp: autocast dtype on CUDA (float16/bfloat16), None for float32.
-            timings: when given, receives each model's seconds for this batch (synchronised on CUDA).
-            nonfinite: when given, models whose logits hold NaN/inf are left out of the average and appended.
-
-        Returns:
-            seg `(B, 4, H, W) float32` (None when every segmenter was left out) and cls `(B, 4) float32` or
-            None, on the device.
+            timed: record each model's seconds for this batch (synchronised on CUDA).
+            check_finite: leave out (and name) the models whose logits hold NaN/inf.
         """
         seg_sum, seg_w, cls_sum, cls_w, aux_sum, aux_w = None, 0.0, None, 0.0, None, 0.0
+        model_s: dict[str, float] = {}
+        nonfinite: list[str] = []
         for name, views in plan.items():
             member = self.members[name]
             start = time.perf_counter()
-            seg, cls = self._member_probs(member, grey, views, amp, nonfinite)
-            if timings is not None:
+            seg, cls, finite = self._member_probs(member, grey, views, amp, check_finite)
+            if timed:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
-                timings[name] = time.perf_counter() - start
-            if seg is None and cls is None:  # left out: NaN/inf logits
+                model_s[name] = time.perf_counter() - start
+            if not finite:
+                nonfinite.append(name)
                 continue
             w = member.weight
             if seg is not None:
@@ -157,38 +171,28 @@ class Ensemble:
             elif cls is not None:
                 aux_sum, aux_w = _accumulate(aux_sum, cls, w), aux_w + w
         image = cls_sum / cls_w if cls_sum is not None else (aux_sum / aux_w if aux_sum is not None else None)
-        if seg_sum is None:
-            return None, image
-        return (seg_sum if seg_w == 1.0 else seg_sum / seg_w), image
+        seg = None if seg_sum is None else (seg_sum if seg_w == 1.0 else seg_sum / seg_w)
+        return Output(seg=seg, cls=image, model_s=model_s, nonfinite=tuple(nonfinite))
 
     def _member_probs(
-        self,
-        member: Member,
-        grey: Tensor,
-        views: Sequence[str],
-        amp: torch.dtype | None,
-        nonfinite: list[str] | None = None,
-    ) -> tuple[Tensor | None, Tensor | None]:
-        """One model, its views stacked into one batch: seg `(B, 4, H, W)`, cls `(B, 4)` float32 (or None).
-
-        With `nonfinite` given and NaN/inf in the logits, appends the model's name and returns (None, None).
-        """
-        x = factory.to_tensor(grey, member.spec)
+        self, member: Member, grey: Tensor, views: Sequence[str], amp: torch.dtype | None, check_finite: bool
+    ) -> tuple[Tensor | None, Tensor | None, bool]:
+        """One model, its views stacked into one batch: seg `(B, 4, H, W)`, cls `(B, 4)` float32 (or None),
+        and whether its logits were finite (always True without `check_finite`; False: no outputs)."""
+        x = to_tensor(grey, member.spec)
         stacked = flip(x, views[0]) if len(views) == 1 else torch.cat([flip(x, v) for v in views])
         stacked = stacked.contiguous(memory_format=torch.channels_last)
-        context = torch.autocast(self.device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
-        with context:
-            seg, cls = factory.forward_logits(member.model, member.spec, stacked)
-        if nonfinite is not None and not _finite(seg, cls):
-            nonfinite.append(member.name)
-            return None, None
+        with autocast(self.device, amp):
+            seg, cls = forward_logits(member.model, member.spec, stacked)
+        if check_finite and not _finite(seg, cls):
+            return None, None, False
         seg, cls = (None if seg is None else seg.sigmoid()), (None if cls is None else cls.sigmoid())
         n_views, batch = len(views), grey.shape[0]
         if seg is not None:
             seg = _unflip_mean(seg.float().unflatten(0, (n_views, batch)), views)
         if cls is not None:
             cls = cls.float().unflatten(0, (n_views, batch)).mean(0)
-        return seg, cls
+        return seg, cls, True
 
 
 def _finite(*outputs: Tensor | None) -> bool:

@@ -9,7 +9,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from steel_seg.engine.predict import PredictSettings
+    from steel_seg.engine.runner import PredictSettings
 
 
 def views(text: str) -> tuple[str, ...]:
@@ -74,7 +74,7 @@ def engine_settings(args: argparse.Namespace, *, require_gpu: bool = False, **ex
     (the kernel: on the CPU the test set takes hours, so the run would be killed with nothing written).
     """
     from steel_seg.engine.locations import default_device
-    from steel_seg.engine.predict import PredictSettings
+    from steel_seg.engine.runner import PredictSettings
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     budget = {"budget_s": args.budget_s} if hasattr(args, "budget_s") else {}

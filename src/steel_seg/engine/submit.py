@@ -17,7 +17,8 @@ from pathlib import Path
 
 from steel_seg.engine import devices, locations
 from steel_seg.engine.ensemble import Ensemble
-from steel_seg.engine.predict import PredictSettings, RunSummary, predict_submission
+from steel_seg.engine.predict import RunSummary, predict_submission
+from steel_seg.engine.runner import PredictSettings
 from steel_seg.formats import submission
 from steel_seg.models.factory import WEIGHTS_FILE
 from steel_seg.models.manifest import Manifest, ManifestError, ModelEntry, sha256_file

@@ -14,11 +14,11 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from steel_seg.competition import CLASSES, IMAGE_ID, TIDY_COLUMNS
-from steel_seg.engine.predict import encode_image, threshold_on_device
 from steel_seg.formats import metric
 from steel_seg.formats.labels import Labels
 from steel_seg.models.factory import ModelSpec, forward_logits
 from steel_seg.models.precision import autocast
+from steel_seg.postprocess.on_device import encode_image, threshold_on_device
 from steel_seg.postprocess.rules import Rules
 from steel_seg.train.data import raise_image_errors
 from steel_seg.train.losses import ModelLoss

@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from steel_seg.engine.ensemble import Ensemble, Member
-from steel_seg.engine.predict import PredictSettings, iter_probs
+from steel_seg.engine.predict import iter_probs
+from steel_seg.engine.runner import PredictSettings
 from steel_seg.formats.folds import fold_ids, read_folds
 from steel_seg.formats.labels import Labels
 from steel_seg.formats.oof import OOFWriter

@@ -35,7 +35,8 @@ from tqdm import tqdm
 from steel_seg import fileio
 from steel_seg.competition import CLASSES, IMAGE_ID, TRAIN_CSV, Layout
 from steel_seg.engine.ensemble import Ensemble
-from steel_seg.engine.predict import PredictSettings, iter_probs
+from steel_seg.engine.predict import iter_probs
+from steel_seg.engine.runner import PredictSettings
 from steel_seg.formats import metric, rle
 from steel_seg.formats.images import ImageError, read_grey
 from steel_seg.models.manifest import MANIFEST_FILE, Manifest
