@@ -21,15 +21,16 @@ from safetensors.torch import load_file
 from tiny_models import forward_probs
 
 from steel_seg.competition import CLASSES, TRAIN_IMAGES, Layout
+from steel_seg.formats.folds import resolve_folds
 from steel_seg.formats.images import read_grey
 from steel_seg.formats.labels import Labels
 from steel_seg.formats.runs import RunDir
 from steel_seg.models import factory
 from steel_seg.synthetic.dataset import write_dataset
 from steel_seg.train.checkpoint import load_state
-from steel_seg.train.config import DataConfig, TrainConfig
+from steel_seg.train.config import TrainConfig
 from steel_seg.train.distributed import init_dist
-from steel_seg.train.loop import Trainer, resolve_folds, train
+from steel_seg.train.loop import Trainer, train
 from steel_seg.train.run_log import RunLog, read_log
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,12 +157,12 @@ def test_resume_from_a_mid_epoch_checkpoint_matches_the_unbroken_run(straight_ru
 def test_random_folds_are_written_for_the_oof_step(synthetic_labels, tmp_path):
     labels = synthetic_labels
     assert len(labels.image_ids) == 27
-    folds, path = resolve_folds(DataConfig(folds="random 3"), labels, RunDir(tmp_path), seed=0)
+    folds, path = resolve_folds(None, "random 3", labels.image_ids, 0, RunDir(tmp_path).folds)
     written = pd.read_csv(path)
     assert list(written.columns) == ["ImageId", "fold"] and sorted(written["ImageId"]) == labels.image_ids
     assert sorted(folds.value_counts()) == [9, 9, 9]
     with pytest.raises(ValueError, match="random K"):
-        resolve_folds(DataConfig(folds="stratified"), labels, RunDir(tmp_path), seed=0)
+        resolve_folds(None, "stratified", labels.image_ids, 0, RunDir(tmp_path).folds)
 
 
 def test_loss_falls_over_a_short_run(data_dir, folds_csv, tmp_path):
@@ -251,20 +252,20 @@ def with_sources(data_dir: Path, folds_csv: Path, *sources: dict, **sections) ->
 def test_extra_images_join_the_training_side_only(data_dir, folds_csv, chosen, extra, tmp_path):
     source = {"train_csv": extra["csv"], "images_dir": extra["images"], "weight": 3.0}
     trainer = Trainer(with_sources(data_dir, folds_csv, source), RunDir(tmp_path), init_dist("cpu"))
-    dataset = trainer.loader.dataset
+    dataset = trainer.data.loader.dataset
     assert sorted(dataset.image_ids) == sorted(chosen[1] + extra["named"])  # never the folder's other images
-    assert trainer.val_loader.dataset.image_ids == sorted(chosen[0])
+    assert trainer.data.val_loader.dataset.image_ids == sorted(chosen[0])
     path = dict(zip(dataset.image_ids, dataset.paths, strict=True))
     assert [path[i] for i in extra["named"]] == [extra["images"] / i for i in extra["named"]]
     assert {path[i].parent for i in chosen[1]} == {data_dir / "train_images"}
     grey, masks = dataset.read(dataset.image_ids.index(extra["named"][0]))
     np.testing.assert_array_equal(grey, read_grey(extra["images"] / extra["named"][0]))
     np.testing.assert_array_equal(masks, Labels.from_csv(extra["csv"]).masks(extra["named"][0]))
-    weight = dict(zip(dataset.image_ids, trainer.sampler.weights, strict=True))
+    weight = dict(zip(dataset.image_ids, trainer.data.sampler.weights, strict=True))
     assert weight[extra["named"][0]] == pytest.approx(3 * weight[chosen[1][0]])
-    drawn = {dataset.image_ids[i] for i, _ in trainer.sampler}
+    drawn = {dataset.image_ids[i] for i, _ in trainer.data.sampler}
     assert drawn & set(extra["named"]) and not drawn & set(chosen[0])
-    batch = next(iter(trainer.loader))
+    batch = next(iter(trainer.data.loader))
     assert set(batch["index"].tolist()) <= set(range(len(dataset)))
 
 
@@ -329,7 +330,7 @@ def test_an_unusable_extra_image_is_named_or_skipped(data_dir, folds_csv, chosen
         Trainer(with_sources(data_dir, folds_csv, source), RunDir(tmp_path / "a"), init_dist("cpu"))
     skip = with_sources(data_dir, folds_csv, source, data={"skip_bad_images": True})
     trainer = Trainer(skip, RunDir(tmp_path / "b"), init_dist("cpu"))
-    assert sorted(trainer.loader.dataset.image_ids) == sorted(
+    assert sorted(trainer.data.loader.dataset.image_ids) == sorted(
         chosen[1] + extra["named"][:1] + extra["named"][2:]
     )
-    assert [s["train_images"] for s in trainer.sources] == [6, 3]
+    assert [s["train_images"] for s in trainer.data.sources] == [6, 3]

@@ -235,3 +235,24 @@ def fold_ids(folds: pd.Series, fold: int, where: str | Path) -> tuple[list[str],
     if not val:
         raise ValueError(f"{where}: no image in fold {fold}; the folds are {sorted(set(folds))}")
     return sorted(folds.index[folds != fold]), val
+
+
+def resolve_folds(
+    folds_csv: str | Path | None,
+    spec: str | None,
+    image_ids: Sequence[str],
+    seed: int,
+    out: Path,
+    write: bool = True,
+) -> tuple[pd.Series, Path]:
+    """A run's folds (ImageId -> fold) and the folds.csv they live in: `folds_csv` when given (it must list
+    exactly `image_ids`), else `spec` "random K": random folds of `image_ids`, written to `out` (`write`)."""
+    if folds_csv:
+        return read_folds(folds_csv, image_ids), Path(folds_csv)
+    kind, _, k = (spec or "").partition(" ")
+    if kind != "random" or not k.strip().isdigit() or int(k) < 2:
+        raise ValueError(f"data: give folds_csv, or folds: 'random K' with K >= 2 (got folds={spec!r})")
+    folds = random_folds(image_ids, int(k), seed)
+    if write:
+        write_folds(folds.rename_axis(IMAGE_ID).reset_index(), out)
+    return folds, out

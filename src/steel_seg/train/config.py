@@ -15,10 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from torch import nn
 
 from steel_seg.competition import HEIGHT
 from steel_seg.models import encoders
-from steel_seg.models.factory import GREY_MEAN, GREY_STD, ModelSpec
+from steel_seg.models.factory import (
+    GREY_MEAN,
+    GREY_STD,
+    ModelSpec,
+    build_model,
+    load_init_weights,
+    set_seg_prior,
+)
 from steel_seg.models.precision import AMP_FLAGS
 from steel_seg.train.augment import AugmentConfig
 from steel_seg.train.losses import LossConfig
@@ -98,6 +106,16 @@ class ModelConfig:
             )
         if self.encoder_weights is not None:
             encoders.hub_weights(self.spec.encoder, self.encoder_weights)
+
+    def build(self) -> nn.Module:
+        """The model of this config: built (pretrained encoder weights when named), its seg prior set, its
+        init weights loaded."""
+        model = build_model(self.spec, self.encoder_weights_path, self.encoder_weights)
+        if self.seg_prior is not None:
+            set_seg_prior(model, self.spec, self.seg_prior)
+        if self.init_weights:
+            load_init_weights(model, self.init_weights)
+        return model
 
     def to_dict(self) -> dict:
         return {**self.spec.to_dict(), **{k: getattr(self, k) for k in _MODEL_INIT}}

@@ -1,5 +1,5 @@
-"""Training data: a crop-and-augment Dataset (model input via `models.to_tensor`), a resumable sampler, and
-the training and validation loaders of a config's `data` section.
+"""Training data: a crop-and-augment Dataset (model input via `models.to_tensor`), a resumable sampler, the
+training and validation loaders, and `prepare`: everything a run reads, from its `data` config, in one call.
 
 Every random choice of a training sample (its crop, its augmentation) is drawn from a per-sample seed that the
 sampler derives from `(seed, epoch, position in the epoch)`: an epoch is the same whatever the number of
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import albumentations as A
 import numpy as np
@@ -19,12 +20,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from steel_seg.competition import IMAGE_SHAPE, N_CLASSES
-from steel_seg.formats.images import ImageError, check_images, read_grey
+from steel_seg.formats.folds import fold_ids, resolve_folds
+from steel_seg.formats.images import ImageError, read_grey
 from steel_seg.models.factory import ModelSpec, to_tensor
 from steel_seg.train.augment import augment, build_pipeline
+from steel_seg.train.sources import load_sources, usable_sources
 
 if TYPE_CHECKING:
     from steel_seg.formats.labels import Labels
+    from steel_seg.formats.runs import RunDir
     from steel_seg.train.config import DataConfig
 
 log = logging.getLogger(__name__)
@@ -126,25 +130,6 @@ def raise_image_errors(batch: dict) -> None:
                          "reads headers only, this one failed to decode)")  # fmt: skip
 
 
-def usable_labels(labels: Labels, images_dir: str | Path, skip_bad: bool, progress: bool = True) -> Labels:
-    """Pre-flight check of every image's header before the first step (`images.check_images`).
-
-    Returns `labels` when all images are usable; with `skip_bad`, the labels without the bad ones (logged
-    with their count). Otherwise ValueError listing every bad image with its file and train.csv line.
-    """
-    problems = check_images([Path(images_dir) / i for i in labels.image_ids], progress=progress)
-    if not problems:
-        return labels
-    listed = "\n".join(f"  {p.path}: {p.reason} ({labels.where(Path(p.path).name)})" for p in problems)
-    if not skip_bad:
-        raise ValueError(
-            f"{len(problems)} of {len(labels.image_ids)} train images cannot be used:\n{listed}\n"
-            "fix or remove them, or set data.skip_bad_images: true to train without them"
-        )
-    log.warning("skipping %d unusable train image(s):\n%s", len(problems), listed)
-    return labels.without([Path(p.path).name for p in problems])
-
-
 def balanced_weights(presence: np.ndarray) -> np.ndarray:
     """Sampling weights that balance the classes: `presence (N, 4) bool` -> `(N,) float64`, summing to 1.
 
@@ -225,6 +210,7 @@ def train_loader(
     spec: ModelSpec,
     labels: Labels,
     ids: list[str],
+    *,
     seed: int,
     rank: int = 0,
     world: int = 1,
@@ -263,4 +249,52 @@ def val_loader(
     dataset = SteelDataset(cfg.images_dir, ids, labels, spec)
     return DataLoader(
         dataset, cfg.val_batch_size, shuffle=False, num_workers=cfg.workers, pin_memory=pin_memory
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainData:
+    """What a run reads: the labels of every source, its folds.csv, the training loader (with its sampler
+    and batches per epoch), the validation loader (main process only) and run.json's record of the sources."""
+
+    labels: Labels
+    folds_csv: Path
+    loader: DataLoader
+    sampler: EpochSampler
+    batches: int
+    val_loader: DataLoader | None
+    sources: list[dict[str, Any]]
+
+
+def prepare(
+    cfg: DataConfig, spec: ModelSpec, run: RunDir, *, seed: int, rank: int = 0, world: int = 1,
+    device_type: str = "cpu", progress: bool = True,
+) -> TrainData:  # fmt: skip
+    """The data of one training process (rank `rank` of `world`; rank 0 is the main one, which writes a
+    random folds.csv, validates, and shows the pre-flight's progress).
+
+    The primary set and the extra sources (`sources`), the folds (`folds.resolve_folds`), the header
+    pre-flight of every image, the fold's train and validation ids (extra images: the training side only) and
+    both loaders. ValueError naming the file: a bad CSV, folds.csv or image (see `sources`).
+    """
+    main, pin = rank == 0, device_type == "cuda"
+    sources = load_sources(cfg)
+    folds, folds_csv = resolve_folds(cfg.folds_csv, cfg.folds, sources.primary.labels.image_ids, seed,
+                                     run.folds, write=main)  # fmt: skip
+    sources = usable_sources(sources, cfg.skip_bad_images, main and progress)
+    folds = folds[folds.index.isin(sources.primary.labels.image_ids)]
+    fold_train, val_ids = fold_ids(folds, cfg.fold, folds_csv)
+    train_ids = fold_train + sources.extra_ids  # extra sources: the training side only
+    loader, sampler, batches = train_loader(
+        cfg, spec, sources.labels, train_ids, seed=seed, rank=rank, world=world, pin_memory=pin,
+        folders=sources.folders(), source_weights=sources.weights(train_ids),
+    )  # fmt: skip
+    return TrainData(
+        labels=sources.labels,
+        folds_csv=folds_csv,
+        loader=loader,
+        sampler=sampler,
+        batches=batches,
+        val_loader=val_loader(cfg, spec, sources.labels, val_ids, pin) if main else None,
+        sources=sources.record(len(fold_train), len(val_ids)),
     )

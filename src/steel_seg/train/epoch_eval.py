@@ -21,7 +21,7 @@ from steel_seg.models.precision import autocast
 from steel_seg.postprocess.on_device import encode_image, threshold_on_device
 from steel_seg.postprocess.rules import Rules
 from steel_seg.train.data import raise_image_errors
-from steel_seg.train.losses import ModelLoss
+from steel_seg.train.losses import ModelLoss, as_float
 
 DEFAULT_RULES = Rules()
 
@@ -50,7 +50,7 @@ def evaluate(
             mask, presence = batch["mask"].to(device), batch["presence"].to(device)
             with autocast(device, amp):
                 seg, cls = forward_logits(model, spec, x)
-            seg, cls = _float(seg), _float(cls)
+            seg, cls = as_float(seg), as_float(cls)
             loss_sum += loss_fn(seg, cls, mask, presence).item() * len(x)
             if seg is not None:
                 rows += _rows([ids[i] for i in batch["index"].tolist()], seg.sigmoid())
@@ -60,10 +60,6 @@ def evaluate(
     accuracy = correct / n_cls if n_cls else None
     out: dict[str, Any] = {"val_loss": loss_sum / len(ids), "cls_accuracy": accuracy}
     return out | (_dice(labels, ids, rows) if spec.has_seg else {"val_dice": None})
-
-
-def _float(t: Tensor | None) -> Tensor | None:
-    return None if t is None else t.float()
 
 
 def _rows(image_ids: list[str], probs: Tensor) -> list[tuple[str, int, str]]:

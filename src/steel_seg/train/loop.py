@@ -20,60 +20,27 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from steel_seg.competition import IMAGE_ID
-from steel_seg.formats.folds import fold_ids, random_folds, read_folds, write_folds
-from steel_seg.formats.labels import Labels
 from steel_seg.formats.runs import RunDir, RunInfo
-from steel_seg.models.factory import build_model, forward_logits, load_init_weights, save, set_seg_prior
+from steel_seg.models.factory import forward_logits, save
 from steel_seg.models.precision import autocast, device_dtype
 from steel_seg.train.checkpoint import Ema, load_state, save_state
-from steel_seg.train.config import DataConfig, TrainConfig
-from steel_seg.train.data import raise_image_errors, train_loader, val_loader
+from steel_seg.train.config import TrainConfig
+from steel_seg.train.data import prepare, raise_image_errors
 from steel_seg.train.distributed import Dist, barrier, gather, init_dist
 from steel_seg.train.epoch_eval import evaluate
-from steel_seg.train.losses import ModelLoss
+from steel_seg.train.losses import ModelLoss, as_float
 from steel_seg.train.optim import make_optimizer, make_scheduler
 from steel_seg.train.run_log import RunLog
-from steel_seg.train.sources import load_sources, usable_sources
 
 log = logging.getLogger(__name__)
 # Keys that may change between a run and its resumption: where and how fast it runs, not what it computes.
 RESUMABLE = ("data.workers", "data.val_batch_size", "train.device", "train.progress", "train.time_limit_min",
              "train.checkpoint_every")  # fmt: skip
-
-
-def resolve_folds(
-    cfg: DataConfig, labels: Labels, run: RunDir, seed: int, write: bool = True
-) -> tuple[pd.Series, Path]:
-    """The folds and the folds.csv they live in (`folds: random K` writes the run's folds.csv)."""
-    if cfg.folds_csv:
-        return read_folds(cfg.folds_csv, labels.image_ids), Path(cfg.folds_csv)
-    kind, _, k = (cfg.folds or "").partition(" ")
-    if kind != "random" or not k.strip().isdigit() or int(k) < 2:
-        raise ValueError(f"data: give folds_csv, or folds: 'random K' with K >= 2 (got folds={cfg.folds!r})")
-    folds = random_folds(labels.image_ids, int(k), seed)
-    if write:
-        write_folds(folds.rename_axis(IMAGE_ID).reset_index(), run.folds)
-    return folds, run.folds
-
-
-def make_model(cfg: TrainConfig) -> nn.Module:
-    model = build_model(cfg.model.spec, cfg.model.encoder_weights_path, cfg.model.encoder_weights)
-    if cfg.model.seg_prior is not None:
-        set_seg_prior(model, cfg.model.spec, cfg.model.seg_prior)
-    if cfg.model.init_weights:
-        load_init_weights(model, cfg.model.init_weights)
-    return model
-
-
-def _float(t: Tensor | None) -> Tensor | None:
-    return None if t is None else t.float()
 
 
 # ---------------------------------------------------------------- the loop
@@ -83,26 +50,14 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run: RunDir, dist: Dist):
         self.cfg, self.run, self.dist = cfg, run, dist
         self.spec = cfg.model.spec
-        d, pin = cfg.data, dist.device.type == "cuda"
-        sources = load_sources(d)
-        folds, self.folds_csv = resolve_folds(d, sources.primary.labels, run, cfg.train.seed, dist.main)
-        sources = usable_sources(sources, d.skip_bad_images, dist.main and cfg.train.progress)
-        folds = folds[folds.index.isin(sources.primary.labels.image_ids)]
-        fold_train, val_ids = fold_ids(folds, d.fold, self.folds_csv)
-        train_ids = fold_train + sources.extra_ids  # extra sources: the training side only
-        self.loader, self.sampler, self.batches = train_loader(
-            d, self.spec, sources.labels, train_ids, cfg.train.seed, dist.rank, dist.world, pin,
-            folders=sources.folders(), source_weights=sources.weights(train_ids),
-        )  # fmt: skip
-        self.val_loader = val_loader(d, self.spec, sources.labels, val_ids, pin) if dist.main else None
-        self.labels = sources.labels
-        self.sources = sources.record(len(fold_train), len(val_ids))
+        self.data = prepare(cfg.data, self.spec, run, seed=cfg.train.seed, rank=dist.rank, world=dist.world,
+                            device_type=dist.device.type, progress=cfg.train.progress)  # fmt: skip
         torch.manual_seed(cfg.train.seed)
-        self.model = make_model(cfg).to(dist.device)
+        self.model = cfg.model.build().to(dist.device)
         self.net = DistributedDataParallel(self.model) if dist.world > 1 else self.model
         self.ema = Ema(self.model, cfg.train.ema_decay) if cfg.train.ema_decay else None
         self.optimizer = make_optimizer(cfg.optim, self.model)
-        self.steps_per_epoch = math.ceil(self.batches / cfg.train.accumulate)
+        self.steps_per_epoch = math.ceil(self.data.batches / cfg.train.accumulate)
         total_steps = cfg.schedule.epochs * self.steps_per_epoch
         self.scheduler = make_scheduler(cfg.schedule, self.optimizer, total_steps)
         self.amp = device_dtype(dist.device, cfg.train.amp)
@@ -172,7 +127,7 @@ class Trainer:
         with no_sync() if no_sync else contextlib.nullcontext():
             with autocast(device, self.amp):
                 seg, cls = forward_logits(self.net, self.spec, x)
-            loss = self.loss_fn(_float(seg), _float(cls), mask, presence)
+            loss = self.loss_fn(as_float(seg), as_float(cls), mask, presence)
             self.scaler.scale(loss / cfg.accumulate).backward()
         self.loss_sum += loss.item()
         self.loss_count += 1
@@ -189,7 +144,7 @@ class Trainer:
         if self.ema:
             self.ema.update(self.model)
         every = self.cfg.train.checkpoint_every
-        if every and self.step % every == 0 and self.batch < self.batches:
+        if every and self.step % every == 0 and self.batch < self.data.batches:
             self.save_checkpoint()
 
     def train_epoch(self) -> float:
@@ -197,15 +152,15 @@ class Trainer:
         if self.batch == 0:
             seed = np.random.SeedSequence([self.cfg.train.seed, self.epoch, self.dist.rank]).generate_state(1)
             torch.manual_seed(int(seed[0]))
-        self.sampler.set_epoch(self.epoch, start=self.batch * self.cfg.data.batch_size)
+        self.data.sampler.set_epoch(self.epoch, start=self.batch * self.cfg.data.batch_size)
         self.model.train()
-        batches = itertools.islice(self.loader, self.batches - self.batch)
-        bar = tqdm(batches, total=self.batches, initial=self.batch, desc=f"epoch {self.epoch + 1}",
+        batches = itertools.islice(self.data.loader, self.data.batches - self.batch)
+        bar = tqdm(batches, total=self.data.batches, initial=self.batch, desc=f"epoch {self.epoch + 1}",
                    disable=not (self.dist.main and self.cfg.train.progress), leave=False)  # fmt: skip
         for batch in bar:
             raise_image_errors(batch)
             self.batch += 1
-            boundary = self.batch % self.cfg.train.accumulate == 0 or self.batch == self.batches
+            boundary = self.batch % self.cfg.train.accumulate == 0 or self.batch == self.data.batches
             self._micro_step(batch, sync=boundary)
             if boundary:
                 self._optimizer_step()
@@ -218,8 +173,10 @@ class Trainer:
         """Validate, write last/ and best/ and the logs (main process), then the checkpoint (all)."""
         record = None
         if self.dist.main:
-            result = evaluate(self.eval_model, self.spec, self.val_loader, self.labels, self.loss_fn,
-                              self.amp)  # fmt: skip
+            data = self.data
+            result = evaluate(
+                self.eval_model, self.spec, data.val_loader, data.labels, self.loss_fn, self.amp
+            )
             value = result["val_dice"] if self.spec.has_seg else -result["val_loss"]
             is_best = value > self.best
             self.best = max(self.best, value)
@@ -293,7 +250,7 @@ def train(
     log = None
     if dist.main:
         cfg.save_yaml(run.config)
-        run_info(cfg, run, trainer.folds_csv, trainer.sources).save()
+        run_info(cfg, run, trainer.data.folds_csv, trainer.data.sources).save()
         log = RunLog(run, keep_epochs=trainer.epoch)
     records, run_started, last_epoch_s = [], time.time(), 0.0
     while trainer.epoch < cfg.schedule.epochs and not _out_of_time(cfg, run_started, last_epoch_s):

@@ -14,6 +14,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def as_float(t: Tensor | None) -> Tensor | None:
+    """Model outputs (half under autocast) in float32, where losses and metrics are computed; None stays."""
+    return None if t is None else t.float()
+
+
 def _class_weight(pos_weight: Sequence[float] | None, logits: Tensor) -> Tensor | None:
     if pos_weight is None:
         return None

@@ -10,6 +10,7 @@ files.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -20,11 +21,13 @@ import numpy as np
 import pandas as pd
 
 from steel_seg.competition import CLASS_ID, IMAGE_ID
+from steel_seg.formats.images import check_images
 from steel_seg.formats.labels import Labels, read_label_file
-from steel_seg.train.data import usable_labels
 
 if TYPE_CHECKING:
     from steel_seg.train.config import DataConfig, ExtraSource
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,7 @@ def load_sources(cfg: DataConfig) -> Sources:
 
 
 def usable_sources(sources: Sources, skip_bad: bool, progress: bool = True) -> Sources:
-    """`sources` after the pre-flight header check of every image of every source (`data.usable_labels`).
+    """`sources` after the pre-flight header check of every image of every source (`usable_labels`).
 
     Raises ValueError listing the unusable images, unless `skip_bad` (then they are left out, logged).
     """
@@ -140,3 +143,22 @@ def union(sources: Sequence[Source]) -> Labels:
     table = table.sort_values([IMAGE_ID, CLASS_ID], kind="stable", ignore_index=True)
     image_ids = sorted(i for s in sources for i in s.labels.image_ids)
     return Labels(table, image_ids, sources[0].labels.shape)
+
+
+def usable_labels(labels: Labels, images_dir: str | Path, skip_bad: bool, progress: bool = True) -> Labels:
+    """Pre-flight check of every image's header before the first step (`images.check_images`).
+
+    Returns `labels` when all images are usable; with `skip_bad`, the labels without the bad ones (logged
+    with their count). Otherwise ValueError listing every bad image with its file and train.csv line.
+    """
+    problems = check_images([Path(images_dir) / i for i in labels.image_ids], progress=progress)
+    if not problems:
+        return labels
+    listed = "\n".join(f"  {p.path}: {p.reason} ({labels.where(Path(p.path).name)})" for p in problems)
+    if not skip_bad:
+        raise ValueError(
+            f"{len(problems)} of {len(labels.image_ids)} train images cannot be used:\n{listed}\n"
+            "fix or remove them, or set data.skip_bad_images: true to train without them"
+        )
+    log.warning("skipping %d unusable train image(s):\n%s", len(problems), listed)
+    return labels.without([Path(p.path).name for p in problems])
