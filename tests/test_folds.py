@@ -15,6 +15,7 @@ from damage import copy_set, oversized_jpeg
 
 from steel_seg.cli import folds as folds_cli
 from steel_seg.cli import main
+from steel_seg.cli import main as cli_main
 from steel_seg.formats.folds import (
     HASH_THRESHOLD,
     assign_folds,
@@ -77,11 +78,8 @@ def test_missing_image_error_names_the_file(synth, tmp_path, capsys):
     missing = tmp_path / labels.image_ids[0]
     with pytest.raises(ImageError, match=re.escape(f"{missing}: file not found")):
         make_folds(labels, tmp_path, progress=False)
-    parser = argparse.ArgumentParser()
-    folds_cli.add_parser(parser.add_subparsers())
     argv = ["folds", "--train-csv", str(synth / "train.csv"), "--images", str(tmp_path), "--out", "x.csv"]
-    args = parser.parse_args(argv)
-    assert args.func(args) == 2
+    assert cli_main(argv) == 2
     assert f"{missing}: file not found" in capsys.readouterr().err
 
 

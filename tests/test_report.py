@@ -7,7 +7,6 @@ masks plus blur, shift, noise and false-positive blobs (a classifier column incl
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html.parser
 import re
@@ -20,7 +19,7 @@ import pytest
 from test_tune import assert_stats_equal, small_case, write_small_oof
 
 from steel_seg.cli import COMMANDS
-from steel_seg.cli import report as report_cli
+from steel_seg.cli import main as cli_main
 from steel_seg.competition import CLASSES
 from steel_seg.formats import metric, rle
 from steel_seg.formats.images import read_grey
@@ -112,11 +111,8 @@ def parse(path: Path) -> _Page:
 
 
 def run_report_cli(argv: list[str]) -> int:
-    """`steel-seg report ...` through its own parser (no import of the other, torch-heavy subcommands)."""
-    parser = argparse.ArgumentParser()
-    report_cli.add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """`steel-seg report ...` (the CLI imports only the chosen subcommand, not the torch-heavy others)."""
+    return cli_main(argv)
 
 
 def check_written(written) -> _Page:

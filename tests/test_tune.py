@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import itertools
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pandas as pd
 import pytest
 from test_oof import write_oof
 
-from steel_seg.cli import tune as tune_cli
+from steel_seg.cli import main as cli_main
 from steel_seg.competition import CLASSES, N_CLASSES, TIDY_COLUMNS
 from steel_seg.formats import metric, rle
 from steel_seg.formats.labels import Labels
@@ -276,11 +275,8 @@ def test_tune_cli_thresholds_are_byte_identical_for_one_and_two_workers(tmp_path
 
 
 def tune_command(argv: list[str]) -> int:
-    """Run `steel-seg tune argv` through its own parser (independent of the other subcommands)."""
-    parser = argparse.ArgumentParser()
-    tune_cli.add_parser(parser.add_subparsers())
-    args = parser.parse_args(["tune", *argv])
-    return args.func(args)
+    """Run `steel-seg tune argv` (the CLI imports only the chosen subcommand)."""
+    return cli_main(["tune", *argv])
 
 
 def predictions(oof, rules: Rules) -> pd.DataFrame:

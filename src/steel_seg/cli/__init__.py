@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 
 # name -> one-line help. Each name is a module `steel_seg.cli.<name>` ("-" spelt "_") with
 # `add_parser(subparsers)` that registers its subcommand and sets `func=run` (a callable taking the parsed
-# args, returning an exit code).
+# args, returning an exit code). It raises on bad input; `main` prints the one-line message (exit 2).
 # Only the chosen subcommand's module is imported, so `steel-seg score` never pays for torch.
 COMMANDS = {
     "synth": "write a Severstal-like synthetic data set",
@@ -39,13 +40,30 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# What bad input raises anywhere in the library (a file, a value, a device that cannot be used; KeyError: an
+# unknown name such as an architecture): one line for the user, never a traceback.
+USER_ERRORS = (OSError, ValueError, KeyError)
+USAGE_ERROR = 2
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; bad input prints `steel-seg <command>: <what is wrong>` and exits 2."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     argv = sys.argv[1:] if argv is None else list(argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
     # An unknown or missing command imports nothing: argparse then prints the list or the error.
     args = build_parser(chosen if chosen in COMMANDS else "").parse_args(argv)
-    return int(args.func(args) or 0)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except USER_ERRORS as exc:
+        print(f"steel-seg {args.command}: {message(exc)}", file=sys.stderr)
+        return USAGE_ERROR
+
+
+def message(exc: BaseException) -> str:
+    """The error's text (a KeyError's without the quotes `str` adds)."""
+    return str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
 
 
 if __name__ == "__main__":

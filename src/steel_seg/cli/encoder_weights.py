@@ -9,7 +9,6 @@ Kaggle notebook as a dataset, and set `model.encoder_weights_path` to the .safet
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from steel_seg.models.encoders import export
@@ -26,11 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        weights_file, json_file = export(args.encoder, args.weights, args.out)
-    except (OSError, ValueError) as exc:
-        print(f"steel-seg encoder-weights: {exc}", file=sys.stderr)
-        return 2
+    weights_file, json_file = export(args.encoder, args.weights, args.out)
     print(f"wrote {weights_file} and {json_file}")
     print(f"use it with:  model.encoder_weights_path: {weights_file}   model.encoder_weights: null")
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from steel_seg.formats.folds import HASH_THRESHOLD, Folds, make_folds
 from steel_seg.formats.labels import Labels
@@ -31,12 +30,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        labels = Labels.from_csv(args.train_csv, args.images)
-        folds = make_folds(labels, args.images, args.k, args.hash_threshold, args.seed)
-    except ValueError as err:
-        print(f"steel-seg folds: {err}", file=sys.stderr)
-        return 2
+    labels = Labels.from_csv(args.train_csv, args.images)
+    folds = make_folds(labels, args.images, args.k, args.hash_threshold, args.seed)
     folds.save(args.out)
     print(report(folds))
     print(f"folds: {len(folds.table)} images in {args.k} folds -> {args.out}")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from steel_seg.engine.options import views
-from steel_seg.models.manifest import DEFAULT_BUDGET_S, ManifestError, copy_model_dir, write_manifest
+from steel_seg.models.manifest import DEFAULT_BUDGET_S, copy_model_dir, write_manifest
 
 
 def _model(text: str) -> tuple[str, Path]:
@@ -45,13 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        dirs = [copy_model_dir(source, args.weights_dir, name) for name, source in args.model]
-        path = write_manifest(
-            args.weights_dir, dirs, tta=args.tta, weights=args.weight, budget_s=args.budget_s
-        )
-    except (ManifestError, ValueError, OSError) as exc:
-        print(f"steel-seg manifest: {exc}", file=sys.stderr)
-        return 2
+    dirs = [copy_model_dir(source, args.weights_dir, name) for name, source in args.model]
+    path = write_manifest(args.weights_dir, dirs, tta=args.tta, weights=args.weight, budget_s=args.budget_s)
     print(f"wrote {path}: {', '.join(name for name, _ in args.model)}; views {','.join(args.tta)}")
     return 0

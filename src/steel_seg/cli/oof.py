@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from steel_seg.engine.options import add_engine_options, engine_settings, views
@@ -24,10 +23,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     settings = engine_settings(args, tta=args.tta)
-    try:
-        out = predict_oof(args.run, args.out, settings, args.overwrite)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    out = predict_oof(args.run, args.out, settings, args.overwrite)
     print(f"OOF probabilities of {args.run} -> {out}")
     return 0

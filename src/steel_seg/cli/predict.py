@@ -28,19 +28,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_command(args: argparse.Namespace) -> int:
     settings = engine_settings(args)
     inputs = Inputs(args.images, args.sample, args.weights_dir, args.out)
-    try:
-        manifest = Manifest.load(args.weights_dir / MANIFEST_FILE)
-        rules = Rules.load(args.weights_dir / THRESHOLDS_FILE)
-        ensemble = load(inputs, manifest, rules, settings)
-    except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: devices.DeviceError
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    manifest = Manifest.load(args.weights_dir / MANIFEST_FILE)
+    rules = Rules.load(args.weights_dir / THRESHOLDS_FILE)
+    ensemble = load(inputs, manifest, rules, settings)
     outcome = run(ensemble, rules, inputs, settings)
     if outcome.summary is not None:
         print(outcome.summary.text())
     if outcome.error:
-        print(f"error: prediction failed mid-run ({outcome.error}); {args.out} is complete, the rest empty",
-              file=sys.stderr)  # fmt: skip
+        print(f"steel-seg predict: prediction failed mid-run ({outcome.error}); {args.out} is complete, the "
+              "rest empty", file=sys.stderr)  # fmt: skip
     for problem in outcome.problems:
-        print(f"invalid submission: {problem}", file=sys.stderr)
+        print(f"steel-seg predict: invalid submission: {problem}", file=sys.stderr)
     return 2 if outcome.error else (1 if outcome.problems else 0)

@@ -4,7 +4,6 @@ keeping the images it is sure of as a train.csv for `data.extra_sources`."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from steel_seg.engine.options import add_engine_options, engine_settings, views
@@ -32,11 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     settings = engine_settings(args, tta=args.tta)
-    try:
-        limits = Confidence(args.positive, args.negative, args.min_pixel_confidence)
-        summary = run(args.weights_dir, args.images, args.out, limits, settings, args.overwrite)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    limits = Confidence(args.positive, args.negative, args.min_pixel_confidence)
+    summary = run(args.weights_dir, args.images, args.out, limits, settings, args.overwrite)
     print(summary.text())
     return 0

@@ -6,20 +6,15 @@ Each writes PNG figures and one self-contained `report.html` (figures embedded, 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from pathlib import Path
 
+from steel_seg.cli.options import add_workers_option, floats
 from steel_seg.formats.folds import HASH_THRESHOLD
 from steel_seg.formats.labels import Labels
 from steel_seg.formats.oof import read_oofs
 from steel_seg.postprocess.rules import Rules
 from steel_seg.report import eda, eda_page, eval_page, evaluate
 from steel_seg.report.evaluate import CURVE_THRESHOLDS
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(v) for v in text.split(",") if v.strip())
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -49,46 +44,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     v.add_argument("--worst", type=int, default=3, help="worst images shown per class (default 3)")
     v.add_argument(
         "--curve-thresholds",
-        type=_floats,
+        type=floats,
         default=CURVE_THRESHOLDS,
         help="pixel thresholds of the Dice curves, comma list (each costs a pass per image; "
         f"default {','.join(map(str, CURVE_THRESHOLDS))})",
     )
-    v.add_argument(
-        "--workers",
-        type=int,
-        default=os.cpu_count() or 1,
-        help="processes of the pass over the OOF images; 1 = in this process (default: all cores, "
-        f"{os.cpu_count()} here); the numbers do not depend on it",
-    )
+    add_workers_option(v, "for the pass over the OOF images")
     v.set_defaults(func=run_eval)
 
 
 def run_eda(args: argparse.Namespace) -> int:
-    try:
-        labels = Labels.from_csv(args.train_csv, args.images)
-        clusters = None
-        if args.hash_threshold >= 0:
-            clusters = eda.near_duplicate_clusters(labels.image_ids, args.images, args.hash_threshold)
-        settings = eda_page.EdaSettings(per_class=args.per_class, seed=args.seed)
-        written = eda_page.build(labels, args.images, args.out, clusters, settings)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    labels = Labels.from_csv(args.train_csv, args.images)
+    clusters = None
+    if args.hash_threshold >= 0:
+        clusters = eda.near_duplicate_clusters(labels.image_ids, args.images, args.hash_threshold)
+    settings = eda_page.EdaSettings(per_class=args.per_class, seed=args.seed)
+    written = eda_page.build(labels, args.images, args.out, clusters, settings)
     print(f"{written.summary}; wrote {written.html} ({len(written.figures)} figures)")
     return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    try:
-        rules = Rules.load(args.thresholds) if args.thresholds else Rules()
-        source = str(args.thresholds) if args.thresholds else "defaults"
-        settings = eval_page.EvalSettings(worst=args.worst, curve_thresholds=args.curve_thresholds)
-        oof = read_oofs(args.oof)
-        ev = evaluate.collect(oof, rules, settings.curve_thresholds, args.workers)
-        written = eval_page.render(ev, oof, args.out, args.images, settings, source)
-    except (OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    rules = Rules.load(args.thresholds) if args.thresholds else Rules()
+    source = str(args.thresholds) if args.thresholds else "defaults"
+    settings = eval_page.EvalSettings(worst=args.worst, curve_thresholds=args.curve_thresholds)
+    oof = read_oofs(args.oof)
+    ev = evaluate.collect(oof, rules, settings.curve_thresholds, args.workers)
+    written = eval_page.render(ev, oof, args.out, args.images, settings, source)
     print(f"{written.summary}; wrote {written.html} ({len(written.figures)} figures)")
     return 0

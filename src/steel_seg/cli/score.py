@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from steel_seg.formats.metric import Breakdown, Score, score_files
 
@@ -32,11 +31,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        result = score_files(args.truth, args.pred, args.images, subset=args.subset)
-    except ValueError as err:
-        print(f"steel-seg score: {err}", file=sys.stderr)
-        return 2
+    result = score_files(args.truth, args.pred, args.images, subset=args.subset)
     print(json.dumps(result.to_dict()) if args.json else table(result))
     return 0
 

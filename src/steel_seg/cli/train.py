@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 from pathlib import Path
 
 import yaml
@@ -43,14 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     overrides = dict(args.set) | ({"data.fold": args.fold} if args.fold is not None else {})
-    try:
-        cfg = TrainConfig.from_yaml(args.config, overrides)
-        out = args.out or Path("runs") / f"{args.config.stem}-f{cfg.data.fold}"
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-        result = train(cfg, out, resume=args.resume, overwrite=args.overwrite)
-    except (OSError, ValueError, KeyError) as exc:
-        print(f"steel-seg train: {exc}", file=sys.stderr)
-        return 2
+    cfg = TrainConfig.from_yaml(args.config, overrides)
+    out = args.out or Path("runs") / f"{args.config.stem}-f{cfg.data.fold}"
+    result = train(cfg, out, resume=args.resume, overwrite=args.overwrite)
     if result.main:
         print(summary(result))
     return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from steel_seg.formats.submission import validate
 
@@ -21,11 +20,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        problems = validate(args.pred, args.sample)
-    except ValueError as err:
-        print(f"steel-seg validate: {err}", file=sys.stderr)
-        return 2
+    problems = validate(args.pred, args.sample)
     if not problems:
         print(f"{args.pred}: valid submission for {args.sample}")
         return 0

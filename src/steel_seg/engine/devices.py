@@ -29,7 +29,7 @@ RETIRED_MACHINE_SHAPES = {"NvidiaTeslaP100": "compute capability 6.0: Kaggle's t
 _ARCH = re.compile(r"^(sm|compute)_(\d+)(\d)[a-z]?$")
 
 
-class DeviceError(RuntimeError):
+class DeviceError(ValueError):
     """A device the run cannot use; the message names it and what to do."""
 
 

@@ -4,7 +4,6 @@ the kernel script. Light to import (argparse only): the kernel parses its argume
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +67,7 @@ def add_budget_option(p: argparse.ArgumentParser) -> None:
 
 
 def engine_settings(args: argparse.Namespace, *, require_gpu: bool = False, **extra: Any) -> PredictSettings:
-    """`PredictSettings` from the shared options (+ `extra`); INFO logging for the engine's decisions.
+    """`PredictSettings` from the shared options (+ `extra`).
 
     Without `--devices` the run uses every visible GPU; with none visible, the CPU, unless `require_gpu`
     (the kernel: on the CPU the test set takes hours, so the run would be killed with nothing written).
@@ -76,7 +75,6 @@ def engine_settings(args: argparse.Namespace, *, require_gpu: bool = False, **ex
     from steel_seg.engine.locations import default_device
     from steel_seg.engine.runner import PredictSettings
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     budget = {"budget_s": args.budget_s} if hasattr(args, "budget_s") else {}
     return PredictSettings(
         device=args.devices or ("cuda" if require_gpu else default_device()),

@@ -20,12 +20,12 @@ import cv2
 import numpy as np
 import pandas as pd
 from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
-from tqdm import tqdm
 
 from steel_seg import fileio
 from steel_seg.competition import CLASSES, IMAGE_ID
 from steel_seg.formats.images import read_grey
 from steel_seg.formats.labels import Labels
+from steel_seg.progress import track
 
 HASH_SIZE = (128, 32)  # (W, H) of the shrunk image
 HASH_BLOCK = (4, 16)  # (vertical, horizontal) low frequencies kept: 64 bits
@@ -51,7 +51,7 @@ def phash(grey: np.ndarray) -> np.uint64:
 def hash_images(paths: Sequence[str | Path], progress: bool = True) -> np.ndarray:
     """(N,) uint64 pHashes of image files; `ImageError` names a missing or unreadable file."""
     hashes = np.empty(len(paths), np.uint64)
-    for i, path in enumerate(tqdm(paths, desc="hash", unit="img", disable=not progress)):
+    for i, path in enumerate(track(paths, "hash", bar=progress)):
         hashes[i] = phash(read_grey(path, shape=None))
     return hashes
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from steel_seg.competition import IMAGE_SHAPE
+from steel_seg.progress import track
 
 SOI, EOI = b"\xff\xd8", b"\xff\xd9"
 SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -135,8 +135,6 @@ def _head_and_tail(path: Path, head: int = 65536, tail: int = 64) -> tuple[bytes
 def check_images(
     paths: Sequence[str | Path], shape: tuple[int, int] = IMAGE_SHAPE, progress: bool = True
 ) -> list[ImageError]:
-    """`check_image` of every path (tqdm progress); the problems, in the given order."""
-    checked = (
-        check_image(p, shape) for p in tqdm(paths, desc="check images", unit="img", disable=not progress)
-    )
+    """`check_image` of every path (with progress); the problems, in the given order."""
+    checked = (check_image(p, shape) for p in track(paths, "check images", bar=progress))
     return [problem for problem in checked if problem is not None]

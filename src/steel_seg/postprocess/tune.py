@@ -22,8 +22,8 @@ chunks' statistics into exactly the arrays one collector over all images would h
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
-import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -34,13 +34,14 @@ from typing import Any, TypeVar
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from steel_seg.competition import CLASSES, IMAGE_ID, N_CLASSES
 from steel_seg.formats.labels import Labels
 from steel_seg.formats.oof import OOF, dequantise, read_oofs
 from steel_seg.postprocess.rules import ClassRule, Rules, bounding_box, components
+from steel_seg.progress import Progress
 
+log = logging.getLogger(__name__)
 DEFAULT_RULE = ClassRule(CLASSES[0])
 CHUNK_IMAGES = 64  # images per chunk of `map_oof`: a progress step of a few seconds, cheap to pickle
 TIE_TOLERANCE = 1e-12  # grid points within this of the best mean Dice are tied
@@ -241,25 +242,24 @@ def map_oof(fn: Callable[[OOF], R], oof: OOF, workers: int, desc: str) -> list[R
     `workers == 1` runs the chunks in this process; more runs them in a pool of spawned processes (clean
     interpreters: nothing inherited from a parent that may hold torch or OpenCV threads), each reading its
     chunk's PNGs itself, with OpenCV single-threaded. `fn` must pickle: a module-level function or a
-    `functools.partial` of one. A tqdm bar counts images per finished chunk; a summary line follows it.
+    `functools.partial` of one. A `Progress` counts images per finished chunk; a summary line follows it.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     chunks = [subset(oof, oof.image_ids[r.start : r.stop]) for r in chunk_ranges(len(oof.image_ids), workers)]
     workers = min(workers, len(chunks))
     start = time.perf_counter()
-    with tqdm(total=len(oof.image_ids), desc=f"{desc}, workers {workers}", unit="img") as bar:
+    with Progress(len(oof.image_ids), f"{desc}, workers {workers}") as bar:
         results = _run_chunks(fn, chunks, workers, bar)
     seconds = time.perf_counter() - start
     rate = len(oof.image_ids) / max(seconds, 1e-9)
-    tqdm.write(
-        f"{desc}: {len(oof.image_ids)} images in {seconds:.1f} s, {rate:.1f} img/s, workers {workers}",
-        file=sys.stderr,
+    log.info(
+        "%s: %d images in %.1f s, %.1f images/s, workers %d", desc, len(oof.image_ids), seconds, rate, workers
     )
     return results
 
 
-def _run_chunks(fn: Callable[[OOF], R], chunks: list[OOF], workers: int, bar: tqdm) -> list[R]:
+def _run_chunks(fn: Callable[[OOF], R], chunks: list[OOF], workers: int, bar: Progress) -> list[R]:
     if workers == 1:
         results = []
         for chunk in chunks:

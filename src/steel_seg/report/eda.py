@@ -13,11 +13,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from steel_seg.competition import CLASS_ID, CLASSES, ENCODED_PIXELS, IMAGE_SHAPE, N_CLASSES
 from steel_seg.formats import folds, rle
 from steel_seg.formats.labels import Labels
+from steel_seg.progress import track
 
 HEAT_STEP = 4  # position maps are summed over HEAT_STEP x HEAT_STEP blocks: (4, 64, 400) for 256x1600
 
@@ -68,13 +68,13 @@ class EdaStats:
 
 
 def collect(labels: Labels, shape: tuple[int, int] = IMAGE_SHAPE) -> EdaStats:
-    """Measure every defect mask of `labels` once (tqdm progress over the masks)."""
+    """Measure every defect mask of `labels` once (progress over the masks)."""
     areas: dict[int, list[int]] = {c: [] for c in CLASSES}
     comps: dict[int, list[int]] = {c: [] for c in CLASSES}
     heat = np.zeros((N_CLASSES, *shape), np.int32)  # summed at full size (one add a mask), reduced at the end
     table = labels.table
     rows = zip(table[CLASS_ID].tolist(), table[ENCODED_PIXELS].tolist(), strict=True)
-    for class_id, encoded in tqdm(rows, total=len(table), desc="eda: masks", unit="mask"):
+    for class_id, encoded in track(rows, "eda: masks", total=len(table), unit="masks"):
         mask = rle.decode(encoded, shape)
         area = int(np.count_nonzero(mask))
         if area == 0:

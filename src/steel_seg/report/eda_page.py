@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from steel_seg.competition import CLASSES
 from steel_seg.formats.images import read_grey
 from steel_seg.formats.labels import Labels
+from steel_seg.progress import track
 from steel_seg.report import eda, figures
 from steel_seg.report.html import HtmlPage, Written
 from steel_seg.report.overlay import draw_contours
@@ -99,7 +99,7 @@ def _overlays(
         if not ids:
             page.text(f"class {c}: no image carries it.")
             continue
-        ids = tqdm(ids, desc=f"eda: class {c} overlays")
+        ids = track(ids, f"eda: class {c} overlays")
         fig = figures.image_rows([_overlay_row(labels, images_dir, i, settings.thickness) for i in ids])
         path = figures.save(fig, out / f"overlays_class{c}.png", palette=PALETTE)
         page.figure(path, f"Images with class {c}.")

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from steel_seg.competition import CLASS_ID, CLASSES, IMAGE_ID
 from steel_seg.formats.images import fit_shape, read_grey
 from steel_seg.formats.oof import OOF
 from steel_seg.postprocess.rules import Rules, apply
+from steel_seg.progress import track
 from steel_seg.report import evaluate, figures
 from steel_seg.report.evaluate import Evaluation
 from steel_seg.report.html import HtmlPage, Written
@@ -135,7 +135,7 @@ def _worst(
             continue
         page.table(worst[["dice", "truth_area", "pred_area", "intersection"]], f"Class {c}: worst pairs")
         rows = []
-        for image_id, pair in tqdm(worst.iterrows(), total=len(worst), desc=f"eval: class {c} worst"):
+        for image_id, pair in track(worst.iterrows(), f"eval: class {c} worst", total=len(worst)):
             rows += _worst_rows(ev, oof, image_id, c, float(pair["dice"]), images_dir, settings.thickness)
         fig = figures.image_rows(rows)
         page.figure(

@@ -29,7 +29,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from steel_seg import fileio
 from steel_seg.competition import (
@@ -47,6 +46,7 @@ from steel_seg.competition import (
     Layout,
 )
 from steel_seg.formats import rle
+from steel_seg.progress import Progress
 
 LAYOUTS = tuple(layout.value for layout in TRAIN_LAYOUTS)  # train.csv layouts by name, as the CLI takes them
 STATS_PATH = Path(__file__).with_name("stats.json")
@@ -488,14 +488,13 @@ def write_dataset(
     train_units = plan_units(rng, n_train, duplicates=True)
     _check_folder(out / TRAIN_IMAGES, train_ids)
     _check_folder(out / TEST_IMAGES, test_ids)
-    bar = tqdm(total=n_train + n_test, desc="synth", unit="img", disable=not progress)
-    train_rles, groups = _write_images(
-        out / TRAIN_IMAGES, train_ids, iter_samples(train_units, seeds[1], stats), bar
-    )
-    test_rles, _ = _write_images(
-        out / TEST_IMAGES, test_ids, iter_samples([1] * n_test, seeds[2], stats), bar
-    )
-    bar.close()
+    with Progress(n_train + n_test, "synth", bar=progress) as bar:
+        train_rles, groups = _write_images(
+            out / TRAIN_IMAGES, train_ids, iter_samples(train_units, seeds[1], stats), bar
+        )
+        test_rles, _ = _write_images(
+            out / TEST_IMAGES, test_ids, iter_samples([1] * n_test, seeds[2], stats), bar
+        )
     _write_train_csv(out / TRAIN_CSV, train_rles, train_layout)
     _write_sample_submission(out / SAMPLE_SUBMISSION, test_ids, train_layout)
     _write_train_csv(out / "test_truth.csv", test_rles, Layout.RERELEASE)
@@ -535,7 +534,7 @@ def _check_folder(folder: Path, ids: list[str]) -> None:
 
 
 def _write_images(
-    folder: Path, ids: list[str], samples: Iterator[tuple[int, Sample]], bar: tqdm
+    folder: Path, ids: list[str], samples: Iterator[tuple[int, Sample]], bar: Progress
 ) -> tuple[dict[str, list[str]], dict[str, int]]:
     """Encode each sample as a 3-channel JPEG; returns ImageId -> 4 RLEs and ImageId -> unit index."""
     rles: dict[str, list[str]] = {}

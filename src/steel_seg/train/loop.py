@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from steel_seg.formats.runs import RunDir, RunInfo
 from steel_seg.models.factory import forward_logits, save
 from steel_seg.models.precision import autocast, device_dtype
+from steel_seg.progress import Progress
 from steel_seg.train.checkpoint import Ema, load_state, save_state
 from steel_seg.train.config import TrainConfig
 from steel_seg.train.data import prepare, raise_image_errors
@@ -155,16 +155,17 @@ class Trainer:
         self.data.sampler.set_epoch(self.epoch, start=self.batch * self.cfg.data.batch_size)
         self.model.train()
         batches = itertools.islice(self.data.loader, self.data.batches - self.batch)
-        bar = tqdm(batches, total=self.data.batches, initial=self.batch, desc=f"epoch {self.epoch + 1}",
-                   disable=not (self.dist.main and self.cfg.train.progress), leave=False)  # fmt: skip
-        for batch in bar:
-            raise_image_errors(batch)
-            self.batch += 1
-            boundary = self.batch % self.cfg.train.accumulate == 0 or self.batch == self.data.batches
-            self._micro_step(batch, sync=boundary)
-            if boundary:
-                self._optimizer_step()
-            bar.set_postfix(loss=f"{self.loss_sum / self.loss_count:.4f}")
+        bar = Progress(self.data.batches, f"epoch {self.epoch + 1}", unit="batches", initial=self.batch,
+                       bar=self.cfg.train.progress, show=self.dist.main)  # fmt: skip
+        with bar:
+            for batch in batches:
+                raise_image_errors(batch)
+                self.batch += 1
+                boundary = self.batch % self.cfg.train.accumulate == 0 or self.batch == self.data.batches
+                self._micro_step(batch, sync=boundary)
+                if boundary:
+                    self._optimizer_step()
+                bar.update(loss=f"{self.loss_sum / self.loss_count:.4f}")
         mean = self.loss_sum / max(1, self.loss_count)
         self.epoch, self.batch, self.loss_sum, self.loss_count = self.epoch + 1, 0, 0.0, 0
         return mean

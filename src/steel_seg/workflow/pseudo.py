@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from steel_seg import fileio
 from steel_seg.competition import CLASSES, IMAGE_ID, TRAIN_CSV, Layout
@@ -41,6 +40,7 @@ from steel_seg.formats import metric, rle
 from steel_seg.formats.images import ImageError, read_grey
 from steel_seg.models.manifest import MANIFEST_FILE, Manifest
 from steel_seg.postprocess.rules import THRESHOLDS_FILE, Rules, apply, gate_scores
+from steel_seg.progress import Progress
 
 # A class's verdict: sure (DEFECT, CLEAN), or why it is not.
 DEFECT, CLEAN = "defect", "no defect"
@@ -268,13 +268,13 @@ def write_outputs(out_dir: Path, decisions: Sequence[Decision], summary: Summary
 
 
 def collect(decisions: Iterator[Decision], total: int, progress: bool) -> list[Decision]:
-    """The streamed decisions as a list, under a progress bar that counts the selected images."""
+    """The streamed decisions as a list, with progress that counts the selected images."""
     out, selected = [], 0
-    with tqdm(decisions, total=total, desc="pseudo", unit="img", disable=not progress) as bar:
-        for decision in bar:
+    with Progress(total, "pseudo", bar=progress) as bar:
+        for decision in decisions:
             out.append(decision)
             selected += decision.selected
-            bar.set_postfix(selected=selected, refresh=False)
+            bar.update(selected=str(selected))
     return out
 
 
