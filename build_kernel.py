@@ -43,12 +43,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     ids = KaggleIds(
-        args.kaggle_user,
-        args.kernel_slug,
-        args.weights_dataset,
-        args.competition,
-        args.license,
-        args.machine_shape,
+        user=args.kaggle_user,
+        kernel_slug=args.kernel_slug,
+        weights_slug=args.weights_dataset,
+        competition=args.competition,
+        license=args.license,
+        machine_shape=args.machine_shape,
     )
     try:
         result = build(args.weights_dir, args.out, TEMPLATE, ids)

@@ -17,13 +17,16 @@ import argparse
 import itertools
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from steel_seg.formats.folds import HASH_THRESHOLD, assign_folds, hash_images, near_pairs
-from steel_seg.synthetic.dataset import read_index
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from synthetic_stats import read_index  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "severstal_sample"
 N_TRAIN = 12568

@@ -163,7 +163,7 @@ def steps_1_to_3(args: argparse.Namespace, areas: np.ndarray, grid: Grid) -> Non
     )
 
     stats, _, t_add = collect(areas, grid, args.scale, args.noisy, seed=2)
-    components = sum(c.n_components() for c in stats.classes)
+    components = sum(s.size for c in stats.classes for s in c.sizes)
     print(
         f"statistics of {len(stats.image_ids)} images at scale 1/{args.scale}: {t_add:.1f} CPU s "
         f"collection, {components} components recorded"

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from damage import copy_set, oversized_jpeg
+from synthetic_stats import read_index
 
 from steel_seg.cli import folds as folds_cli
 from steel_seg.cli import main
@@ -27,7 +28,7 @@ from steel_seg.formats.folds import (
 )
 from steel_seg.formats.images import ImageError
 from steel_seg.formats.labels import Labels
-from steel_seg.synthetic.dataset import read_index, write_dataset
+from steel_seg.synthetic.dataset import write_dataset
 
 
 @pytest.fixture(scope="module")

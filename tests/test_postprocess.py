@@ -13,7 +13,6 @@ from steel_seg.postprocess.rules import (
     ClassRule,
     Rules,
     apply,
-    apply_batch,
     bounding_box,
     drop_small_components,
     filter_masks,
@@ -141,7 +140,8 @@ def test_apply_equals_threshold_then_filter_masks_and_batch_equals_single():
     cls = rng.random((3, 4), dtype=np.float32)
     rules = Rules(tuple(ClassRule(k + 1, 0.3 + 0.1 * k, 3, 10, 0.2) for k in range(4)), True)
     for c in (None, cls):
-        batch = apply_batch(probs, rules, c)
+        masks, scores = threshold(probs, rules), gate_scores(probs, c)  # batched, as the engine runs them
+        batch = [filter_masks(m, rules, s) for m, s in zip(masks, scores, strict=True)]
         for n in range(3):
             one = apply(probs[n], rules, None if c is None else c[n])
             split = filter_masks(

@@ -120,7 +120,7 @@ class KaggleIds:
         return problems
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BuildResult:
     """What `build` wrote and from what."""
 
@@ -333,16 +333,16 @@ def build(
             weights_dir / DATASET_METADATA_FILE, _json_bytes(dataset_metadata(ids))
         )
     return BuildResult(
-        script_path,
-        kernel_meta,
-        dataset_meta,
-        tuple(files),
-        len(script),
-        hashlib.sha256(script).hexdigest(),
-        manifest,
-        rules,
-        ids,
-        tuple(warnings),
+        script=script_path,
+        kernel_metadata=kernel_meta,
+        dataset_metadata=dataset_meta,
+        files=tuple(files),
+        size=len(script),
+        sha256=hashlib.sha256(script).hexdigest(),
+        manifest=manifest,
+        rules=rules,
+        ids=ids,
+        warnings=tuple(warnings),
     )
 
 

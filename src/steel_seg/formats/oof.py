@@ -129,7 +129,7 @@ class OOFWriter:
         return fileio.publish_dir(self._work, self.dir)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class OOF:
     """Out-of-fold predictions of one or several directories (PNGs read lazily, one image at a time).
 
@@ -226,13 +226,13 @@ def read_oof(dir: str | os.PathLike) -> OOF:
     cls = _read_cls(dir / "cls.csv", image_ids) if meta["has_cls"] else None
     truth = _read_truth(dir / "truth.csv", image_ids, shape)
     return OOF(
-        (dir,),
-        image_ids,
-        shape,
-        bool(meta["has_cls"]),
-        cls,
-        Labels(truth, sorted(image_ids), shape),
-        _png_paths(dir, image_ids),
+        dirs=(dir,),
+        image_ids=image_ids,
+        shape=shape,
+        has_cls=bool(meta["has_cls"]),
+        cls=cls,
+        truth=Labels(truth, sorted(image_ids), shape),
+        png_paths=_png_paths(dir, image_ids),
     )
 
 
@@ -258,5 +258,11 @@ def read_oofs(dirs: Sequence[str | os.PathLike]) -> OOF:
     truth = Labels(table, sorted(owner), first.shape)
     paths = {k: v for p in parts for k, v in p.png_paths.items()}
     return OOF(
-        tuple(d for p in parts for d in p.dirs), list(owner), first.shape, first.has_cls, cls, truth, paths
+        dirs=tuple(d for p in parts for d in p.dirs),
+        image_ids=list(owner),
+        shape=first.shape,
+        has_cls=first.has_cls,
+        cls=cls,
+        truth=truth,
+        png_paths=paths,
     )

@@ -114,11 +114,6 @@ class SubmissionWriter:
         self._pending[self._position[image_id]] = rles
         self._flush()
 
-    @property
-    def n_written(self) -> int:
-        """Images whose rows are already in the file."""
-        return self._next
-
     def _flush(self) -> None:
         while self._next in self._pending:
             self._write_rows(self.sample.image_ids[self._next], self._pending.pop(self._next))

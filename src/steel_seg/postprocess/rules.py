@@ -198,10 +198,3 @@ def filter_masks(masks: np.ndarray, rules: Rules, gate_scores: np.ndarray) -> np
 def apply(probs: np.ndarray, rules: Rules, cls: np.ndarray | None = None) -> np.ndarray:
     """All rules on one image: `probs: (4, H, W) float32`, `cls: (4,)` or None -> `(4, H, W) uint8`."""
     return filter_masks(threshold(probs, rules), rules, gate_scores(probs, cls))
-
-
-def apply_batch(probs: np.ndarray, rules: Rules, cls: np.ndarray | None = None) -> np.ndarray:
-    """All rules on a batch: `probs: (N, 4, H, W) float32`, `cls: (N, 4)` or None -> `(N, 4, H, W) uint8`."""
-    masks = threshold(probs, rules)
-    scores = gate_scores(probs, cls)
-    return np.stack([filter_masks(m, rules, s) for m, s in zip(masks, scores, strict=True)])

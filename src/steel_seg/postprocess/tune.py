@@ -22,6 +22,7 @@ chunks' statistics into exactly the arrays one collector over all images would h
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import time
@@ -103,9 +104,6 @@ class ClassStats:
     sizes: list[np.ndarray]
     overlaps: list[np.ndarray]
     counts: list[np.ndarray]
-
-    def n_components(self) -> int:
-        return sum(s.size for s in self.sizes)
 
     @classmethod
     def concat(cls, parts: Sequence[ClassStats]) -> ClassStats:
@@ -226,7 +224,9 @@ def subset(oof: OOF, image_ids: Sequence[str]) -> OOF:
     cls = None if oof.cls is None else oof.cls.loc[ids]
     table = oof.truth.table[oof.truth.table[IMAGE_ID].isin(set(ids))]
     truth = Labels(table, sorted(ids), oof.truth.shape)
-    return OOF(oof.dirs, ids, oof.shape, oof.has_cls, cls, truth, {i: oof.png_paths[i] for i in ids})
+    return dataclasses.replace(
+        oof, image_ids=ids, cls=cls, truth=truth, png_paths={i: oof.png_paths[i] for i in ids}
+    )
 
 
 def chunk_ranges(n: int, workers: int) -> list[range]:

@@ -11,7 +11,7 @@ drawn defects, each clearly visible but never identical:
 
 The masks are the exact truth: a defect's pixels are exactly the pixels its renderer altered (classes never
 overlap). Which classes an image carries and how large each mask is follow the real train set's statistics
-(`SyntheticStats`, derived from the per-image index by `derive_stats` and shipped as `stats.json`).
+(`SyntheticStats`, shipped as `stats.json`: `scripts/synthetic_stats.py` derives it from the per-image index).
 A few train images come in near-duplicate clusters (one base image, slightly shifted, re-lit and re-noised),
 like the real train set's, so `formats.folds` has something to find. Deterministic by seed: the same seed
 gives byte-identical files.
@@ -28,7 +28,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 
 from steel_seg import fileio
 from steel_seg.competition import (
@@ -55,7 +54,6 @@ AREA_CLIP = (0.02, 0.98)  # areas are drawn between these quantiles: no 115 px c
 JPEG_QUALITY = 92
 DUPLICATE_FRACTION = 0.03  # share of train images that start a near-duplicate cluster
 DRAW_ORDER = (4, 3, 2, 1)  # large kinds first, so the small ones still find free room
-INDEX_COLUMNS = ("image_id", "area_class_1", "area_class_2", "area_class_3", "area_class_4")
 
 
 # ----------------------------------------------------------------------------------------------- statistics
@@ -76,13 +74,6 @@ class SyntheticStats:
     area_levels: tuple[float, ...]
     area_quantiles: dict[int, tuple[int, ...]]
     source: str = ""
-
-    def class_frequency(self) -> dict[int, float]:
-        """ClassId -> share of images that carry it."""
-        return {
-            c: sum(n for key, n in self.combinations.items() if str(c) in key.split("|")) / self.n_images
-            for c in CLASSES
-        }
 
     def to_dict(self) -> dict:
         return {
@@ -112,55 +103,6 @@ class SyntheticStats:
         return fileio.load_json(path, "synthetic statistics file", cls.from_dict)
 
 
-def read_index(path: str | Path) -> pd.DataFrame:
-    """Read the per-image train index (`train_index_full_12568.csv`).
-
-    Returns:
-        index ImageId (sorted), int64 columns 1..4: the class's mask area in px (0 = absent).
-
-    Raises:
-        ValueError naming the file (and the row) on missing columns, non-integer or negative areas, repeats.
-    """
-    table = pd.read_csv(path, dtype=str, keep_default_na=False)
-    missing = [c for c in INDEX_COLUMNS if c not in table.columns]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; expected {list(INDEX_COLUMNS)}")
-    areas = pd.DataFrame(index=pd.Index(table["image_id"], name=IMAGE_ID))
-    for c in CLASSES:
-        column = table[f"area_class_{c}"]
-        bad = ~column.str.fullmatch(r"\d+")
-        if bad.any():
-            row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise ValueError(
-                f"{path}: row {row + 2}: area_class_{c} {column.iloc[row]!r} is not a pixel count"
-            )
-        areas[c] = column.astype(np.int64).to_numpy()
-    repeats = areas.index[areas.index.duplicated()]
-    if len(repeats):
-        raise ValueError(f"{path}: image {repeats[0]} appears more than once")
-    return areas.sort_index()
-
-
-def derive_stats(index_csv: str | Path) -> SyntheticStats:
-    """Class co-occurrence counts and per-class area quantiles of the real train set, from its index."""
-    areas = read_index(index_csv)
-    present = areas.to_numpy() > 0
-    keys = ["|".join(str(c) for c, on in zip(CLASSES, row, strict=True) if on) for row in present]
-    counts = pd.Series(keys).value_counts()
-    quantiles = {
-        c: tuple(int(q) for q in np.quantile(areas[c][areas[c] > 0], AREA_LEVELS, method="lower"))
-        for c in CLASSES
-    }
-    return SyntheticStats(
-        n_images=len(areas),
-        combinations={k: int(counts[k]) for k in sorted(counts.index, key=lambda k: (-counts[k], k))},
-        area_levels=AREA_LEVELS,
-        area_quantiles=quantiles,
-        source=Path(index_csv).name,
-    )
-
-
-# ------------------------------------------------------------------------------------------------ one image
 @dataclass
 class Sample:
     """One synthetic image and its truth: grey (256, 1600) uint8, masks (4, 256, 1600) uint8 0/1."""
