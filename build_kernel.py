@@ -37,6 +37,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"the Kaggle GPU the kernel asks for (default {defaults.machine_shape}, two T4s): one of "
         f"{', '.join(GPU_MACHINE_SHAPES)}; retired ones ({', '.join(RETIRED_MACHINE_SHAPES)}) with a warning",
     )
+    parser.add_argument(
+        "--allow-recipe-mismatch",
+        action="store_true",
+        help="build although the rules were tuned on another ensemble than the manifest ships (the kernel "
+        "then logs the differences instead of stopping)",
+    )
     return parser.parse_args(argv)
 
 
@@ -51,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         machine_shape=args.machine_shape,
     )
     try:
-        result = build(args.weights_dir, args.out, TEMPLATE, ids)
+        result = build(
+            args.weights_dir, args.out, TEMPLATE, ids, allow_recipe_mismatch=args.allow_recipe_mismatch
+        )
     except ValueError as exc:
         print(f"build_kernel: error: {exc}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from steel_seg.formats.labels import Labels
-from steel_seg.formats.oof import OOFWriter, dequantise, quantise, read_oof, read_oofs
+from steel_seg.formats.oof import OOFWriter, Origin, dequantise, quantise, read_oof, read_oofs
 
 SHAPE = (256, 1600)
 
@@ -24,9 +24,13 @@ def noisy_probs(truth: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(0.75 * signal + 0.6 * noise**3, 0.0, 1.0).astype(np.float32)
 
 
+# The folds record test OOF dirs carry: folds 0 and 1 of one (made-up) folds.csv.
+TEST_ORIGIN = Origin(folds_sha256="f" * 64, n_folds=2)
+
+
 def write_oof(path, labels: Labels, image_ids, seed=0, with_cls=False, fold=0):
     rng = np.random.default_rng(seed)
-    writer = OOFWriter(path, source="runs/test", fold=fold, has_cls=with_cls)
+    writer = OOFWriter(path, source="runs/test", fold=fold, has_cls=with_cls, origin=TEST_ORIGIN)
     maps = {}
     for image_id in image_ids:
         probs = noisy_probs(labels.masks(image_id), rng)

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from tiny_models import TINY_UNET
+from tiny_models import TINY_UNET, write_run
 
 from steel_seg.cli import main as cli_main
 from steel_seg.engine.ensemble import Ensemble, Member
@@ -36,9 +35,6 @@ def heldout(synthetic_labels) -> list[str]:
 def run_dir(synthetic_set, heldout, tmp_path) -> Path:
     """A run dir as `steel-seg train` writes it: run.json, folds.csv and best/ (a real saved smp model)."""
     data = synthetic_set.out_dir
-    run = tmp_path / "runs" / "unet-f1"
-    torch.manual_seed(0)
-    factory.save(factory.build_model(SPEC), SPEC, run / "best")
     ids = sorted(p.name for p in (data / "train_images").glob("*.jpg"))
     folds = pd.DataFrame({"ImageId": ids, "fold": [1 if i in heldout else 0 for i in ids]})
     folds.to_csv(tmp_path / "folds.csv", index=False)
@@ -48,10 +44,8 @@ def run_dir(synthetic_set, heldout, tmp_path) -> Path:
         "folds_csv": str(tmp_path / "folds.csv"),
         "train_csv": str(data / "train.csv"),
         "images_dir": str(data / "train_images"),
-        "model_dir": "best",
     }
-    (run / "run.json").write_text(json.dumps(info))
-    return run
+    return write_run(tmp_path / "runs" / "unet-f1", SPEC, info)
 
 
 @pytest.mark.slow

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 from tiny_models import TINY_UNET as SPEC
+from tiny_models import write_run
 
 from steel_seg.cli import main as cli_main
 from steel_seg.engine.ensemble import Ensemble
 from steel_seg.formats.oof import read_oof
-from steel_seg.models import factory
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -22,18 +21,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture
 def run_dir(synthetic_set, tmp_path) -> Path:
     """A run dir as `steel-seg train` writes it (run.json, folds.csv, best/), its fold 1 = 3 images."""
-    run = tmp_path / "runs" / "unet-f1"
-    torch.manual_seed(0)
-    factory.save(factory.build_model(SPEC), SPEC, run / "best")
     ids = sorted(p.name for p in (synthetic_set.out_dir / "train_images").glob("*.jpg"))
     pd.DataFrame({"ImageId": ids, "fold": [int(n < 3) for n in range(len(ids))]}).to_csv(
         tmp_path / "folds.csv", index=False
     )
-    info = {"name": "unet-f1", "fold": 1, "folds_csv": str(tmp_path / "folds.csv"), "model_dir": "best",
+    info = {"name": "unet-f1", "fold": 1, "folds_csv": str(tmp_path / "folds.csv"),
             "train_csv": str(synthetic_set.out_dir / "train.csv"),
             "images_dir": str(synthetic_set.out_dir / "train_images")}  # fmt: skip
-    (run / "run.json").write_text(json.dumps(info))
-    return run
+    return write_run(tmp_path / "runs" / "unet-f1", SPEC, info)
 
 
 def oof(run_dir: Path, out: Path, *flags: str) -> int:

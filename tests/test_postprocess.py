@@ -37,11 +37,16 @@ def probs_with(*blocks: tuple[int, slice, slice, float]) -> np.ndarray:
     return probs
 
 
-def test_default_rules_threshold_is_strictly_greater_than():
-    probs = probs_with((0, slice(0, 2), slice(0, 2), 0.5), (1, slice(0, 2), slice(0, 2), 0.51))
-    out = apply(probs, Rules())
+def test_default_rules_threshold_is_strictly_greater_than_at_the_oof_resolution():
+    """Probabilities are read as OOF dirs store them (the nearest 1/255): 127/255 and 0.4995 (-> 127) are
+    not above 0.5; 128/255 and 0.5 itself (127.5 rounds half to even: 128) are."""
+    below = probs_with((0, slice(0, 2), slice(0, 2), 127 / 255), (1, slice(0, 2), slice(0, 2), 0.4995))
+    above = probs_with((0, slice(0, 2), slice(0, 2), 128 / 255), (1, slice(0, 2), slice(0, 2), 0.5))
+    out = apply(below, Rules())
     assert out.dtype == np.uint8 and out.shape == (4, H, W)
-    assert out[0].sum() == 0 and out[1].sum() == 4
+    assert out[0].sum() == 0 and out[1].sum() == 0
+    out = apply(above, Rules())
+    assert out[0].sum() == 4 and out[1].sum() == 4
 
 
 def test_all_below_threshold_gives_empty_masks():

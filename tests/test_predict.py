@@ -150,7 +150,8 @@ def test_device_threshold_matches_postprocess(one_class):
     np.testing.assert_array_equal(masks.numpy(), threshold(probs, rules))
     np.testing.assert_array_equal(gates.numpy(), gate_scores(probs))
     _, gates = threshold_on_device(torch.from_numpy(probs), torch.from_numpy(cls), rules)
-    np.testing.assert_array_equal(gates.numpy(), cls)
+    np.testing.assert_array_equal(gates.numpy(), gate_scores(probs, cls))
+    np.testing.assert_array_equal(gates.numpy()[:, 0], cls)  # the image-level gate reads the classifier
 
 
 # --- loading: fail fast with the file named ---------------------------------------------------------------

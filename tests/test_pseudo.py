@@ -15,6 +15,7 @@ from steel_seg.cli import main as cli_main
 from steel_seg.competition import IMAGE_SHAPE, SAMPLE_SUBMISSION, TEST_IMAGES, TRAIN_CSV, TRAIN_IMAGES, Layout
 from steel_seg.formats import metric, rle
 from steel_seg.formats.labels import Labels, read_label_file
+from steel_seg.formats.oof import dequantise, quantise
 from steel_seg.models.manifest import copy_model_dir, write_manifest
 from steel_seg.postprocess.rules import ClassRule, Rules
 from steel_seg.synthetic.dataset import write_dataset
@@ -116,7 +117,8 @@ def test_decide_labels_a_sure_image_with_the_kernels_mask():
     decision = decide("a.jpg", probs, None, Rules(), LIMITS)  # gate = max pixel probability
     assert decision.verdicts == (DEFECT, CLEAN, CLEAN, CLEAN) and decision.selected
     assert decision.rles == (rle.encode(blob), "", "", "") and decision.reason() == ""
-    np.testing.assert_allclose(decision.gates, [0.95, 0.02, 0.02, 0.02])
+    # gates read at the OOF resolution, as the kernel reads them: the nearest 1/255
+    np.testing.assert_allclose(decision.gates, dequantise(quantise(np.array([0.95, 0.02, 0.02, 0.02]))))
     assert decision.areas.tolist() == [800, 0, 0, 0]
 
 
@@ -179,7 +181,7 @@ def test_outputs_read_back_through_labels(tmp_path):
         0,
     ]
     assert table.loc[2, "reason"] == "class 2: uncertain gate; class 3: low pixel confidence"
-    assert table.loc[0, "gate_1"] == pytest.approx(0.95) and table.loc[0, "area_1"] == 800
+    assert table.loc[0, "gate_1"] == pytest.approx(242 / 255) and table.loc[0, "area_1"] == 800  # 0.95
     assert table.loc[1, "confidence_1"] == ""  # no mask, no confidence
     written = json.loads((tmp_path / "summary.json").read_text())
     assert written["images"] == 3 and written["selected"] == 2

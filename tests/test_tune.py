@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from test_oof import write_oof
+from test_oof import TEST_ORIGIN, write_oof
 
 from steel_seg.cli import main as cli_main
 from steel_seg.competition import CLASSES, N_CLASSES, TIDY_COLUMNS
@@ -16,7 +17,7 @@ from steel_seg.formats import metric, rle
 from steel_seg.formats.labels import Labels
 from steel_seg.formats.oof import OOFWriter, dequantise, quantise, read_oof, read_oofs
 from steel_seg.postprocess import tune
-from steel_seg.postprocess.rules import ClassRule, Rules, apply
+from steel_seg.postprocess.rules import ClassRule, Rules, apply, value_cuts
 from steel_seg.postprocess.tune import (
     TIE_BREAK,
     ClassStats,
@@ -29,11 +30,16 @@ from steel_seg.postprocess.tune import (
     score_class,
     search,
     search_class,
-    value_cuts,
 )
 
 H, W = 24, 40
-SMALL_GRID = Grid((0.3, 0.6), (0, 4, 9), (0, 10, 30), (0.0, 0.5, 0.8))
+SMALL_GRID = Grid(
+    pixel_thresholds=(0.3, 0.6),
+    min_components=(0, 4, 9),
+    min_areas=(0, 10, 30),
+    gates=(0.0, 0.5, 0.8),
+    seg_gates=(0.0, 0.5, 0.8),
+)
 
 
 def small_case(rng: np.random.Generator, n: int = 24):
@@ -59,7 +65,7 @@ def write_small_oof(path: Path, truth, values, cls, first: int = 0, fold: int = 
         if m.any()
     ]
     labels = Labels(pd.DataFrame(rows, columns=list(TIDY_COLUMNS)), ids, (H, W))
-    writer = OOFWriter(path, source="test", fold=fold, has_cls=cls is not None)
+    writer = OOFWriter(path, source="test", fold=fold, has_cls=cls is not None, origin=TEST_ORIGIN)
     for n, image_id in enumerate(ids):
         writer.add(image_id, dequantise(values[n]), None if cls is None else cls[n])
     return writer.close(labels)
@@ -70,7 +76,7 @@ def assert_stats_equal(got: Stats, expected: Stats) -> None:
     assert (got.thresholds, got.one_class_per_pixel) == (expected.thresholds, expected.one_class_per_pixel)
     assert got.image_ids == expected.image_ids
     for g, e in zip(got.classes, expected.classes, strict=True):
-        for name in ("truth_area", "gate_score"):
+        for name in ("truth_area", "image_score", "seg_score"):
             a, b = getattr(g, name), getattr(e, name)
             assert a.dtype == b.dtype
             np.testing.assert_array_equal(a, b)
@@ -86,8 +92,8 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def brute_force(truth, values, cls, grid: Grid) -> np.ndarray:
-    """(4, T, C, A, G) mean Dice by running apply for every grid point."""
-    axes = (grid.pixel_thresholds, grid.min_components, grid.min_areas, grid.gates)
+    """(4, T, C, A, G, S) mean Dice by running apply for every grid point."""
+    axes = (grid.pixel_thresholds, grid.min_components, grid.min_areas, grid.gates, grid.seg_gates)
     out = np.zeros((4, *map(len, axes)))
     probs = dequantise(values)
     for idx in itertools.product(*(range(len(a)) for a in axes)):
@@ -119,13 +125,7 @@ def test_value_cuts_reproduce_the_float32_comparison():
 def test_scores_equal_brute_force_postprocess_on_every_grid_point(with_cls, one_class_per_pixel):
     truth, values, cls = small_case(np.random.default_rng(7))
     cls = cls if with_cls else None
-    grid = Grid(
-        SMALL_GRID.pixel_thresholds,
-        SMALL_GRID.min_components,
-        SMALL_GRID.min_areas,
-        SMALL_GRID.gates,
-        one_class_per_pixel,
-    )
+    grid = dataclasses.replace(SMALL_GRID, one_class_per_pixel=one_class_per_pixel)
     stats = collect(truth, values, cls, one_class_per_pixel)
     expected = brute_force(truth, values, cls, grid)
     for k in range(4):
@@ -134,15 +134,18 @@ def test_scores_equal_brute_force_postprocess_on_every_grid_point(with_cls, one_
         )
     for k, result in enumerate(search(stats, grid)):
         assert result.after == pytest.approx(expected[k].max(), abs=1e-12)
-        assert result.before == pytest.approx(expected[(k, 1, 0, 0, 0)], abs=1e-12)  # 0.5 / 0 / 0 / 0
+        assert result.before == pytest.approx(expected[(k, 1, 0, 0, 0, 0)], abs=1e-12)  # 0.5 / 0 / 0 / 0 / 0
 
 
 def test_grid_always_holds_the_defaults_sorted():
-    grid = Grid((0.7, 0.3), (100,), (600,), (0.6,))
+    grid = Grid(
+        pixel_thresholds=(0.7, 0.3), min_components=(100,), min_areas=(600,), gates=(0.6,), seg_gates=()
+    )
     assert grid.pixel_thresholds == (0.3, 0.5, 0.7) and grid.min_components == (0, 100)
     assert grid.min_areas == (0, 600) and grid.gates == (0.0, 0.6) and grid.size() == 24
+    assert grid.seg_gates == (0.0,)
     with pytest.raises(ValueError, match="pixel_thresholds"):
-        Grid((1.5,))
+        Grid(pixel_thresholds=(1.5,))
 
 
 def test_ties_choose_the_middle_grid_point_and_thresholds_must_match():
@@ -153,9 +156,11 @@ def test_ties_choose_the_middle_grid_point_and_thresholds_must_match():
     for result in search(stats, SMALL_GRID):  # every point scores 1: the middle of every axis
         assert (result.before, result.after) == (1.0, 1.0)
         rule = result.rule
-        assert (rule.pixel_threshold, rule.min_component, rule.min_area, rule.gate) == (0.5, 4, 10, 0.5)
+        # no image-level score: the gate is not searched, the seg gate takes the middle of its axis
+        assert (rule.pixel_threshold, rule.min_component, rule.min_area) == (0.5, 4, 10)
+        assert (rule.gate, rule.seg_gate) == (0.0, 0.5)
     with pytest.raises(ValueError, match="statistics were taken at"):
-        search(stats, Grid((0.2,)))
+        search(stats, Grid(pixel_thresholds=(0.2,)))
 
 
 def test_middle_of_ties_single_point_box_and_staircase():
@@ -192,22 +197,23 @@ def test_search_class_takes_the_middle_of_a_hand_made_tied_range():
     i32 = np.int32
     stats = ClassStats(
         truth_area=np.array([20, 0], np.int64),
-        gate_score=np.array([0.9, 0.6], np.float32),
+        image_score=np.array([0.9, 0.6], np.float32),
+        seg_score=np.array([0.9, 0.6], np.float32),
         sizes=[np.array([20, 3], i32), np.array([20], i32), np.array([12], i32)],
         overlaps=[np.array([20, 0], i32), np.array([20], i32), np.array([12], i32)],
         counts=[np.array([1, 1], i32), np.array([1, 0], i32), np.array([1, 0], i32)],
     )
     thresholds = SMALL_GRID.pixel_thresholds
     assert thresholds == (0.3, 0.5, 0.6)
-    t, c, a, g = np.indices((3, 3, 3, 3))
-    expected_tied = (t < 2) & (a < 2) & ((t == 1) | (c >= 1) | (a == 1) | (g == 2))
+    t, c, a, g, s = np.indices((3, 3, 3, 3, 3))
+    expected_tied = (t < 2) & (a < 2) & ((t == 1) | (c >= 1) | (a == 1) | (g == 2) | (s == 2))
     scores = score_class(stats, thresholds, SMALL_GRID)
     np.testing.assert_array_equal(scores == 1.0, expected_tied)
     assert scores[~expected_tied].max() <= 0.875
     result = search_class(stats, thresholds, SMALL_GRID, 2)
     # threshold: tied {0.3, 0.5} -> lower middle 0.3; at 0.3, min_component tied {0, 4, 9} -> 4;
-    # at (0.3, 4) min_area {0, 10} -> 0; then gate {0, 0.5, 0.8} -> 0.5
-    assert result.rule == ClassRule(2, 0.3, 4, 0, 0.5)
+    # at (0.3, 4) min_area {0, 10} -> 0; then gate {0, 0.5, 0.8} -> 0.5, seg_gate likewise
+    assert result.rule == ClassRule(2, 0.3, 4, 0, 0.5, 0.5)
     assert (result.before, result.after) == (1.0, 1.0)
 
 

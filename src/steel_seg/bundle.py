@@ -36,6 +36,7 @@ from steel_seg import fileio
 from steel_seg.competition import SLUG
 from steel_seg.engine.devices import DEFAULT_MACHINE_SHAPE, GPU_MACHINE_SHAPES, RETIRED_MACHINE_SHAPES
 from steel_seg.models.manifest import MANIFEST_FILE, Manifest, check_model_dir, load_model
+from steel_seg.models.recipe import check_tuned
 from steel_seg.postprocess.rules import THRESHOLDS_FILE, Rules
 
 SCRIPT_FILE = "kernel.py"
@@ -148,6 +149,7 @@ class BuildResult:
     rules: Rules
     ids: KaggleIds = KaggleIds()
     warnings: tuple[str, ...] = ()
+    recipe: str = ""
 
 
 def package_files(package_dir: Path, prefix: str, parts: tuple[str, ...] | None = None) -> dict[str, bytes]:
@@ -249,12 +251,40 @@ def load_inputs(weights_dir: Path) -> tuple[Manifest, Rules]:
     return manifest, rules
 
 
-def render(template: str, files: dict[str, bytes], manifest: Manifest, rules: Rules, ids: KaggleIds) -> str:
+def check_recipe(manifest: Manifest, rules: Rules, allow_mismatch: bool = False) -> str:
+    """What the rules were tuned on against what the manifest ships (`models.recipe.check_tuned`): a line to
+    show, or BuildError listing every difference unless `allow_mismatch`."""
+    problems, line = check_tuned(manifest, rules.tuning)
+    if problems and not allow_mismatch:
+        listed = "\n".join(f"  {p}" for p in problems)
+        raise BuildError(
+            f"the rules were tuned on another ensemble than the manifest ships:\n{listed}\nrun steel-seg oof "
+            "--weights-dir and steel-seg tune on this manifest (or pass --allow-recipe-mismatch)"
+        )
+    return "; ".join(problems) if problems else line
+
+
+def embedded_rules(rules: Rules) -> dict:
+    """The rules as the kernel carries them: the class rules, and of the tuning record only the recipe (the
+    kernel checks it at start-up)."""
+    recipe = (rules.tuning or {}).get("recipe")
+    return Rules(rules.classes, rules.one_class_per_pixel, {"recipe": recipe} if recipe else None).to_dict()
+
+
+def render(
+    template: str,
+    files: dict[str, bytes],
+    manifest: Manifest,
+    rules: Rules,
+    ids: KaggleIds,
+    allow_recipe_mismatch: bool = False,
+) -> str:
     """The kernel script: `template` with the encoded files, the manifest, the rules and the Kaggle slugs."""
     blobs = {path: encode(data) for path, data in sorted(files.items())}
     bundle_id = hashlib.sha256(json.dumps(blobs, sort_keys=True).encode()).hexdigest()[:16]
-    rules_dict = Rules(rules.classes, rules.one_class_per_pixel).to_dict()
+    rules_dict = embedded_rules(rules)
     defaults = ["--competition", ids.competition, "--weights-dataset", ids.weights_slug]
+    defaults += ["--allow-recipe-mismatch"] if allow_recipe_mismatch else []
     try:
         return string.Template(template).substitute(
             header=_header(files, manifest, rules),
@@ -281,7 +311,7 @@ def _header(files: dict[str, bytes], manifest: Manifest, rules: Rules) -> str:
     ]
     lines += [
         f"Class {c.class_id}: pixel > {c.pixel_threshold:g}, component >= {c.min_component}, "
-        f"area >= {c.min_area}, gate >= {c.gate:g}"
+        f"area >= {c.min_area}, gate >= {c.gate:g}, seg_gate >= {c.seg_gate:g}"
         for c in rules.classes
     ]
     return "\n".join(lines)
@@ -330,19 +360,22 @@ def build(
     template: str | os.PathLike,
     ids: KaggleIds = KaggleIds(),
     vendored: tuple[str, ...] = VENDORED,
+    allow_recipe_mismatch: bool = False,
 ) -> BuildResult:
     """Check the ids and inputs, write `out_dir/kernel.py` and (with `ids.user`) the Kaggle metadata files.
 
     Raises:
-        BuildError (or ManifestError): before anything is written.
+        BuildError (or ManifestError): before anything is written, also when the rules were tuned on another
+        ensemble than the manifest ships (`check_recipe`) unless `allow_recipe_mismatch`.
     """
     warnings = ids.check()
     weights_dir, out_dir, template = Path(weights_dir), Path(out_dir), Path(template)
     if not template.is_file():
         raise BuildError(f"{template}: kernel template not found")
     manifest, rules = load_inputs(weights_dir)
+    recipe = check_recipe(manifest, rules, allow_recipe_mismatch)
     files = bundled_files(vendored)
-    script = render(template.read_text(), files, manifest, rules, ids).encode()
+    script = render(template.read_text(), files, manifest, rules, ids, allow_recipe_mismatch).encode()
     script_path = fileio.write_bytes(out_dir / SCRIPT_FILE, script)
     kernel_meta = dataset_meta = None
     if ids.user:
@@ -361,6 +394,7 @@ def build(
         rules=rules,
         ids=ids,
         warnings=tuple(warnings),
+        recipe=recipe,
     )
 
 
@@ -380,12 +414,13 @@ def summary(result: BuildResult) -> str:
     ]
     lines += [
         f"  class {c.class_id}: pixel > {c.pixel_threshold:g}  component >= {c.min_component}  "
-        f"area >= {c.min_area}  gate >= {c.gate:g}"
+        f"area >= {c.min_area}  gate >= {c.gate:g}  seg_gate >= {c.seg_gate:g}"
         for c in result.rules.classes
     ]
     lines.append(f"  one class per pixel: {result.rules.one_class_per_pixel}")
     drop = ", ".join(result.manifest.drop_order) or "nothing"
     lines.append(f"  budget {result.manifest.budget_s:g} s; when short, drop in order: {drop}")
+    lines += [f"  recipe: {result.recipe}"] if result.recipe else []
     lines += [f"  warning: {w}" for w in result.warnings]
     if result.kernel_metadata is None:
         lines.append("  no Kaggle metadata written: pass --kaggle-user USER to write it")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from steel_seg.competition import SAMPLE_SUBMISSION, SLUG, TEST_IMAGES
-from steel_seg.engine.options import add_budget_option, add_engine_options, engine_settings
+from steel_seg.engine.options import add_budget_option, add_engine_options, add_recipe_option, engine_settings
 
 if TYPE_CHECKING:
     from steel_seg.engine.locations import Locations
@@ -68,6 +68,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     run = p.add_argument_group("how")
     add_engine_options(run, limit_help="predict only the first N images (others empty)")
     add_budget_option(run)
+    add_recipe_option(run)
     run.add_argument(
         "--strict",
         action="store_true",
@@ -159,7 +160,7 @@ def main(argv: list[str], manifest: dict[str, Any], rules: dict[str, Any], start
         inputs = resolve_inputs(args, locations.locate(), embedded)
         settings = engine_settings(args, require_gpu=True, budget_start=start)
         parsed_rules = Rules.from_dict(rules)
-        ensemble = submit.load(inputs, embedded, parsed_rules, settings)
+        ensemble = submit.load(inputs, embedded, parsed_rules, settings, args.allow_recipe_mismatch)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         return _fail(str(exc))
     log.info(

@@ -1,4 +1,5 @@
-"""`steel-seg manifest`: gather trained model dirs into the weights dir and write its manifest.json."""
+"""`steel-seg manifest`: gather trained model dirs into the weights dir and write its manifest.json, with
+each model's provenance (its run, held-out fold, folds.csv and config) for `steel-seg oof --weights-dir`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 from steel_seg.engine.options import views
 from steel_seg.models.manifest import DEFAULT_BUDGET_S, copy_model_dir, write_manifest
+from steel_seg.workflow.provenance import provenance_of
 
 
 def _model(text: str) -> tuple[str, Path]:
@@ -44,7 +46,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    dirs = [copy_model_dir(source, args.weights_dir, name) for name, source in args.model]
-    path = write_manifest(args.weights_dir, dirs, tta=args.tta, weights=args.weight, budget_s=args.budget_s)
-    print(f"wrote {path}: {', '.join(name for name, _ in args.model)}; views {','.join(args.tta)}")
+    provenance = {name: provenance_of(source) for name, source in args.model}
+    for name, source in args.model:
+        copy_model_dir(source, args.weights_dir, name)
+    names = [name for name, _ in args.model]
+    path = write_manifest(
+        args.weights_dir,
+        names,
+        tta=args.tta,
+        weights=args.weight,
+        budget_s=args.budget_s,
+        provenance=provenance,
+    )
+    print(f"wrote {path}: {', '.join(names)}; views {','.join(args.tta)}")
+    lost = [name for name, p in provenance.items() if p is None]
+    if lost:
+        print(f"note: {', '.join(lost)} not from a training run (no run.json beside it): no out-of-fold "
+              "predictions can be made for them (steel-seg oof --weights-dir refuses)")  # fmt: skip
     return 0

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from steel_seg.engine.options import add_budget_option, add_engine_options, engine_settings
+from steel_seg.engine.options import add_budget_option, add_engine_options, add_recipe_option, engine_settings
 from steel_seg.engine.submit import Inputs, load, run
 from steel_seg.models.manifest import MANIFEST_FILE, Manifest
 from steel_seg.postprocess.rules import THRESHOLDS_FILE, Rules
@@ -22,6 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="submission CSV to write")
     add_engine_options(p, limit_help="predict only the first N images (others empty)")
     add_budget_option(p)
+    add_recipe_option(p)
     p.set_defaults(func=run_command)
 
 
@@ -30,7 +31,7 @@ def run_command(args: argparse.Namespace) -> int:
     inputs = Inputs(args.images, args.sample, args.weights_dir, args.out)
     manifest = Manifest.load(args.weights_dir / MANIFEST_FILE)
     rules = Rules.load(args.weights_dir / THRESHOLDS_FILE)
-    ensemble = load(inputs, manifest, rules, settings)
+    ensemble = load(inputs, manifest, rules, settings, args.allow_recipe_mismatch)
     outcome = run(ensemble, rules, inputs, settings)
     if outcome.summary is not None:
         print(outcome.summary.text())

@@ -22,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--oof", type=Path, action="append", required=True, help="OOF dir (repeat for folds)")
     p.add_argument("--out", type=Path, required=True, help="thresholds JSON to write")
     add_workers_option(p, "collecting the OOF statistics")
-    grid = p.add_argument_group("grid (comma lists; the defaults 0.5/0/0/0 are always added)")
+    grid = p.add_argument_group("grid (comma lists; the defaults 0.5/0/0/0/0 are always added)")
     grid.add_argument(
         "--pixel-thresholds",
         type=floats,
@@ -38,20 +38,48 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     grid.add_argument(
         "--min-areas", type=ints, default=DEFAULT.min_areas, help=f"default {_joined(DEFAULT.min_areas)}"
     )
-    grid.add_argument("--gates", type=floats, default=DEFAULT.gates, help=f"default {_joined(DEFAULT.gates)}")
+    grid.add_argument(
+        "--gates",
+        type=floats,
+        default=DEFAULT.gates,
+        help=f"on the classifier's (else aux head's) probability; default {_joined(DEFAULT.gates)}",
+    )
+    grid.add_argument(
+        "--seg-gates",
+        type=floats,
+        default=DEFAULT.seg_gates,
+        help=f"on the segmenters' max pixel probability; default {_joined(DEFAULT.seg_gates)}",
+    )
     grid.add_argument(
         "--one-class-per-pixel",
         action="store_true",
         help="argmax across classes before thresholding (fixed during the search)",
+    )
+    guards = p.add_argument_group("guards (the OOF dirs must be out of one folds.csv and one ensemble)")
+    guards.add_argument(
+        "--allow-partial-folds",
+        action="store_true",
+        help="tune on OOF predictions of only some of the folds.csv's folds",
+    )
+    guards.add_argument(
+        "--allow-mixed",
+        action="store_true",
+        help="tune on OOF dirs of different folds files or ensembles, or that record neither (older dirs)",
     )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     grid = Grid(
-        args.pixel_thresholds, args.min_components, args.min_areas, args.gates, args.one_class_per_pixel
+        pixel_thresholds=args.pixel_thresholds,
+        min_components=args.min_components,
+        min_areas=args.min_areas,
+        gates=args.gates,
+        seg_gates=args.seg_gates,
+        one_class_per_pixel=args.one_class_per_pixel,
     )
-    rules = tune_oof(args.oof, grid, args.workers)
+    guards = {"allow_partial_folds": args.allow_partial_folds, "allow_mixed": args.allow_mixed}
+    rules = tune_oof(args.oof, grid, args.workers, **guards)
     rules.save(args.out)
     print(summary(rules))
     print(f"wrote {args.out}")

@@ -55,6 +55,15 @@ def add_engine_options(p: argparse.ArgumentParser, limit_help: str) -> None:
     )
 
 
+def add_recipe_option(p: argparse.ArgumentParser) -> None:
+    """--allow-recipe-mismatch, for the commands that run a weights dir's manifest with its rules."""
+    p.add_argument(
+        "--allow-recipe-mismatch",
+        action="store_true",
+        help="run although the rules were tuned on another ensemble than the manifest lists (logged)",
+    )
+
+
 def add_budget_option(p: argparse.ArgumentParser) -> None:
     """--budget-s, for the commands that write a submission."""
     p.add_argument(

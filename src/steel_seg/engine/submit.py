@@ -22,6 +22,7 @@ from steel_seg.engine.runner import PredictSettings
 from steel_seg.formats import submission
 from steel_seg.models.factory import WEIGHTS_FILE
 from steel_seg.models.manifest import Manifest, ManifestError, ModelEntry, sha256_file
+from steel_seg.models.recipe import check_tuned
 from steel_seg.postprocess.rules import Rules
 
 log = logging.getLogger(__name__)
@@ -56,12 +57,20 @@ class Outcome:
     problems: list[str] = field(default_factory=list)
 
 
-def load(inputs: Inputs, manifest: Manifest, rules: Rules, settings: PredictSettings) -> Ensemble:
+def load(
+    inputs: Inputs,
+    manifest: Manifest,
+    rules: Rules,
+    settings: PredictSettings,
+    allow_recipe_mismatch: bool = False,
+) -> Ensemble:
     """Every start-up check, then the ensemble on the first of `settings.devices()`.
 
     Raises:
-        OSError, ValueError (ManifestError), devices.DeviceError: naming the file or device at fault.
+        OSError, ValueError (ManifestError), devices.DeviceError: naming the file or device at fault; also
+        when the rules were tuned on another ensemble than `manifest` (`check_recipe`).
     """
+    check_recipe(manifest, rules, allow_recipe_mismatch)
     inputs.check()
     submission.read_sample(inputs.sample_csv)
     run_on = settings.devices()
@@ -69,6 +78,20 @@ def load(inputs: Inputs, manifest: Manifest, rules: Rules, settings: PredictSett
     if inputs.search_root is not None:
         manifest = find_model_dirs(manifest, inputs.weights_dir, inputs.search_root)
     return Ensemble.load(inputs.weights_dir, manifest, run_on[0])
+
+
+def check_recipe(manifest: Manifest, rules: Rules, allow_mismatch: bool) -> None:
+    """ValueError listing what differs when the rules were tuned on another ensemble than `manifest` ships
+    (`models.recipe.check_tuned`); with `allow_mismatch` the differences are logged instead."""
+    problems, line = check_tuned(manifest, rules.tuning)
+    if problems and not allow_mismatch:
+        raise ValueError(
+            "the rules were tuned on another ensemble than the manifest ships: " + "; ".join(problems)
+        )
+    for problem in problems:
+        log.warning("recipe (allowed by --allow-recipe-mismatch): %s", problem)
+    if line:
+        log.info("%s", line)
 
 
 def find_model_dirs(manifest: Manifest, weights_dir: Path, root: Path) -> Manifest:

@@ -2,15 +2,20 @@
 
 ```
 oof/<name>/
-  meta.json          {"image_ids", "shape", "classes": 4, "prob_scale": 255, "has_cls", "source", "fold"}
+  meta.json          {"image_ids", "shape", "classes": 4, "prob_scale": 255, "has_cls", "source", "fold",
+                      "image_folds", "folds_sha256", "n_folds", "recipe"}
   probs/<stem>.png   (H, W, 4) uint8 PNG as cv2 reads/writes it, channel k = class k+1, prob = value / 255
   cls.csv            ImageId,p1,p2,p3,p4 (only when has_cls)
   truth.csv          ImageId,ClassId,EncodedPixels (re-release layout, defect rows of these images)
 ```
 Probabilities are stored quantised: `value = rint(clip(p, 0, 1) * 255)`, read back as
-`float32(value) / float32(255)`. The writer builds the directory in a hidden staging sibling and moves it into
-place when complete (`meta.json` written last), so a directory at the real name is always whole; an existing
-one is replaced only when asked (`overwrite`), and only at that moment.
+`float32(value) / float32(255)` (the post-processing rules read every probability at this resolution, the
+kernel's too). `image_folds` (the fold each image was held out in), `folds_sha256` and `n_folds` (of the
+folds.csv) and `recipe` (the ensemble that predicted, `models.recipe.Recipe.to_dict()`) say what the
+predictions are out of: `tune` refuses to mix folds files or recipes and records the recipe it tuned on.
+The writer builds the directory in a hidden staging sibling and moves it into place when complete
+(`meta.json` written last), so a directory at the real name is always whole; an existing one is replaced
+only when asked (`overwrite`), and only at that moment.
 """
 
 from __future__ import annotations
@@ -48,29 +53,50 @@ def _stem(image_id: str) -> str:
     return Path(image_id).stem
 
 
+@dataclass(frozen=True, kw_only=True)
+class Origin:
+    """What an OOF dir's predictions are out of: the folds.csv (sha256, its number of folds) and the recipe
+    of the ensemble that made them (`models.recipe.Recipe.to_dict()`); None where unrecorded (older dirs)."""
+
+    folds_sha256: str | None = None
+    n_folds: int | None = None
+    recipe: dict[str, Any] | None = None
+
+
 class OOFWriter:
     """Writes one OOF directory, one image at a time (nothing but the image-level scores stays in memory).
 
-    Usage: `w = OOFWriter(dir, source, fold, has_cls)`; `w.add(image_id, probs, cls)` per image;
-    `w.close(truth)` writes cls.csv, truth.csv and finally meta.json, then moves the whole directory to `dir`.
-    ValueError at once when `dir` already holds files and `overwrite` is off.
+    Usage: `w = OOFWriter(dir, source, fold, has_cls)`; `w.add(image_id, probs, cls)` per image (`fold`: the
+    image's held-out fold, default the writer's); `w.close(truth)` writes cls.csv, truth.csv and finally
+    meta.json, then moves the whole directory to `dir`. ValueError at once when `dir` already holds files and
+    `overwrite` is off.
     """
 
     def __init__(
-        self, dir: str | os.PathLike, source: str, fold: int | None, has_cls: bool, overwrite: bool = False
+        self,
+        dir: str | os.PathLike,
+        source: str,
+        fold: int | None,
+        has_cls: bool,
+        overwrite: bool = False,
+        origin: Origin | None = None,
     ):
         self.dir = Path(dir)
         self._work = fileio.staging_dir(self.dir, overwrite, "files (an OOF dir?)")
         self.source = str(source)
         self.fold = fold
         self.has_cls = has_cls
+        self.origin = origin or Origin()
+        self.image_folds: list[int | None] = []
         self.image_ids: list[str] = []
         self._cls_rows: list[list[float]] = []
         self._shape: tuple[int, int] | None = None
         self._seen: set[str] = set()
         (self._work / "probs").mkdir()
 
-    def add(self, image_id: str, probs: np.ndarray, cls: np.ndarray | None = None) -> None:
+    def add(
+        self, image_id: str, probs: np.ndarray, cls: np.ndarray | None = None, fold: int | None = None
+    ) -> None:
         """Store `probs: (4, H, W) float32` in [0, 1] and, when has_cls, `cls: (4,)` for one image."""
         probs = np.asarray(probs)
         if probs.ndim != 3 or probs.shape[0] != N_CLASSES:
@@ -91,6 +117,7 @@ class OOFWriter:
         if cls is not None:
             self._cls_rows.append([float(v) for v in np.asarray(cls, dtype=np.float32).reshape(N_CLASSES)])
         self.image_ids.append(image_id)
+        self.image_folds.append(self.fold if fold is None else fold)
         self._seen.add(image_id)
 
     def _write_png(self, image_id: str, values: np.ndarray) -> None:
@@ -124,6 +151,10 @@ class OOFWriter:
             "has_cls": self.has_cls,
             "source": self.source,
             "fold": self.fold,
+            "image_folds": None if None in self.image_folds else self.image_folds,
+            "folds_sha256": self.origin.folds_sha256,
+            "n_folds": self.origin.n_folds,
+            "recipe": self.origin.recipe,
         }
         fileio.write_text(self._work / "meta.json", json.dumps(meta))
         return fileio.publish_dir(self._work, self.dir)
@@ -135,6 +166,7 @@ class OOF:
 
     `cls`: DataFrame indexed by ImageId with float32 columns p1..p4, or None.
     `truth`: the truth of exactly these images (`truth.masks(image_id) -> (4, H, W) uint8`).
+    `origins`: one per directory; `image_folds`: each image's held-out fold, where the directories say.
     """
 
     dirs: tuple[Path, ...]
@@ -144,6 +176,8 @@ class OOF:
     cls: pd.DataFrame | None
     truth: Labels
     png_paths: dict[str, Path] = field(repr=False)
+    origins: tuple[Origin, ...] = ()
+    image_folds: dict[str, int] = field(default_factory=dict, repr=False)
 
     def probs_u8(self, image_id: str) -> np.ndarray:
         """`(4, H, W) uint8` stored values of one image; ValueError naming the PNG when unreadable."""
@@ -225,6 +259,12 @@ def read_oof(dir: str | os.PathLike) -> OOF:
     shape = (int(meta["shape"][0]), int(meta["shape"][1]))
     cls = _read_cls(dir / "cls.csv", image_ids) if meta["has_cls"] else None
     truth = _read_truth(dir / "truth.csv", image_ids, shape)
+    folds = meta.get("image_folds") or (
+        [meta["fold"]] * len(image_ids) if meta.get("fold") is not None else []
+    )
+    origin = Origin(
+        folds_sha256=meta.get("folds_sha256"), n_folds=meta.get("n_folds"), recipe=meta.get("recipe")
+    )
     return OOF(
         dirs=(dir,),
         image_ids=image_ids,
@@ -233,6 +273,8 @@ def read_oof(dir: str | os.PathLike) -> OOF:
         cls=cls,
         truth=Labels(truth, sorted(image_ids), shape),
         png_paths=_png_paths(dir, image_ids),
+        origins=(origin,),
+        image_folds={i: int(k) for i, k in zip(image_ids, folds, strict=False)},
     )
 
 
@@ -265,4 +307,6 @@ def read_oofs(dirs: Sequence[str | os.PathLike]) -> OOF:
         cls=cls,
         truth=truth,
         png_paths=paths,
+        origins=tuple(o for p in parts for o in p.origins),
+        image_folds={k: v for p in parts for k, v in p.image_folds.items()},
     )

@@ -2,15 +2,19 @@
 
 Each entry names a model dir (spec.json + model.safetensors, relative to the weights dir), its role
 ("seg" segmenter or "cls" classifier), the sha256 of its safetensors file, its ensemble weight and its TTA
-views. `drop_order` says what the time budget may drop first; `budget_s` is the run's time limit.
+views, and, for a model taken from a training run, its `provenance` (the run, the fold it held out, the
+folds.csv and config it was trained with, what the model is): what `steel-seg oof --weights-dir` groups by
+fold and `models.recipe` compares with the recipe the rules were tuned on. `drop_order` says what the time
+budget may drop first; `budget_s` is the run's time limit.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,32 @@ class ManifestError(ValueError):
     """A manifest or a model dir that cannot be used; the message names the file and what is wrong."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class Provenance:
+    """Where a model of the manifest comes from and what it is.
+
+    `run`: the training run (as given to `steel-seg manifest`); `fold`: the fold it held out; `folds_sha256`:
+    of the folds.csv that fold is in; `config_sha256`: of the training config less the fold, the paths and the
+    resumable keys (`train.config.TrainConfig.recipe_sha256`): one config's models of every fold share it.
+    """
+
+    run: str
+    fold: int
+    folds_sha256: str
+    config_sha256: str
+    arch: str
+    encoder: str
+    classes: int
+    aux_head: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Provenance:
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+
 @dataclass(frozen=True)
 class ModelEntry:
     """One model of the ensemble, as the manifest lists it."""
@@ -39,6 +69,7 @@ class ModelEntry:
     sha256: str
     weight: float = 1.0
     tta: tuple[str, ...] = ("none",)
+    provenance: Provenance | None = None
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -59,10 +90,11 @@ class ModelEntry:
             "sha256": self.sha256,
             "weight": self.weight,
             "tta": list(self.tta),
-        }
+        } | ({} if self.provenance is None else {"provenance": self.provenance.to_dict()})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelEntry:
+        provenance = d.get("provenance")
         return cls(
             name=str(d["name"]),
             role=str(d["role"]),
@@ -70,6 +102,7 @@ class ModelEntry:
             sha256=str(d["sha256"]).lower(),
             weight=float(d.get("weight", 1.0)),
             tta=tuple(d.get("tta", ("none",))),
+            provenance=None if provenance is None else Provenance.from_dict(provenance),
         )
 
 
@@ -172,15 +205,21 @@ def build_manifest(
     weights: Sequence[float] | None = None,
     drop_order: Sequence[str] | None = None,
     budget_s: float = DEFAULT_BUDGET_S,
+    provenance: Mapping[str, Provenance] | None = None,
 ) -> Manifest:
-    """A manifest over model dirs inside `weights_dir`: name = dir name, role from the spec, sha256 computed.
+    """A manifest over model dirs inside `weights_dir`: name = dir name, role from the spec, sha256 computed,
+    `provenance` by name (models of training runs).
 
     Classifiers get only the "none" view (flips hardly change an image-level score). Default `drop_order`:
     the views beyond "none", last listed first, then the segmenters after the first, last first.
     """
     weights_dir = Path(weights_dir)
     weights = [1.0] * len(model_dirs) if weights is None else list(weights)
-    entries = [_entry(weights_dir, Path(d), w, tuple(tta)) for d, w in zip(model_dirs, weights, strict=True)]
+    provenance = provenance or {}
+    entries = [
+        _entry(weights_dir, Path(d), w, tuple(tta), provenance.get(Path(d).name))
+        for d, w in zip(model_dirs, weights, strict=True)
+    ]
     if drop_order is None:
         segs = [e.name for e in entries if e.role == "seg"]
         drop_order = [f"tta:{v}" for v in reversed(tta) if v != "none"] + [f"model:{n}" for n in segs[:0:-1]]
@@ -217,7 +256,9 @@ def write_manifest(
     return build_manifest(weights_dir, model_dirs, **kwargs).save(Path(weights_dir) / MANIFEST_FILE)
 
 
-def _entry(weights_dir: Path, model_dir: Path, weight: float, tta: tuple[str, ...]) -> ModelEntry:
+def _entry(
+    weights_dir: Path, model_dir: Path, weight: float, tta: tuple[str, ...], provenance: Provenance | None
+) -> ModelEntry:
     full = model_dir if model_dir.is_absolute() else weights_dir / model_dir
     try:
         rel = full.resolve().relative_to(weights_dir.resolve())
@@ -240,4 +281,5 @@ def _entry(weights_dir: Path, model_dir: Path, weight: float, tta: tuple[str, ..
         sha256=sha256_file(weights_path),
         weight=weight,
         tta=("none",) if role == "cls" else tta,
+        provenance=provenance,
     )

@@ -98,7 +98,7 @@ def _presence(page: HtmlPage, ev: Evaluation, out: Path) -> None:
         gate, present = ev.gate[c].to_numpy(), truth[c].to_numpy()
         fpr, tpr, _, auc = evaluate.roc(gate, present)
         series[c] = (fpr, tpr, auc)
-        kept = gate >= np.float32(rule.gate)
+        kept = (gate >= np.float32(rule.gate)) & (ev.seg_score[c].to_numpy() >= np.float32(rule.seg_gate))
         if present.any() and (~present).any():
             marks[c] = (float(kept[~present].mean()), float(kept[present].mean()))
     fig = figures.roc_curves(series, marks, f"ROC of the gate score ({ev.gate_source})")

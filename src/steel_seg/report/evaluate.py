@@ -34,7 +34,8 @@ class Evaluation:
 
     score: `metric.Score` of the post-processed predictions (its `pairs`: one row per (image, class)).
     empty_baseline: `metric.Score` of an all-empty prediction on the same images.
-    gate: index ImageId, float32 columns 1..4: the gate score `postprocess` compares with each rule's gate.
+    gate: index ImageId, float32 columns 1..4: the image-level score each rule's `gate` limits.
+    seg_score: the same for the max pixel probability, which each rule's `seg_gate` limits.
     gate_source: "classifier" (cls.csv) or "max pixel probability".
     curve_stats: `tune.Stats` at `thresholds` (the curve grid plus every rule's own threshold).
     """
@@ -43,6 +44,7 @@ class Evaluation:
     score: metric.Score
     empty_baseline: metric.Score
     gate: pd.DataFrame
+    seg_score: pd.DataFrame
     gate_source: str
     curve_stats: tune.Stats
 
@@ -132,8 +134,8 @@ class Evaluation:
         for k, rule in enumerate(self.rules.classes):
             grid = _grid(self.curve_stats, (rule.min_component,), rule)
             scores = tune.score_class(self.curve_stats.classes[k], self.curve_stats.thresholds, grid)
-            c, a, g = _rule_index(grid, rule)
-            out[rule.class_id] = (thresholds, scores[:, c, a, g])
+            c, a, g, s = _rule_index(grid, rule)
+            out[rule.class_id] = (thresholds, scores[:, c, a, g, s])
         return out
 
     def component_curves(self) -> dict[int, tuple[np.ndarray, np.ndarray]]:
@@ -143,33 +145,40 @@ class Evaluation:
             grid = _grid(self.curve_stats, CURVE_MIN_COMPONENTS + (rule.min_component,), rule)
             scores = tune.score_class(self.curve_stats.classes[k], self.curve_stats.thresholds, grid)
             t = self.curve_stats.thresholds.index(rule.pixel_threshold)
-            _, a, g = _rule_index(grid, rule)
-            out[rule.class_id] = (np.array(grid.min_components, dtype=float), scores[t, :, a, g])
+            _, a, g, s = _rule_index(grid, rule)
+            out[rule.class_id] = (np.array(grid.min_components, dtype=float), scores[t, :, a, g, s])
         return out
 
     def rules_table(self) -> pd.DataFrame:
         rows = {
-            f"class {r.class_id}": [r.pixel_threshold, r.min_component, r.min_area, r.gate]
+            f"class {r.class_id}": [r.pixel_threshold, r.min_component, r.min_area, r.gate, r.seg_gate]
             for r in self.rules.classes
         }
-        table = pd.DataFrame.from_dict(
-            rows, orient="index", columns=["pixel threshold", "min component", "min area", "gate"]
-        ).astype({"min component": int, "min area": int})
+        columns = ["pixel threshold", "min component", "min area", "gate", "seg gate"]
+        table = pd.DataFrame.from_dict(rows, orient="index", columns=columns).astype(
+            {"min component": int, "min area": int}
+        )
         table.index.name = "class"
         return table
 
 
 def _grid(stats: tune.Stats, min_components: Sequence[int], rule: ClassRule) -> tune.Grid:
     return tune.Grid(
-        stats.thresholds, tuple(min_components), (rule.min_area,), (rule.gate,), stats.one_class_per_pixel
+        pixel_thresholds=stats.thresholds,
+        min_components=tuple(min_components),
+        min_areas=(rule.min_area,),
+        gates=(rule.gate,),
+        seg_gates=(rule.seg_gate,),
+        one_class_per_pixel=stats.one_class_per_pixel,
     )
 
 
-def _rule_index(grid: tune.Grid, rule: ClassRule) -> tuple[int, int, int]:
+def _rule_index(grid: tune.Grid, rule: ClassRule) -> tuple[int, int, int, int]:
     return (
         grid.min_components.index(rule.min_component),
         grid.min_areas.index(rule.min_area),
         grid.gates.index(rule.gate),
+        grid.seg_gates.index(rule.seg_gate),
     )
 
 
@@ -181,7 +190,7 @@ def curve_thresholds(rules: Rules, grid: Sequence[float] = CURVE_THRESHOLDS) -> 
 @dataclass
 class _Part:
     """What one chunk of images contributes: predicted defect rows (ImageId, ClassId, RLE), gate scores
-    `(n, 4) float32`, curve statistics."""
+    `(n, 2, 4) float32` (`rules.gate_scores`), curve statistics."""
 
     rows: list[tuple[str, int, str]]
     gates: np.ndarray
@@ -192,7 +201,7 @@ def _collect_part(oof: OOF, rules: Rules, thresholds: tuple[float, ...]) -> _Par
     """Post-process, encode and gather the statistics of every image of `oof` (a `tune.map_oof` job)."""
     collector = tune.StatsCollector(thresholds, rules.one_class_per_pixel)
     rows: list[tuple[str, int, str]] = []
-    gates = np.zeros((len(oof.image_ids), N_CLASSES), np.float32)
+    gates = np.zeros((len(oof.image_ids), 2, N_CLASSES), np.float32)
     for i, image_id in enumerate(oof.image_ids):
         values, cls = oof.probs_u8(image_id), oof.cls_of(image_id)
         probs = dequantise(values)
@@ -216,7 +225,10 @@ def collect(
         rules=rules,
         score=metric.score(oof.truth.table, pred, oof.image_ids, oof.shape),
         empty_baseline=metric.score(oof.truth.table, pred.iloc[:0], oof.image_ids, oof.shape),
-        gate=pd.DataFrame(gates, index=pd.Index(oof.image_ids, name=IMAGE_ID), columns=list(CLASSES)),
+        gate=pd.DataFrame(gates[:, 0], index=pd.Index(oof.image_ids, name=IMAGE_ID), columns=list(CLASSES)),
+        seg_score=pd.DataFrame(
+            gates[:, 1], index=pd.Index(oof.image_ids, name=IMAGE_ID), columns=list(CLASSES)
+        ),
         gate_source="classifier" if oof.cls is not None else "max pixel probability",
         curve_stats=tune.Stats.concat([part.stats for part in parts]),
     )

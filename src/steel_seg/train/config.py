@@ -7,6 +7,8 @@ Unknown keys are errors that name the file and the section, so a typo never trai
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import types
 import typing
 from collections.abc import Collection
@@ -30,6 +32,14 @@ from steel_seg.models.factory import (
 from steel_seg.models.precision import AMP_FLAGS
 from steel_seg.train.augment import AugmentConfig
 from steel_seg.train.losses import LossConfig
+
+# Keys that may change between a run and its resumption: where and how fast it runs, not what it computes.
+RESUMABLE = ("data.workers", "data.val_batch_size", "train.device", "train.progress", "train.time_limit_min",
+             "train.checkpoint_every")  # fmt: skip
+# Where a run's inputs are: one config's runs of several folds may read them from other paths (another
+# machine, a fold's own init weights); the files' contents are fingerprinted where it matters (folds.csv).
+PATH_KEYS = ("data.train_csv", "data.images_dir", "data.folds_csv", "model.init_weights",
+             "model.encoder_weights_path")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -223,6 +233,14 @@ class TrainConfig:
         out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
         out["model"] = self.model.to_dict()
         return out
+
+    def recipe_sha256(self) -> str:
+        """sha256 of what this config trains, the same for each of its folds: the config less `data.fold`, the
+        input paths (extra sources keep their weights) and the RESUMABLE keys (`models.recipe`'s member)."""
+        flat = {k: v for k, v in _flatten(self.to_dict()).items() if k not in {*RESUMABLE, *PATH_KEYS}}
+        flat.pop("data.fold")
+        flat["data.extra_sources"] = [source.weight for source in self.data.extra_sources]
+        return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()
 
     def differences(self, other: TrainConfig, ignore: Collection[str] = ()) -> list[str]:
         """`key: mine -> other's` for every dotted key whose value differs, less the keys in `ignore`."""

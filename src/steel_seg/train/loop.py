@@ -29,7 +29,7 @@ from steel_seg.models.factory import forward_logits, save
 from steel_seg.models.precision import autocast, device_dtype
 from steel_seg.progress import Progress
 from steel_seg.train.checkpoint import Ema, load_state, save_state
-from steel_seg.train.config import TrainConfig
+from steel_seg.train.config import RESUMABLE, TrainConfig
 from steel_seg.train.data import prepare, raise_image_errors
 from steel_seg.train.distributed import Dist, barrier, gather, init_dist
 from steel_seg.train.epoch_eval import evaluate
@@ -38,9 +38,6 @@ from steel_seg.train.optim import make_optimizer, make_scheduler
 from steel_seg.train.run_log import RunLog
 
 log = logging.getLogger(__name__)
-# Keys that may change between a run and its resumption: where and how fast it runs, not what it computes.
-RESUMABLE = ("data.workers", "data.val_batch_size", "train.device", "train.progress", "train.time_limit_min",
-             "train.checkpoint_every")  # fmt: skip
 
 
 # ---------------------------------------------------------------- the loop

@@ -1,21 +1,30 @@
-"""`steel-seg oof`: a training run's held-out fold, predicted at full resolution into an OOF directory.
+"""`steel-seg oof`: out-of-fold predictions at full resolution into an OOF directory, of one training run
+(`predict_oof`) or of the very ensemble a weights dir ships (`predict_ensemble_oof`).
 
-Reads the run's `run.json` (`runs.RunInfo`), predicts the fold's images with the inference engine
-(`predict.iter_probs`: the same batching/TTA code as the kernel) and stores them with `oof.OOFWriter`.
+Both predict with the inference engine (`predict.iter_probs`: the kernel's batching, TTA, ensemble averaging
+and precision rule) and store the probabilities with `oof.OOFWriter`, recording what they are out of: the
+folds.csv (sha256, number of folds), each image's fold and the recipe (`models.recipe`). `steel-seg tune`
+checks and keeps that record, `build_kernel.py` and the kernel compare it with what they ship.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from steel_seg.engine.ensemble import Ensemble, Member
+from steel_seg.engine.ensemble import Ensemble
 from steel_seg.engine.predict import iter_probs
 from steel_seg.engine.runner import PredictSettings
 from steel_seg.formats.folds import fold_ids, read_folds
 from steel_seg.formats.labels import Labels
-from steel_seg.formats.oof import OOFWriter
+from steel_seg.formats.oof import OOFWriter, Origin
 from steel_seg.formats.runs import RunInfo
 from steel_seg.models import factory
+from steel_seg.models.manifest import MANIFEST_FILE, Manifest, ModelEntry, sha256_file
+from steel_seg.models.recipe import Recipe
+from steel_seg.workflow.provenance import provenance_of
+
+log = logging.getLogger(__name__)
 
 
 def heldout_ids(info: RunInfo) -> list[str]:
@@ -30,16 +39,76 @@ def predict_oof(
     overwrite: bool = False,
 ) -> Path:
     """Write the OOF directory of a run's held-out fold (default `oof/<run name>`); returns it. An existing
-    directory is refused unless `overwrite`, and then replaced only when the new one is complete."""
+    directory is refused unless `overwrite`, and then replaced only when the new one is complete. The recipe
+    recorded is the run's model alone, weight 1, with `settings.tta` (default: no flip)."""
     settings = settings or PredictSettings()
     info = RunInfo.load(run_dir)
-    model, spec = factory.load(info.model_path, device="cpu")
+    spec = factory.ModelSpec.from_json(info.model_path / factory.SPEC_FILE)
     if not spec.has_seg:
-        raise ValueError(f"{info.model_path}: a {spec.arch} has no segmentation output to store as OOF")
-    ensemble = Ensemble([Member(info.name, "seg", model, spec)], settings.devices()[0])
-    ids = heldout_ids(info)[: settings.limit]
+        raise ValueError(
+            f"{info.model_path}: a {spec.arch} has no segmentation output to store as OOF; its out-of-fold "
+            "probabilities come with its ensemble's: steel-seg oof --weights-dir"
+        )
+    entry = ModelEntry(
+        name=info.name,
+        role="seg",
+        dir=str(info.model_path),
+        sha256=sha256_file(info.model_path / factory.WEIGHTS_FILE),
+        tta=tuple(settings.tta or ("none",)),
+        provenance=provenance_of(info.model_path),
+    )
+    manifest = Manifest(models=(entry,))
+    origin = _origin(Recipe.of(manifest), info.folds_csv)
+    ensemble = Ensemble.load(".", manifest, settings.devices()[0])
     out = Path(out_dir or Path("oof") / info.name)
-    writer = OOFWriter(out, str(info.run_dir), info.fold, spec.has_cls, overwrite)
+    writer = OOFWriter(out, str(info.run_dir), info.fold, spec.has_cls, overwrite, origin)
+    ids = heldout_ids(info)[: settings.limit]
     for image_id, probs, cls in iter_probs(ensemble, [info.images_dir / i for i in ids], settings):
         writer.add(image_id, probs, cls)
     return writer.close(Labels.from_csv(info.train_csv, info.images_dir))
+
+
+def predict_ensemble_oof(
+    weights_dir: str | Path,
+    out_dir: str | Path | None = None,
+    settings: PredictSettings | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the OOF directory of the ensemble `weights_dir/manifest.json` ships (default `oof/<weights dir
+    name>`): each fold's validation images predicted by exactly that fold's members, with their manifest
+    weights and views, the classifier's or aux head's probabilities in cls.csv. Returns the directory.
+
+    Raises:
+        ValueError (ManifestError): a model without a held-out fold, members of different folds.csv files, a
+            fold that lacks a member, a folds.csv changed since training, views asked in `settings.tta`.
+    """
+    settings = settings or PredictSettings()
+    if settings.tta is not None:
+        raise ValueError("--tta: the ensemble's OOF predictions use each model's manifest views")
+    weights_dir = Path(weights_dir)
+    manifest = Manifest.load(weights_dir / MANIFEST_FILE)
+    recipe = Recipe.of(manifest)
+    info = RunInfo.load(manifest.models[0].provenance.run)
+    origin = _origin(recipe, info.folds_csv)
+    folds = read_folds(info.folds_csv)
+    out = Path(out_dir or Path("oof") / weights_dir.resolve().name)
+    writer = OOFWriter(out, str(weights_dir), None, recipe.image_score is not None, overwrite, origin)
+    for fold in recipe.folds:
+        fold_manifest = recipe.fold_models(manifest, fold)
+        ensemble = Ensemble.load(weights_dir, fold_manifest, settings.devices()[0])
+        ids = fold_ids(folds, fold, info.folds_csv)[1][: settings.limit]
+        log.info("fold %d: %d images, models %s", fold, len(ids), ", ".join(ensemble.members))
+        for image_id, probs, cls in iter_probs(ensemble, [info.images_dir / i for i in ids], settings):
+            writer.add(image_id, probs, cls, fold=fold)
+    return writer.close(Labels.from_csv(info.train_csv, info.images_dir))
+
+
+def _origin(recipe: Recipe, folds_csv: Path) -> Origin:
+    """The OOF record of `recipe`, once its folds.csv is checked unchanged since its models were trained."""
+    now = sha256_file(folds_csv)
+    if now != recipe.folds_sha256:
+        raise ValueError(
+            f"{folds_csv}: sha256 {now[:12]}... now, {recipe.folds_sha256[:12]}... when the models' manifest "
+            "was written: the folds changed after training, so these predictions would not be out of fold"
+        )
+    return Origin(folds_sha256=now, n_folds=int(read_folds(folds_csv).nunique()), recipe=recipe.to_dict())

@@ -153,7 +153,7 @@ def decide(
         probs: `(4, H, W) float32` ensemble probabilities; cls: `(4,)` image-level ones, or None.
     """
     masks = apply(probs, rules, cls)
-    gates = gate_scores(probs, cls)
+    gates = gate_scores(probs, cls)[0]  # the image-level score: classifier, else aux head, else max pixel
     areas = np.count_nonzero(masks.reshape(len(masks), -1), axis=1).astype(np.int64)
     confidences = mask_confidence(probs, masks)
     verdicts = image_verdicts(gates, areas, confidences, limits)
