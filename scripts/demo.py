@@ -1,8 +1,9 @@
 """`make demo`: the whole user path on a synthetic Severstal-like set, end to end, on a CPU.
 
-synth -> folds -> train -> oof -> tune -> report (eda, eval) -> manifest -> build_kernel.py -> the built
-kernel dry-run on the synthetic test images -> score vs the all-empty baseline; then, where the real sample
-sits in ../shared, a kernel dry-run on those real images and a validation of its submission.
+synth -> folds -> train -> manifest -> oof (of the manifest's own ensemble) -> tune -> report (eda, eval)
+-> build_kernel.py -> the built kernel dry-run on the synthetic test images -> score vs the all-empty
+baseline; then, where the real sample sits in ../shared, a kernel dry-run on those real images and a
+validation of its submission.
 Every step is the real command a user types (run as a subprocess); the summary lists what each wrote.
 """
 
@@ -105,16 +106,21 @@ def main() -> int:
             f"data.folds_csv={DEMO / 'folds.csv'}",
         ),
     )
-    demo.run(
-        "out-of-fold predictions of fold 0",
-        *steel_seg(
-            "oof", "--run", run_dir, "--out", DEMO / "oof" / "f0", "--device", "cpu", "--tta", "none,h"
-        ),
-    )
     weights = DEMO / "weights"
     demo.run(
-        "tune the post-processing on the OOF",
-        *steel_seg("tune", "--oof", DEMO / "oof" / "f0", "--out", weights / "thresholds.json"),
+        "collect the weights + manifest",
+        *steel_seg(
+            "manifest", "--weights-dir", weights, "--model", f"demo-f0={run_dir / 'best'}", "--tta", "none,h"
+        ),
+    )
+    oof = DEMO / "oof" / "ensemble"
+    demo.run(
+        "out-of-fold predictions of the manifest's ensemble (fold 0)",
+        *steel_seg("oof", "--weights-dir", weights, "--out", oof, "--device", "cpu"),
+    )
+    demo.run(
+        "tune the post-processing on the OOF (1 of the 5 folds: the demo trains one)",
+        *steel_seg("tune", "--oof", oof, "--out", weights / "thresholds.json", "--allow-partial-folds"),
     )
     demo.run(
         "EDA report",
@@ -135,19 +141,13 @@ def main() -> int:
             "report",
             "eval",
             "--oof",
-            DEMO / "oof" / "f0",
+            oof,
             "--thresholds",
             weights / "thresholds.json",
             "--images",
             DATA / "train_images",
             "--out",
             DEMO / "report" / "eval",
-        ),
-    )
-    demo.run(
-        "collect the weights + manifest",
-        *steel_seg(
-            "manifest", "--weights-dir", weights, "--model", f"demo-f0={run_dir / 'best'}", "--tta", "none,h"
         ),
     )
     kernel_dir = DEMO / "kernel"
@@ -224,7 +224,7 @@ def print_summary(demo: Demo, tuned, baseline: float, real: Path | None, seconds
     for path, what in [
         (DEMO / "data", "synthetic train/test set, train.csv, sample_submission.csv, test_truth.csv"),
         (DEMO / "runs" / "demo_cpu-f0", "training run: best/, last/, checkpoint.pt, logs"),
-        (DEMO / "oof" / "f0", "out-of-fold probabilities"),
+        (DEMO / "oof" / "ensemble", "out-of-fold probabilities of the ensemble the kernel ships"),
         (DEMO / "weights", "weights dataset: model dir, manifest.json, thresholds.json"),
         (DEMO / "kernel" / "kernel.py", "the one-file offline kernel (+ kernel-metadata.json)"),
         (DEMO / "submission.csv", "its dry-run submission"),

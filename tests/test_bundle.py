@@ -13,7 +13,15 @@ import torch
 import steel_seg
 from steel_seg import bundle
 from steel_seg.models import factory
-from steel_seg.models.manifest import ManifestError, sha256_file, write_manifest
+from steel_seg.models.manifest import (
+    MANIFEST_FILE,
+    Manifest,
+    ManifestError,
+    Provenance,
+    sha256_file,
+    write_manifest,
+)
+from steel_seg.models.recipe import Recipe
 from steel_seg.postprocess.rules import ClassRule, Rules
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,3 +272,58 @@ def test_the_push_command_asks_for_the_accelerator_where_the_cli_can():
         old.startswith("kaggle kernels push -p kernel   (")
         and "1.7.4.5 has no --accelerator; >= 1.8.4" in old
     )
+
+
+def fold_weights(root: Path, folds: tuple[int, ...], weight: float = 1.0) -> Path:
+    """A weights dir of one config's tiny models for `folds`, each with its provenance (as `steel-seg
+    manifest` writes it from training runs)."""
+    names = []
+    for k in folds:
+        torch.manual_seed(k)
+        factory.save(factory.build_model(TINY), TINY, root / f"unet-f{k}")
+        names.append(f"unet-f{k}")
+    provenance = {
+        n: Provenance(
+            run=f"runs/{n}",
+            fold=k,
+            folds_sha256="a" * 64,
+            config_sha256="c" * 64,
+            arch="Unet",
+            encoder=TINY.encoder,
+            classes=4,
+        )  # fmt: skip
+        for n, k in zip(names, folds, strict=True)
+    }
+    weights = [weight] * len(names)
+    write_manifest(root, names, tta=("none", "h"), weights=weights, provenance=provenance)
+    return root
+
+
+def tuned_on(weights_dir: Path, rules_dir: Path) -> None:
+    """thresholds.json in `rules_dir`, tuned (so says its record) on the ensemble of `weights_dir`."""
+    recipe = Recipe.of(Manifest.load(weights_dir / MANIFEST_FILE))
+    Rules(tuning={"recipe": recipe.to_dict()}).save(rules_dir / bundle.THRESHOLDS_FILE)
+
+
+def test_a_subset_of_the_tuned_folds_builds_and_says_which(tmp_path):
+    tuned_on(fold_weights(tmp_path / "all", (0, 1, 2)), (fold0 := fold_weights(tmp_path / "f0", (0,))))
+    result = bundle.build(fold0, tmp_path / "kernel", TEMPLATE)
+    assert result.recipe.endswith("folds [0, 1, 2]; this manifest ships folds [0]")
+    assert "recipe: the rules were tuned on" in bundle.summary(result)
+    namespace = runpy.run_path(str(result.script), run_name="not_main")
+    tuned = Recipe.of(Manifest.load(tmp_path / "all" / MANIFEST_FILE))
+    assert namespace["RULES"]["tuning"] == {"recipe": tuned.to_dict()}  # the kernel checks it at start-up
+    assert "--allow-recipe-mismatch" not in namespace["DEFAULT_ARGS"]
+
+
+def test_rules_tuned_on_another_ensemble_are_refused_unless_allowed(tmp_path):
+    tuned_on(fold_weights(tmp_path / "tuned", (0, 1)), (shipped := fold_weights(tmp_path / "w", (0,), 2.0)))
+    expected = (
+        "tuned on another ensemble than the manifest ships:\n  member unet: weight 2, views none\\+h shipped"
+    )
+    with pytest.raises(bundle.BuildError, match=expected):
+        bundle.build(shipped, tmp_path / "kernel", TEMPLATE)
+    assert not (tmp_path / "kernel").exists()
+    result = bundle.build(shipped, tmp_path / "kernel", TEMPLATE, allow_recipe_mismatch=True)
+    assert result.recipe.startswith("member unet: weight 2")
+    assert "--allow-recipe-mismatch" in runpy.run_path(str(result.script), run_name="x")["DEFAULT_ARGS"]

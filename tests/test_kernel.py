@@ -9,6 +9,7 @@ synthetic set's test JPEGs (and the real sample's, where ../shared has it) laid 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -33,6 +34,7 @@ from steel_seg.engine.submit import Inputs
 from steel_seg.formats import submission
 from steel_seg.models import factory
 from steel_seg.models.manifest import write_manifest
+from steel_seg.models.recipe import Member, Recipe
 from steel_seg.postprocess.rules import ClassRule, Rules
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -316,6 +318,24 @@ def test_wrong_checksum_stops_the_kernel_before_any_image(setup, tmp_path, caplo
     assert "start-up check failed, nothing predicted" in caplog.text
     assert "predicted" not in caplog.text.split("start-up check failed")[0]
     assert not out.exists()
+
+
+def test_rules_tuned_on_another_ensemble_stop_the_kernel_unless_allowed(setup, tmp_path, caplog):
+    """thresholds.json tuned on a recipe the embedded manifest cannot be compared with (its model has no
+    provenance): the kernel stops before any image; --allow-recipe-mismatch runs, logging why."""
+    weights = tmp_path / "weights"
+    shutil.copytree(setup["weights"], weights)
+    member = Member(name="unet", role="seg", arch="Unet", encoder=TINY.encoder, classes=4, aux_head=False,
+                    config_sha256="c" * 64, weight=1.0, tta=("none",))  # fmt: skip
+    recipe = Recipe(members=(member,), folds_sha256="a" * 64, runs={"unet": {0: "b" * 64}})
+    rules = Rules.load(weights / "thresholds.json")
+    dataclasses.replace(rules, tuning={"recipe": recipe.to_dict()}).save(weights / "thresholds.json")
+    out = tmp_path / "submission.csv"
+    assert run_in_process(setup, out, weights=weights) == kernel.STARTUP_FAILED
+    assert "the rules were tuned on another ensemble than the manifest ships" in caplog.text
+    assert "tiny: no provenance" in caplog.text and not out.exists()
+    assert run_in_process(setup, out, "--allow-recipe-mismatch", weights=weights) == kernel.OK
+    assert "recipe (allowed by --allow-recipe-mismatch)" in caplog.text and out.exists()
 
 
 def test_spec_mismatch_stops_the_kernel(setup, tmp_path, caplog):

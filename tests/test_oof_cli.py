@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from unittest.mock import ANY
 
 import numpy as np
 import pandas as pd
@@ -117,3 +118,51 @@ def test_oof_reports_an_empty_fold(run_dir, capsys):
 def test_oof_rejects_unknown_views(run_dir):
     with pytest.raises(SystemExit):
         cli_main(["oof", "--run", str(run_dir), "--tta", "none,diagonal"])
+
+
+def test_oof_of_a_weights_dir_predicts_each_members_fold(run_dir, heldout, tmp_path):
+    weights, out = tmp_path / "weights", tmp_path / "oof" / "ensemble"
+    assert cli_main(["manifest", "--weights-dir", str(weights), "--model", f"unet-f1={run_dir / 'best'}",
+                     "--tta", "none,h"]) == 0  # fmt: skip
+    assert (
+        cli_main(
+            ["oof", "--weights-dir", str(weights), "--out", str(out), "--device", "cpu", "--workers", "0"]
+        )
+        == 0
+    )
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["image_ids"] == heldout and meta["image_folds"] == [1, 1] and meta["n_folds"] == 2
+    [member] = meta["recipe"]["members"]
+    assert (member["name"], member["tta"], meta["recipe"]["runs"]) == (
+        "unet",
+        ["none", "h"],
+        {"unet": {"1": ANY}},
+    )
+    # the same probabilities as the run's own OOF through the same views
+    single = tmp_path / "oof" / "single"
+    assert cli_main(["oof", "--run", str(run_dir), "--out", str(single), "--tta", "none,h", "--device", "cpu",
+                     "--workers", "0"]) == 0  # fmt: skip
+    for image_id in heldout:
+        np.testing.assert_array_equal(read_oof(out).probs_u8(image_id), read_oof(single).probs_u8(image_id))
+
+
+def test_oof_of_a_weights_dir_refuses_what_has_no_held_out_fold(run_dir, tmp_path, capsys):
+    weights = tmp_path / "weights"
+    factory.save(factory.build_model(SPEC), SPEC, tmp_path / "bare")  # a model dir outside any run
+    assert cli_main(["manifest", "--weights-dir", str(weights), "--model", f"bare={tmp_path / 'bare'}"]) == 0
+    assert "bare not from a training run" in capsys.readouterr().out
+    assert cli_main(["oof", "--weights-dir", str(weights), "--device", "cpu"]) == 2
+    assert "bare: no provenance" in capsys.readouterr().err
+
+
+def test_oof_of_a_weights_dir_refuses_folds_changed_since_training(run_dir, tmp_path, capsys):
+    weights = tmp_path / "weights"
+    assert (
+        cli_main(["manifest", "--weights-dir", str(weights), "--model", f"unet-f1={run_dir / 'best'}"]) == 0
+    )
+    folds = tmp_path / "folds.csv"
+    folds.write_text(folds.read_text().replace(",1\n", ",0\n", 1))
+    assert cli_main(["oof", "--weights-dir", str(weights), "--device", "cpu", "--workers", "0"]) == 2
+    assert f"{folds}: sha256" in capsys.readouterr().err
+    assert cli_main(["oof", "--weights-dir", str(weights), "--tta", "none,h", "--device", "cpu"]) == 2
+    assert "--tta: the ensemble's OOF predictions use each model's manifest views" in capsys.readouterr().err

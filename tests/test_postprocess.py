@@ -223,3 +223,28 @@ def test_a_misspelt_key_is_an_error_not_a_default(tmp_path):
     path.write_text(json.dumps({**Rules().to_dict(), "one_class_per_pixle": True}))
     with pytest.raises(ValueError, match=r"rules: unknown key\(s\) \['one_class_per_pixle'\]"):
         Rules.load(path)
+
+
+def test_an_older_thresholds_file_keeps_its_meaning(tmp_path):
+    """A thresholds.json written before `seg_gate` existed: its `gate` still reads the classifier's
+    probability when there is one, else the max pixel probability; no second gate."""
+    old = {"classes": [{"class_id": k, "pixel_threshold": 0.5, "min_component": 0, "min_area": 0, "gate": 0.7}
+                       for k in range(1, 5)], "one_class_per_pixel": False}  # fmt: skip
+    (tmp_path / "t.json").write_text(json.dumps(old))
+    rules = Rules.load(tmp_path / "t.json")
+    assert [r.seg_gate for r in rules.classes] == [0.0] * 4
+    probs = probs_with((0, slice(0, 4), slice(0, 4), 0.65), (1, slice(0, 4), slice(0, 4), 0.8))
+    assert [int(m.sum()) for m in apply(probs, rules)] == [0, 16, 0, 0]  # max pixel 0.65 < 0.7 <= 0.8
+    cls = np.array([0.9, 0.1, 0.0, 0.0], np.float32)
+    assert [int(m.sum()) for m in apply(probs, rules, cls)] == [16, 0, 0, 0]  # the classifier's call
+
+
+def test_both_gates_must_clear():
+    rules = Rules(tuple(ClassRule(k, 0.5, gate=0.5, seg_gate=0.7) for k in range(1, 5)))
+    probs = probs_with((0, slice(0, 4), slice(0, 4), 0.65), (1, slice(0, 4), slice(0, 4), 0.8))
+    cls = np.array([0.9, 0.9, 0.9, 0.9], np.float32)
+    assert [int(m.sum()) for m in apply(probs, rules, cls)] == [0, 16, 0, 0]  # seg 0.65 < 0.7
+    cls[1] = 0.4
+    assert [int(m.sum()) for m in apply(probs, rules, cls)] == [0, 0, 0, 0]  # classifier 0.4 < 0.5
+    with pytest.raises(ValueError, match="seg_gate 1.5 not in"):
+        ClassRule(1, seg_gate=1.5)

@@ -26,6 +26,7 @@ from steel_seg.postprocess.tune import (
     StatsCollector,
     chunk_ranges,
     collect_stats,
+    image_dice,
     middle_of_ties,
     score_class,
     search,
@@ -55,7 +56,9 @@ def small_case(rng: np.random.Generator, n: int = 24):
     return truth, values, cls
 
 
-def write_small_oof(path: Path, truth, values, cls, first: int = 0, fold: int = 0) -> Path:
+def write_small_oof(
+    path: Path, truth, values, cls, first: int = 0, fold: int = 0, origin=TEST_ORIGIN
+) -> Path:
     """An OOF dir of `small_case` images (ids `first`.jpg onwards) written with OOFWriter."""
     ids = [f"{first + n:04d}.jpg" for n in range(len(values))]
     rows = [
@@ -65,7 +68,7 @@ def write_small_oof(path: Path, truth, values, cls, first: int = 0, fold: int = 
         if m.any()
     ]
     labels = Labels(pd.DataFrame(rows, columns=list(TIDY_COLUMNS)), ids, (H, W))
-    writer = OOFWriter(path, source="test", fold=fold, has_cls=cls is not None, origin=TEST_ORIGIN)
+    writer = OOFWriter(path, source="test", fold=fold, has_cls=cls is not None, origin=origin)
     for n, image_id in enumerate(ids):
         writer.add(image_id, dequantise(values[n]), None if cls is None else cls[n])
     return writer.close(labels)
@@ -340,3 +343,65 @@ def test_tune_cli_reports_bad_oof_dir_and_worker_count(tmp_path, capsys):
     oof = write_small_oof(tmp_path / "oof", truth, values, None)
     assert tune_command(["--oof", str(oof), "--out", str(tmp_path / "t.json"), "--workers", "0"]) == 2
     assert "workers must be >= 1" in capsys.readouterr().err
+
+
+def two_folds(tmp_path: Path, second_origin=TEST_ORIGIN) -> list[str]:
+    """Folds 0 and 1 of `small_case` images as two OOF dirs; the second with `second_origin`."""
+    truth, values, cls = small_case(np.random.default_rng(4), n=8)
+    first = write_small_oof(tmp_path / "f0", truth[:4], values[:4], cls[:4])
+    second = write_small_oof(
+        tmp_path / "f1", truth[4:], values[4:], cls[4:], first=4, fold=1, origin=second_origin
+    )
+    return ["--oof", str(first), "--oof", str(second), "--out", str(tmp_path / "t.json")]
+
+
+def test_tune_refuses_oof_dirs_of_two_folds_files_unless_allowed(tmp_path, capsys):
+    args = two_folds(tmp_path, dataclasses.replace(TEST_ORIGIN, folds_sha256="e" * 64))
+    assert tune_command(args) == 2
+    err = capsys.readouterr().err
+    assert f"not out of one folds.csv (sha256 {tmp_path / 'f0'}: ffffffffffff...; " in err
+    assert f"{tmp_path / 'f1'}: eeeeeeeeeeee...)" in err and not (tmp_path / "t.json").exists()
+    assert tune_command([*args, "--allow-mixed"]) == 0
+    assert Rules.load(tmp_path / "t.json").tuning["folds"] == {
+        "sha256": None,
+        "n_folds": None,
+        "tuned": [0, 1],
+    }
+
+
+def test_tune_refuses_oof_dirs_without_a_folds_record(tmp_path, capsys):
+    assert tune_command(two_folds(tmp_path, dataclasses.replace(TEST_ORIGIN, folds_sha256=None))) == 2
+    assert f"{tmp_path / 'f1'}: none recorded" in capsys.readouterr().err
+
+
+def test_tune_refuses_part_of_the_folds_unless_allowed(tmp_path, capsys):
+    truth, values, cls = small_case(np.random.default_rng(4), n=4)
+    oof = write_small_oof(tmp_path / "f0", truth, values, cls)  # fold 0 of a 2-fold folds.csv
+    args = ["--oof", str(oof), "--out", str(tmp_path / "t.json")]
+    assert tune_command(args) == 2
+    assert "cover folds [0] of the 2 in their folds.csv, not [1]" in capsys.readouterr().err
+    assert tune_command([*args, "--allow-partial-folds"]) == 0
+    tuning = Rules.load(tmp_path / "t.json").tuning
+    assert tuning["folds"] == {"sha256": "f" * 64, "n_folds": 2, "tuned": [0]}
+    assert list(tuning["dice_after_per_fold"]) == ["0"]
+
+
+def test_both_gates_are_searched_together_and_must_both_clear():
+    """Image 0 carries the defect: classifier 0.9, max pixel 0.9. Image 1 is clean but the classifier says
+    0.9 (max pixel 0.4); image 2 is clean, max pixel 0.9 but the classifier 0.2. Only gate 0.5 AND seg gate
+    0.6 together clear both false positives."""
+    i32 = np.int32
+    stats = ClassStats(
+        truth_area=np.array([20, 0, 0], np.int64),
+        image_score=np.array([0.9, 0.9, 0.2], np.float32),
+        seg_score=np.array([0.9, 0.4, 0.9], np.float32),
+        sizes=[np.array([20, 30, 30], i32)],
+        overlaps=[np.array([20, 0, 0], i32)],
+        counts=[np.array([1, 1, 1], i32)],
+    )
+    grid = Grid(pixel_thresholds=(0.5,), min_components=(), min_areas=(), gates=(0.5,), seg_gates=(0.6,))
+    scores = score_class(stats, (0.5,), grid)[0, 0, 0]  # (gate, seg_gate)
+    np.testing.assert_allclose(scores, [[1 / 3, 2 / 3], [2 / 3, 1.0]])
+    rule = search_class(stats, (0.5,), grid, 1).rule
+    assert (rule.gate, rule.seg_gate) == (0.5, 0.6)
+    np.testing.assert_array_equal(image_dice(stats, (0.5,), rule), [1.0, 1.0, 1.0])
