@@ -91,7 +91,7 @@ def test_a_prediction_whose_images_do_not_match_is_refused(synthetic_set, tmp_pa
     )
     ids = read_sample(sample).image_ids
     complete = tmp_path / "complete.csv"
-    SubmissionWriter(complete, read_sample(sample)).close()
+    SubmissionWriter(complete, read_sample(sample), final_format="pairs").close()
     lines = complete.read_text().splitlines()
     no_suffix = tmp_path / "no_suffix.csv"
     no_suffix.write_text("\n".join([lines[0], *(line.replace(".jpg", "", 1) for line in lines[1:])]) + "\n")
