@@ -1,11 +1,14 @@
 """The inference engine's command-line options: one set, shared by `steel-seg predict`, `steel-seg oof` and
-the kernel script. Light to import (argparse only): the kernel parses its arguments before heavy imports."""
+the kernel script. Light to import (argparse and `competition`): the kernel parses its arguments before heavy
+imports."""
 
 from __future__ import annotations
 
 import argparse
 import math
 from typing import TYPE_CHECKING, Any
+
+from steel_seg.competition import DEFAULT_FINAL_FORMAT, FINAL_FORMATS
 
 if TYPE_CHECKING:
     from steel_seg.engine.runner import PredictSettings
@@ -66,6 +69,29 @@ def add_budget_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def count(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return value
+
+
+def add_final_format_option(p: argparse.ArgumentParser) -> None:
+    """--final-format, for the commands that write a submission."""
+    p.add_argument(
+        "--final-format",
+        choices=FINAL_FORMATS,
+        default=DEFAULT_FINAL_FORMAT,
+        help="with a final-stage sample (ImageId,EncodedPixels,ClassId): sample-like = defect rows only and "
+        "an image without a defect as the sample writes it (ClassId 0, '1 409600'), no empty cell; pairs = "
+        "4 rows an image, empty EncodedPixels for no defect (default: %(default)s)",
+    )
+
+
 def engine_settings(args: argparse.Namespace, *, require_gpu: bool = False, **extra: Any) -> PredictSettings:
     """`PredictSettings` from the shared options (+ `extra`).
 
@@ -76,6 +102,8 @@ def engine_settings(args: argparse.Namespace, *, require_gpu: bool = False, **ex
     from steel_seg.engine.runner import PredictSettings
 
     budget = {"budget_s": args.budget_s} if hasattr(args, "budget_s") else {}
+    if hasattr(args, "final_format"):
+        budget["final_format"] = args.final_format
     return PredictSettings(
         device=args.devices or ("cuda" if require_gpu else default_device()),
         batch_size=args.batch_size,
