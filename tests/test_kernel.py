@@ -740,3 +740,22 @@ def test_a_stale_weights_dataset_at_the_slug_loses_to_the_matching_one(setup, tm
     assert f"{stale} also holds manifest.json; not taken (not listing this kernel's weights): using {good}" \
         in caplog.text  # fmt: skip
     assert f"model 'tiny': not in {good}; using {good / 'archive' / 'tiny'} (same sha256)" in caplog.text
+
+
+def test_the_rerun_with_inputs_it_cannot_tell_apart_still_leaves_a_valid_file(
+    setup, tmp_path, monkeypatch, caplog
+):
+    """Two copies of the competition, neither in competitions/ nor named like it: start-up stops (exit 2) on
+    the push run; the re-run writes an all-empty file from the first one's sample."""
+    root = tmp_path / "input"
+    for name in ("copy-a", "copy-b"):
+        shutil.copytree(setup["data"], root / name)
+        shutil.copy(setup["samples"][Layout.FINAL], root / name / "sample_submission.csv")
+    monkeypatch.setenv("STEEL_SEG_INPUT", str(root))
+    out = tmp_path / "submission.csv"
+    args = ["--weights-dir", str(setup["weights"]), "--out", str(out), *RUN_FLAGS, "--workers", "0"]
+    assert kernel.main(args, *embedded(setup)) == kernel.STARTUP_FAILED and not out.exists()
+    monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "true")
+    assert kernel.main(args, *embedded(setup)) == kernel.OK
+    assert submission.validate(out, root / "copy-a" / "sample_submission.csv") == []
+    assert f"SCORING RE-RUN: taking the sample of {root / 'copy-a'}, the first of" in caplog.text

@@ -326,10 +326,21 @@ def fall_back(args: argparse.Namespace, where: Locations, attempt: Attempt, code
 
 def fallback_paths(args: argparse.Namespace, where: Locations) -> tuple[Path, Path]:
     """(submission, sample) from the flags, else found under the input root, for a run that failed before
-    it had resolved them."""
+    it had resolved them; when several competition folders cannot be told apart, the first (logged): an
+    all-empty file from one of them beats none."""
     sample = args.sample_csv
+    if sample is None and args.data_dir is not None:
+        sample = args.data_dir / SAMPLE_SUBMISSION
     if sample is None:
-        sample = (args.data_dir or where.find_competition_dir(args.competition)) / SAMPLE_SUBMISSION
+        try:
+            sample = where.find_competition_dir(args.competition) / SAMPLE_SUBMISSION
+        except FileNotFoundError:
+            candidates = where.holding((SAMPLE_SUBMISSION, TEST_IMAGES))
+            if not candidates:
+                raise
+            sample = candidates[0] / SAMPLE_SUBMISSION
+            log.error("SCORING RE-RUN: taking the sample of %s, the first of %s", candidates[0],
+                      [str(c) for c in candidates])  # fmt: skip
     return args.out or where.submission_csv, sample
 
 
