@@ -53,7 +53,7 @@ from steel_seg.engine.options import (
 if TYPE_CHECKING:
     from steel_seg.engine.locations import Locations
     from steel_seg.engine.predict import RunSummary
-    from steel_seg.engine.submit import Inputs
+    from steel_seg.engine.submit import Inputs, Outcome
     from steel_seg.models.manifest import Manifest
 
 log = logging.getLogger("steel_seg.kernel")
@@ -250,20 +250,26 @@ def run(
              settings.device)  # fmt: skip
     outcome = submit.run(ensemble, parsed_rules, inputs, settings)
     attempt.written = outcome.written
-    if not outcome.written:
-        log.error("NO SUBMISSION: this run wrote nothing at %s (%s); an earlier file there is unchanged",
-                  inputs.out_csv, outcome.error or "see above")  # fmt: skip
-        return RUN_FAILED
-    for problem in outcome.problems:
-        log.error("invalid submission %s: %s", inputs.out_csv, problem)
-    if outcome.error and not outcome.problems:
-        log.error("DEGRADED RUN: prediction failed mid-run (see above); %s is complete and valid, the images "
-                  "not reached are written empty", inputs.out_csv)  # fmt: skip
     if where.run == "push run" and outcome.summary is not None and settings.limit is not None:
         log.warning("%s", push_report(outcome.summary, inputs.sample_csv, startup_s, len(settings.devices())))
+    return exit_code(outcome, inputs.out_csv, args.strict)
+
+
+def exit_code(outcome: Outcome, out_csv: Path, strict: bool) -> int:
+    """What a finished run exits with, logged: 3 when it wrote no file (or failed mid-run under `--strict`),
+    4 for an invalid file, else 0 (a failure mid-run left a complete file: DEGRADED)."""
+    if not outcome.written:
+        log.error("NO SUBMISSION: this run wrote nothing at %s (%s); an earlier file there is unchanged",
+                  out_csv, outcome.error or "see above")  # fmt: skip
+        return RUN_FAILED
+    for problem in outcome.problems:
+        log.error("invalid submission %s: %s", out_csv, problem)
     if outcome.problems:
         return INVALID
-    return RUN_FAILED if outcome.error and args.strict else OK
+    if outcome.error:
+        log.error("DEGRADED RUN: prediction failed mid-run (see above); %s is complete and valid, the images "
+                  "not reached are written empty", out_csv)  # fmt: skip
+    return RUN_FAILED if outcome.error and strict else OK
 
 
 def run_limit(args: argparse.Namespace, where: Locations) -> int | None:
