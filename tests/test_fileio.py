@@ -91,6 +91,17 @@ def test_overwrite_replaces_only_an_output_of_the_commands_own_kind(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["oof", "photos"]  # no staging folder was made
 
 
+def test_a_file_or_a_link_is_never_swapped_for_a_folder(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match=r"link: is a symbolic link \(to .*real\); give the folder itself"):
+        fileio.staging_copy(tmp_path / "link")
+    with pytest.raises(ValueError, match="file: is a file, not a folder for an OOF dir"):
+        fileio.staging_dir(tmp_path / "file", True, KIND)
+    assert sorted(os.listdir(tmp_path)) == ["file", "link", "real"]
+
+
 def test_an_output_that_is_or_holds_an_input_is_refused(tmp_path):
     images = tmp_path / "data" / "test_images"
     images.mkdir(parents=True)

@@ -199,8 +199,7 @@ def check_output(
     target = Path(target)
     check_not_over(target, inputs or {})
     recover(target)
-    if target.exists() and not target.is_dir():
-        raise ValueError(f"{target}: is a file, not a folder for {kind.what}")
+    _check_folder(target, kind.what)
     if not target.is_dir() or not any(target.iterdir()):
         return target
     foreign = kind.foreign(target)
@@ -214,6 +213,15 @@ def check_output(
             f"{target}: already holds {kind.what}; pass --overwrite to replace it, or choose another"
         )
     return target
+
+
+def _check_folder(target: Path, what: str) -> None:
+    """ValueError when `target` is a file, or a symbolic link (a rename would replace the link, not the
+    folder it points to)."""
+    if target.is_symlink():
+        raise ValueError(f"{target}: is a symbolic link (to {os.readlink(target)}); give the folder itself")
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{target}: is a file, not a folder for {what}")
 
 
 def _staging(target: Path) -> Path:
@@ -243,8 +251,7 @@ def staging_copy(target: str | os.PathLike, inputs: Mapping[str, str | os.PathLi
     target = Path(target)
     check_not_over(target, inputs or {})
     recover(target)
-    if target.exists() and not target.is_dir():
-        raise ValueError(f"{target}: is a file, not a folder")
+    _check_folder(target, "the output")
     staging = _staging(target)
     if target.is_dir():
         shutil.copytree(target, staging, symlinks=True, copy_function=_link_or_copy)
