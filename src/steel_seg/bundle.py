@@ -49,6 +49,7 @@ KERNEL_PARTS = (
     "competition.py",
     "fileio.py",
     "progress.py",
+    "workers.py",
     "kernel.py",
     "formats",
     "models",

@@ -1,7 +1,7 @@
 """`steel-seg` command line: one thin module per subcommand over the library code.
 
-May import: competition, fileio, progress, formats, models, postprocess, engine, train, workflow, synthetic,
-report.
+May import: competition, fileio, progress, workers, formats, models, postprocess, engine, train, workflow,
+synthetic, report.
 """
 
 from __future__ import annotations
