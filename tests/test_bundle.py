@@ -112,6 +112,8 @@ def test_script_carries_the_package_manifest_and_rules(weights, tmp_path):
     sources = {path: bundle.decode(blob) for path, blob in namespace["SOURCES"].items()}
     assert sources == bundle.bundled_files()
     assert list(sources) == sorted(sources)
+    shipped = {path.split("/")[1] for path in sources if path.startswith("steel_seg/")}
+    assert shipped == set(bundle.KERNEL_PARTS)  # no train/, report/, cli/, workflow/, synthetic/, bundle.py
     package = Path(steel_seg.__file__).parent
     assert sources["steel_seg/kernel.py"] == (package / "kernel.py").read_bytes()
     assert namespace["MANIFEST"]["models"][0]["sha256"] == result.manifest.models[0].sha256

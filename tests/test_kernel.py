@@ -2,8 +2,9 @@
 
 The isolated interpreter is the venv's python with `-s -S` (no site-packages, no .pth, so no editable install)
 and a PYTHONPATH of symlinks to every site-packages entry except steel_seg and segmentation_models_pytorch.
-Models are real tiny smp Unets (random init), images the synthetic set's test JPEGs laid out as a Kaggle test
-folder.
+The built script runs with the imports of training, reports, the CLI, the workflows and albumentations made to
+fail (`BLOCKED`): inference needs none of them. Models are real tiny smp Unets (random init), images the
+synthetic set's test JPEGs (and the real sample's, where ../shared has it) laid out as a Kaggle test folder.
 """
 
 from __future__ import annotations
@@ -48,6 +49,26 @@ BAD = {
 }
 ODD = ("grey_1channel.jpg", "small_800x128.jpg")
 RUN_FLAGS = ["--device", "cpu", "--batch-size", "4", "--no-progress"]
+BLOCKED = (
+    "steel_seg.train",
+    "steel_seg.report",
+    "steel_seg.cli",
+    "steel_seg.workflow",
+    "steel_seg.synthetic",
+    "albumentations",
+)
+# Runs `sys.argv[1]` as __main__ with the BLOCKED imports failing, as they would were those packages absent.
+BLOCKING_RUNNER = """
+import importlib.abc, runpy, sys
+BLOCKED = {blocked!r}
+class Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if any(name == b or name.startswith(b + ".") for b in BLOCKED):
+            raise ImportError(name + ": blocked (the kernel must not need it)")
+sys.meta_path.insert(0, Blocked())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
 
 
 def make_weights(weights_dir: Path) -> Path:
@@ -127,7 +148,12 @@ def isolated_site(link_dir: Path) -> Path:
     return link_dir
 
 
-def run_isolated(setup: dict, args: list[str], tmp: Path) -> subprocess.CompletedProcess:
+def run_isolated(
+    setup: dict, args: list[str], tmp: Path, blocked: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    """The isolated interpreter on `args`; `blocked`: script `args[0]` runs with those imports failing."""
+    if blocked:
+        args = ["-c", BLOCKING_RUNNER.format(blocked=blocked), *args]
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "PYTHONPATH": str(setup["site"]),
@@ -206,7 +232,7 @@ def test_isolated_interpreter_cannot_import_the_package(setup, tmp_path):
 @pytest.mark.parametrize("layout", list(SAMPLE_LAYOUTS))
 def test_kernel_runs_from_its_embedded_copies(setup, reference, tmp_path, layout):
     sample, out = setup["samples"][layout], tmp_path / "out" / "submission.csv"
-    result = run_isolated(setup, [*kernel_args(setup, sample, out), "--workers", "1"], tmp_path)
+    result = run_isolated(setup, [*kernel_args(setup, sample, out), "--workers", "1"], tmp_path, BLOCKED)
     log = result.stdout + result.stderr
     assert result.returncode == 0, log
     for name in ("steel_seg", "segmentation_models_pytorch"):
@@ -223,6 +249,40 @@ def test_kernel_runs_from_its_embedded_copies(setup, reference, tmp_path, layout
     pd.testing.assert_frame_equal(predicted, tidy(reference))
     if layout is Layout.FINAL:
         assert out.read_bytes() == reference.read_bytes()
+
+
+def test_the_blocking_runner_really_blocks(setup, tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("import albumentations\n")
+    result = run_isolated(setup, [str(probe)], tmp_path, BLOCKED)
+    assert result.returncode != 0 and "albumentations: blocked" in result.stderr
+
+
+@pytest.mark.slow
+def test_kernel_on_the_real_sample_needs_no_training_code(setup, sample_dir, tmp_path):
+    """The real Severstal JPEGs plus the bad files, with training/report/CLI/albumentations blocked: the usual
+    submission, row for row the one `steel-seg predict` writes with the whole package installed."""
+    data = tmp_path / "data"
+    images = data / "test_images"
+    shutil.copytree(setup["data"] / "test_images", images)
+    real = sorted(p.name for p in (sample_dir / "train_images").glob("*.jpg"))
+    for name in real:
+        shutil.copy(sample_dir / "train_images" / name, images / name)
+    ids = [*real, *setup["ids"]]
+    sample = write_sample(data / "sample_submission.csv", ids, Layout.FINAL)
+    out, reference = tmp_path / "submission.csv", tmp_path / "reference.csv"
+    args = ["--weights-dir", str(setup["weights"]), "--out"]
+    flags = ["--device", "cpu", "--batch-size", "4", "--workers", "0", "--no-progress"]
+    predict = ["predict", "--images", str(images), "--sample", str(sample), *args, str(reference), *flags]
+    assert steel_seg_cli(predict) == 0
+    kernel_run = [str(setup["script"]), "--data-dir", str(data), *args, str(out), *flags]
+    result = run_isolated(setup, kernel_run, tmp_path, BLOCKED)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log
+    assert submission.validate(out, sample) == []
+    for name, reason in BAD.items():
+        assert f"{name}: {reason} (predicted empty)" in log
+    assert out.read_bytes() == reference.read_bytes()
 
 
 def embedded(setup: dict, weights: Path | None = None) -> tuple[dict, dict]:

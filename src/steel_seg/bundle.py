@@ -1,8 +1,9 @@
 """The kernel builder: ONE self-contained offline Kaggle script from the package, the manifest and the rules.
 
-The script (`kernel/kernel.py`) carries every file of `steel_seg` and of the vendored pure-python packages
-(`segmentation_models_pytorch` with its LICENSE), each gzip-compressed (mtime 0) and base64-encoded in sorted
-order, plus the weights manifest and the post-processing rules as JSON. At start it unpacks them into a
+The script (`kernel/kernel.py`) carries the inference side of `steel_seg` (`KERNEL_PARTS`: no training,
+reports, CLI, workflows or synthetic data) and the vendored pure-python packages
+(`segmentation_models_pytorch` with its LICENSE), each file gzip-compressed (mtime 0) and base64-encoded in
+sorted order, plus the weights manifest and the post-processing rules as JSON. At start it unpacks them into a
 content-addressed temp dir, puts that dir FIRST on `sys.path` and calls `steel_seg.kernel.main`.
 Same inputs give byte-identical output: no timestamps, sorted files, canonical JSON.
 
@@ -46,6 +47,20 @@ SCRIPT_FILE = "kernel.py"
 KERNEL_METADATA_FILE = "kernel-metadata.json"
 DATASET_METADATA_FILE = "dataset-metadata.json"
 VENDORED = ("segmentation_models_pytorch",)
+# The parts of steel_seg the kernel runs (docs/ARCHITECTURE.md); a test runs the built kernel with the others'
+# imports blocked, and another proves from the imports that nothing here reaches them.
+KERNEL_PARTS = (
+    "__init__.py",
+    "competition.py",
+    "fileio.py",
+    "progress.py",
+    "workers.py",
+    "kernel.py",
+    "formats",
+    "models",
+    "postprocess",
+    "engine",
+)
 COMPILED_SUFFIXES = (".so", ".pyd", ".dylib", ".dll")
 LICENSE_PREFIXES = ("LICENSE", "LICENCE", "COPYING", "NOTICE")
 SLUG_RULE = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")  # Kaggle: lowercase letters, digits, hyphens
@@ -177,14 +192,17 @@ class BuildResult:
     warnings: tuple[str, ...] = ()
 
 
-def package_files(package_dir: Path, prefix: str) -> dict[str, bytes]:
-    """Every file under `package_dir` as `{prefix/relative posix path: bytes}`, without caches and dotfiles.
+def package_files(package_dir: Path, prefix: str, parts: tuple[str, ...] | None = None) -> dict[str, bytes]:
+    """Every file under `package_dir` (only under its top-level entries `parts`, when given) as
+    `{prefix/relative posix path: bytes}`, without caches and dotfiles.
 
     Raises BuildError on a compiled extension: the kernel can only carry pure python.
     """
     files = {}
     for path in sorted(package_dir.rglob("*")):
         rel = path.relative_to(package_dir)
+        if parts is not None and rel.parts[0] not in parts:
+            continue
         if not path.is_file() or "__pycache__" in rel.parts or any(p.startswith(".") for p in rel.parts):
             continue
         if path.suffix in (".pyc", ".pyo"):
@@ -231,8 +249,9 @@ def _distribution(name: str) -> importlib.metadata.Distribution | None:
 
 
 def bundled_files(vendored: tuple[str, ...] = VENDORED) -> dict[str, bytes]:
-    """`steel_seg` (the running package's source) and the vendored packages, keyed by path, sorted."""
-    files = package_files(Path(steel_seg.__file__).parent, "steel_seg")
+    """`steel_seg`'s kernel parts (the running package's source) and the vendored packages, keyed by path,
+    sorted."""
+    files = package_files(Path(steel_seg.__file__).parent, "steel_seg", KERNEL_PARTS)
     for name in vendored:
         files.update(vendored_files(name))
     return dict(sorted(files.items()))

@@ -1,4 +1,8 @@
-"""`steel-seg` command line: one thin module per subcommand over the library code."""
+"""`steel-seg` command line: one thin module per subcommand over the library code.
+
+May import: competition, fileio, progress, workers, formats, models, postprocess, engine, train, workflow,
+synthetic, report.
+"""
 
 from __future__ import annotations
 

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from steel_seg.engine.options import views
-from steel_seg.models.manifest import DEFAULT_BUDGET_S, copy_model_dir, write_manifest
+from steel_seg.formats.runs import ALLOW_FLAG
+from steel_seg.models.manifest import DEFAULT_BUDGET_S, collect_models
 
 
 def _model(text: str) -> tuple[str, Path]:
@@ -40,11 +41,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--weight", type=float, action="append", help="ensemble weight per --model (default 1 each)"
     )
     p.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, help="kernel time budget in seconds")
+    p.add_argument(
+        ALLOW_FLAG,
+        action="store_true",
+        help="collect a run's model even when an input file it recorded changed",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    dirs = [copy_model_dir(source, args.weights_dir, name) for name, source in args.model]
-    path = write_manifest(args.weights_dir, dirs, tta=args.tta, weights=args.weight, budget_s=args.budget_s)
+    path = collect_models(args.weights_dir, args.model, allow_changed_inputs=args.allow_changed_inputs,
+                          tta=args.tta, weights=args.weight, budget_s=args.budget_s)  # fmt: skip
     print(f"wrote {path}: {', '.join(name for name, _ in args.model)}; views {','.join(args.tta)}")
     return 0

@@ -35,6 +35,17 @@ def seconds(text: str) -> float:
     return value
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (`--limit`)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
 def add_engine_options(p: argparse.ArgumentParser, limit_help: str) -> None:
     """--devices (alias --device), --batch-size, --workers, --amp, --limit, --no-progress."""
     p.add_argument(
@@ -50,7 +61,7 @@ def add_engine_options(p: argparse.ArgumentParser, limit_help: str) -> None:
     p.add_argument("--workers", type=int, default=2, help="JPEG decoding processes (0: in the main process)")
     p.add_argument("--amp", choices=("auto", "fp16", "bf16", "off"), default="auto",
                    help="autocast on CUDA; auto = bf16 from compute capability 8.0, fp16 below")  # fmt: skip
-    p.add_argument("--limit", type=int, default=None, help=limit_help)
+    p.add_argument("--limit", type=positive_int, default=None, help=limit_help)
     p.add_argument(
         "--no-progress",
         action="store_true",

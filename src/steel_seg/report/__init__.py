@@ -3,6 +3,8 @@
 `eda_page.build` (train set: classes, masks, positions, overlays, near-duplicate clusters) and
 `eval_page.build` (OOF predictions under post-processing rules: Dice breakdowns, presence, ROC, curves, worst
 images). Statistics live in `eda` and `evaluate`, drawing in `overlay` and `figures`, the page in `html`.
+
+May import: competition, fileio, progress, formats, models, postprocess.
 """
 
 from steel_seg.report.eda_page import EdaSettings

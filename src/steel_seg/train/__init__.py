@@ -1,0 +1,10 @@
+"""Training: one YAML config -> one run directory, in one process or one per GPU under torchrun (DDP). Never
+in the kernel; only the CLI and the workflows import it.
+
+`config` (the typed, strict config), `data` (`prepare`: sources, folds, pre-flight and loaders in one call;
+the crop-and-augment Dataset, the resumable sampler), `sources` (the primary set and the extra sources),
+`augment` (albumentations 2.x), `losses`, `optim`, `checkpoint` (atomic, EMA), `distributed`, `run_log`,
+`epoch_eval` (validation scored through `postprocess.on_device`, as the kernel scores), `loop` (the Trainer).
+
+May import: competition, fileio, progress, formats, models, postprocess.
+"""
