@@ -35,8 +35,10 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
+# make kaggle-check KERNEL=kernel WEIGHTS=weights: your own built kernel and the weights it was built from.
 kaggle-check: $(STAMP) $(KAGGLE_STAMP)
-	$(PY) scripts/kaggle_check.py --python $(KAGGLE_VENV)/bin/python
+	$(PY) scripts/kaggle_check.py --python $(KAGGLE_VENV)/bin/python \
+		$(if $(KERNEL),--kernel "$(KERNEL)") $(if $(WEIGHTS),--weights "$(WEIGHTS)")
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -1,10 +1,12 @@
 """`make kaggle-check`: the built kernel run with Kaggle's packages (kaggle/requirements.txt), before upload.
 
-Weights: the demo's (`make demo`) when demo/weights/manifest.json exists, else a random-weights model of
-configs/demo_cpu.yaml's architecture and a small synthetic set. Builds the kernel with build_kernel.py, runs
-it with the Kaggle venv's python (no steel_seg, smp or albumentations there) with `--strict` on the synthetic
-test images and, where ../shared holds it, on the real sample; validates each submission with `steel-seg
-validate` and prints what the kernel saw. Exit status 1 on any problem; the work dir is then kept for a look.
+Which kernel: yours (`make kaggle-check KERNEL=kernel WEIGHTS=weights`: the folder build_kernel.py wrote and
+the weights dir it was built from), else one built now with build_kernel.py from `WEIGHTS`, the demo's
+weights (`make demo`), or a random-weights model of configs/demo_cpu.yaml's architecture. Test images: the
+demo's when it has run, else a small synthetic set. It runs the kernel with the Kaggle venv's python (no
+steel_seg, smp or albumentations there) with `--strict` on those images and, where ../shared holds it, on
+the real sample; validates each submission with `steel-seg validate` and prints what the kernel saw. Exit
+status 1 on any problem; the work dir is then kept for a look.
 """
 
 from __future__ import annotations
@@ -81,26 +83,46 @@ def present_packages(python: Path, env: dict[str, str]) -> list[str]:
     return result.stdout.split()
 
 
-def random_weights(work: Path) -> tuple[Path, Path]:
-    """A small synthetic set, and a weights dir with one random-init model of the demo config's arch."""
+def synthetic_test_set(work: Path) -> Path:
+    """A small synthetic test set (sample submission + test images)."""
+    data = work / "data"
+    synth = ["synth", "--out", data, "--images", 0, "--test-images", SYNTH_TEST_IMAGES, "--seed", SEED]
+    code, _ = step("synthesise a small test set", [steel_seg_cli(), *synth])
+    if code:
+        sys.exit(f"kaggle_check: steel-seg synth failed with exit code {code}")
+    return data
+
+
+def random_weights(work: Path) -> Path:
+    """A weights dir with one random-init model of the demo config's arch."""
     import torch
 
     from steel_seg.models import factory
     from steel_seg.models.manifest import write_manifest
     from steel_seg.train.config import TrainConfig
 
-    data, weights = work / "data", work / "weights"
-    synth = ["synth", "--out", data, "--images", 0, "--test-images", SYNTH_TEST_IMAGES, "--seed", SEED]
-    code, _ = step("synthesise a small test set", [steel_seg_cli(), *synth])
-    if code:
-        sys.exit(f"kaggle_check: steel-seg synth failed with exit code {code}")
+    weights = work / "weights"
     spec = TrainConfig.from_yaml(DEMO_CONFIG).model.spec
     torch.manual_seed(SEED)
     factory.save(factory.build_model(spec), spec, weights / "demo-random")
     write_manifest(weights, ["demo-random"], tta=("none", "h"))
     shutil.copyfile(RULES, weights / RULES.name)
     print(f"random-init {spec.arch} {spec.encoder} ({DEMO_CONFIG.name}) and {RULES} -> {weights}")
-    return weights, data
+    return weights
+
+
+def sources(args: argparse.Namespace, work: Path) -> tuple[Path | None, Path, Path]:
+    """(the kernel script to run, None to build one; the weights dir; the test data dir)."""
+    if args.kernel is not None and args.weights is None:
+        sys.exit("kaggle_check: --kernel needs --weights, the weights dir it was built from")
+    if args.kernel is not None and not (args.kernel / "kernel.py").is_file():
+        sys.exit(f"kaggle_check: {args.kernel}: no kernel.py (build it with python build_kernel.py)")
+    script = None if args.kernel is None else args.kernel / "kernel.py"
+    demo = (DEMO_WEIGHTS / "manifest.json").is_file()
+    data = DEMO_DATA if demo else synthetic_test_set(work)
+    weights = args.weights or (DEMO_WEIGHTS if demo else random_weights(work))
+    print(f"kernel {script or 'built from ' + str(weights)}, weights {weights}, test images of {data}")
+    return script, weights, data
 
 
 def steel_seg_cli() -> Path:
@@ -135,6 +157,8 @@ def seen_versions(lines: list[str]) -> list[tuple[str, str, str]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--python", type=Path, required=True, help="the Kaggle venv's python")
+    parser.add_argument("--kernel", type=Path, help="a kernel folder build_kernel.py wrote (holds kernel.py)")
+    parser.add_argument("--weights", type=Path, help="the weights dir (manifest.json + model dirs) to use")
     args = parser.parse_args(argv)
     if not args.python.is_file():
         sys.exit(f"kaggle_check: {args.python}: no such interpreter (build it with `make kaggle-check`)")
@@ -143,16 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     present = present_packages(args.python, kaggle_env(work))
     if present:
         sys.exit(f"kaggle_check: {args.python} can import {present}; Kaggle's image has none of them")
-    if (DEMO_WEIGHTS / "manifest.json").is_file():
-        weights, data = DEMO_WEIGHTS, DEMO_DATA
-        print(f"using the demo's weights {DEMO_WEIGHTS} and test images {DEMO_DATA}")
-    else:
-        weights, data = random_weights(work)
-    build = [sys.executable, "build_kernel.py", "--weights-dir", weights, "--out", work / "kernel"]
-    code, _ = step("build the kernel", build)
-    if code:
-        sys.exit(f"kaggle_check: build_kernel.py failed with exit code {code}; work dir kept: {work}")
-    script = work / "kernel" / "kernel.py"
+    script, weights, data = sources(args, work)
+    if script is None:
+        build = [sys.executable, "build_kernel.py", "--weights-dir", weights, "--out", work / "kernel"]
+        code, _ = step("build the kernel", build)
+        if code:
+            sys.exit(f"kaggle_check: build_kernel.py failed with exit code {code}; work dir kept: {work}")
+        script = work / "kernel" / "kernel.py"
     runs = [run_kernel("synthetic", args.python, script, data, weights, work)]
     if available():
         real = real_sample_test_dir(work / "real_sample")

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -100,3 +101,27 @@ def shipped_encoders(hf_home) -> Path:
 def offline_env(hf_home: Path) -> dict[str, str]:
     """A subprocess environment that reads the Hugging Face cache of `hf_home` and never goes online."""
     return {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "NO_ALBUMENTATIONS_UPDATE": "1"}
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Callable[[int], Path]]:
+    """`small_disk(bytes)`: an empty folder on a tmpfs of that size (a full disk is real: writes fail with
+    ENOSPC). Mounting needs root (or CAP_SYS_ADMIN); elsewhere the test is skipped."""
+    mounted: list[Path] = []
+
+    def mount(size: int) -> Path:
+        where = tmp_path / f"disk{len(mounted)}"
+        where.mkdir()
+        try:
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                                  capture_output=True, text=True)  # fmt: skip
+        except FileNotFoundError:
+            pytest.skip("no mount command here")
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.strip()}")
+        mounted.append(where)
+        return where
+
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], check=False)

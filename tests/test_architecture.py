@@ -21,6 +21,7 @@ MODULE_RULES = {
     "competition": (),
     "fileio": (),
     "progress": (),
+    "workers": (),
     "bundle": (*BASE, "formats", "models", "postprocess", "engine"),
     "kernel": (*BASE, "formats", "models", "postprocess", "engine"),
 }

@@ -324,6 +324,51 @@ def test_rules_tuned_on_another_ensemble_are_refused_unless_allowed(tmp_path):
     with pytest.raises(bundle.BuildError, match=expected):
         bundle.build(shipped, tmp_path / "kernel", TEMPLATE)
     assert not (tmp_path / "kernel").exists()
-    result = bundle.build(shipped, tmp_path / "kernel", TEMPLATE, allow_recipe_mismatch=True)
+    result = bundle.build(
+        shipped, tmp_path / "kernel", TEMPLATE, defaults=bundle.KernelDefaults(allow_recipe_mismatch=True)
+    )
     assert result.recipe.startswith("member unet: weight 2")
     assert "--allow-recipe-mismatch" in runpy.run_path(str(result.script), run_name="x")["DEFAULT_ARGS"]
+
+
+def test_kernel_options_are_baked_into_the_script(weights, tmp_path):
+    """Kaggle runs the script with no command line: the options a user sets at build time are its defaults."""
+    from steel_seg import kernel
+
+    baked = bundle.KernelDefaults(budget_s=1800.0, batch_size=4, push_sample=50, final_format="pairs")
+    first = bundle.build(weights, tmp_path / "a", TEMPLATE, IDS, defaults=baked)
+    second = bundle.build(weights, tmp_path / "b", TEMPLATE, IDS, defaults=baked)
+    assert first.script.read_bytes() == second.script.read_bytes()  # the same inputs, the same bytes
+    default_args = runpy.run_path(str(first.script), run_name="not_main")["DEFAULT_ARGS"]
+    assert default_args[4:] == ["--budget-s", "1800.0", "--batch-size", "4", "--push-sample", "50",
+                                "--final-format", "pairs"]  # fmt: skip
+    args = kernel.parse_args(default_args)
+    assert (args.budget_s, args.batch_size, args.push_sample, args.final_format) == (1800.0, 4, 50, "pairs")
+    assert kernel.parse_args([*default_args, "--batch-size", "2"]).batch_size == 2  # a flag still wins
+    assert "baked into the script (Kaggle runs it without a command line): --budget-s 1800.0" in (
+        bundle.summary(first)
+    )
+    plain = bundle.build(weights, tmp_path / "c", TEMPLATE, IDS)
+    assert len(runpy.run_path(str(plain.script), run_name="not_main")["DEFAULT_ARGS"]) == 4
+    assert "baked into" not in bundle.summary(plain)
+
+
+def test_kernel_options_the_kernel_would_refuse_stop_the_build(weights, tmp_path):
+    bad = bundle.KernelDefaults(budget_s=0.0, batch_size=0, final_format="rows")
+    with pytest.raises(
+        bundle.BuildError, match=r"--budget-s 0.0: .*; --batch-size 0: .*; --final-format 'rows'"
+    ):
+        bundle.build(weights, tmp_path / "k", TEMPLATE, IDS, defaults=bad)
+    assert not (tmp_path / "k").exists()
+
+
+def test_printed_commands_are_relative_and_quoted(weights, tmp_path, monkeypatch):
+    """They carried the absolute paths of the machine that built the kernel, unquoted."""
+    monkeypatch.chdir(tmp_path)
+    spaced = tmp_path / "my weights"
+    shutil.copytree(weights, spaced)
+    text = bundle.summary(bundle.build(spaced, tmp_path / "kernel", TEMPLATE, IDS))
+    assert "kaggle datasets create -p 'my weights' --dir-mode zip" in text
+    assert "kaggle datasets version -p 'my weights' --dir-mode zip -m 'new weights'" in text
+    assert "kaggle kernels push -p kernel --accelerator NvidiaTeslaT4" in text
+    assert text.startswith("kernel/kernel.py: ") and str(tmp_path) not in text

@@ -8,9 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from tiny_models import TINY_UNET
 
 from steel_seg.cli import main
 from steel_seg.formats.submission import SubmissionWriter, read_sample
+from steel_seg.models import factory
+from steel_seg.models.manifest import write_manifest
+from steel_seg.postprocess.rules import ClassRule, Rules
 
 
 def final_sample(path: Path, image_ids: list[str]) -> Path:
@@ -91,7 +96,7 @@ def test_a_prediction_whose_images_do_not_match_is_refused(synthetic_set, tmp_pa
     )
     ids = read_sample(sample).image_ids
     complete = tmp_path / "complete.csv"
-    SubmissionWriter(complete, read_sample(sample)).close()
+    SubmissionWriter(complete, read_sample(sample), final_format="pairs").close()
     lines = complete.read_text().splitlines()
     no_suffix = tmp_path / "no_suffix.csv"
     no_suffix.write_text("\n".join([lines[0], *(line.replace(".jpg", "", 1) for line in lines[1:])]) + "\n")
@@ -109,3 +114,38 @@ def test_a_prediction_whose_images_do_not_match_is_refused(synthetic_set, tmp_pa
     )
     assert main([*base, "--pred", str(short), "--subset", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["n_images"] == len(ids) - 2
+
+
+def test_score_says_which_images_a_limited_run_did_not_predict(synthetic_set, tmp_path, capsys):
+    """A `--limit 2` dry run used to be scored as if the model had predicted "no defect" everywhere else."""
+    weights, data = tmp_path / "weights", synthetic_set.out_dir
+    torch.manual_seed(0)
+    factory.save(factory.build_model(TINY_UNET), TINY_UNET, weights / "tiny")
+    write_manifest(weights, ["tiny"], tta=("none",))
+    Rules(tuple(ClassRule(k, 0.0) for k in range(1, 5))).save(weights / "thresholds.json")
+    out = tmp_path / "submission.csv"
+    assert main(["predict", "--weights-dir", str(weights), "--images", str(data / "test_images"), "--sample",
+                 str(data / "sample_submission.csv"), "--out", str(out), "--device", "cpu", "--workers", "0",
+                 "--limit", "2", "--no-progress"]) == 0  # fmt: skip
+    capsys.readouterr()
+    base = ["score", "--truth", str(data / "test_truth.csv"), "--images", str(data / "test_images")]
+    assert main([*base, "--pred", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    rest = len(synthetic_set.test_ids) - 2
+    assert printed[-2] == (
+        f"note: the run that wrote {out} did not predict {rest} of these images (limit: {rest}): they are "
+        "scored above as empty predictions"
+    )
+    assert printed[-1].startswith("mean Dice ") and printed[-1].endswith(
+        " over the 2 predicted images (8 pairs)"
+    )
+    assert main([*base, "--pred", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["not_predicted"] == {"limit": rest} and result["predicted_only"]["n_images"] == 2
+    SubmissionWriter(out, read_sample(data / "sample_submission.csv")).close()  # another file, same name
+    assert main([*base, "--pred", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "note: the run" not in captured.out
+    assert (
+        "submission.run.json: ignored, it describes another submission.csv (sha256 differs)" in captured.err
+    )

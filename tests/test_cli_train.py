@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
 
 import pandas as pd
@@ -9,12 +11,14 @@ import pytest
 import yaml
 from damage import copy_set, oversized_jpeg, truncated_jpeg
 
-from steel_seg.cli import main
+from steel_seg.cli import build_parser, main
 from steel_seg.formats.images import ImageError
 from steel_seg.train import data as data_module
-from steel_seg.train.config import TrainConfig
+from steel_seg.train.config import TrainConfig, parse_override
 from steel_seg.train.loop import train
 from steel_seg.train.run_log import read_log
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_config(tmp_path: Path, images: Path, **data) -> Path:
@@ -122,3 +126,29 @@ def test_a_folds_csv_must_cover_the_train_set(synthetic_set, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{folds}: covers 4 of the 27 train images; 23 missing, e.g. {ids[4:7]}" in err
     assert not (tmp_path / "run" / "run.json").exists()
+
+
+def test_malformed_yaml_in_set_or_a_config_is_one_line(synthetic_set, tmp_path, capsys):
+    config, out = write_config(tmp_path, synthetic_set.out_dir), tmp_path / "run"
+    assert run_cli(config, out, "--set", "optim.lr=[1e-3") == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("steel-seg train: --set optim.lr: '[1e-3' is not valid YAML") and err.count("\n") == 1
+    )
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(config.read_text().replace("crop:", "crop: [64,"))
+    assert run_cli(broken, out) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"steel-seg train: {broken}: not valid YAML: line ") and err.count("\n") == 1
+    assert run_cli(config, out, "--set", "optim.lr=null") == 2
+    assert "optim.lr must be a number, got null" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_the_set_examples_in_config_headers_parse(path):
+    """What a config's header tells the user to type is accepted by the parser, key by key."""
+    header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+    for example in re.findall(r"`(--set [^`]*)`", header):
+        args = build_parser("train").parse_args(["train", "--config", str(path), *shlex.split(example)])
+        assert all(parse_override(text)[0].count(".") == 1 for text in args.set), example

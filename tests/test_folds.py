@@ -74,6 +74,26 @@ def test_cli_writes_folds_and_reports_clusters(synth, tmp_path, capsys):
     assert len(written) == 100 and sorted(written["fold"].unique()) == [0, 1, 2, 3]
 
 
+def test_an_existing_folds_csv_is_replaced_only_with_overwrite(synthetic_set, tmp_path, capsys):
+    """Runs record the sha256 of the folds.csv they read: regenerating it silently would make their OOF
+    leak. `--overwrite` replaces a folds file, never another file (the train.csv)."""
+    data = synthetic_set.out_dir
+    out = tmp_path / "folds.csv"
+    argv = ["folds", "--train-csv", str(data / "train.csv"), "--images", str(data / "train_images"), "--out"]
+    assert cli_main([*argv, str(out), "--seed", "1"]) == 0
+    first = out.read_bytes()
+    assert cli_main([*argv, str(out), "--seed", "2"]) == 2
+    assert f"{out}: exists" in capsys.readouterr().err and out.read_bytes() == first
+    assert cli_main([*argv, str(out), "--seed", "2", "--overwrite"]) == 0
+    assert out.read_bytes() != first
+    notes = tmp_path / "notes.csv"
+    notes.write_text("a,b\n1,2\n")
+    assert cli_main([*argv, str(notes), "--overwrite"]) == 2
+    assert "replaces only a folds.csv" in capsys.readouterr().err and notes.read_text() == "a,b\n1,2\n"
+    assert cli_main([*argv, str(data / "train.csv"), "--overwrite"]) == 2
+    assert "is the train.csv" in capsys.readouterr().err
+
+
 def test_missing_image_error_names_the_file(synth, tmp_path, capsys):
     labels = Labels.from_csv(synth / "train.csv", synth / "train_images")
     missing = tmp_path / labels.image_ids[0]

@@ -422,12 +422,13 @@ def test_the_built_kernel_never_outlives_its_budget(setup, tmp_path):
 
 
 def test_failure_mid_run_still_leaves_a_complete_submission(setup, tmp_path, monkeypatch, caplog):
-    """An accelerator error cannot be caused on a CPU, so the second batch's forward is made to raise one."""
+    """An accelerator error cannot be caused on a CPU, so the second batch's forward is made to raise one
+    (the first forward is the start-up check's)."""
     forward, calls = Ensemble.forward, []
 
     def failing_forward(self, *args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:
+        if len(calls) == 3:
             raise RuntimeError("CUDA out of memory (injected)")
         return forward(self, *args, **kwargs)
 
@@ -440,7 +441,7 @@ def test_failure_mid_run_still_leaves_a_complete_submission(setup, tmp_path, mon
     assert run_in_process(setup, out, "--batch-size", "1", "--strict") == kernel.RUN_FAILED
     assert "prediction failed mid-run" in caplog.text and "CUDA out of memory (injected)" in caplog.text
     assert submission.validate(out, setup["samples"][Layout.ORIGINAL]) == []
-    assert len(calls) == 2
+    assert len(calls) in (3, 4)  # the batch queued behind the failing one may still have run
     # The first image's rows are kept exactly; every later image is written empty.
     first = setup["ids"][0]
     kept, expected = tidy(out), tidy(full)
@@ -483,7 +484,7 @@ def test_inputs_mounted_elsewhere_are_found_by_their_marker(tmp_path):
     assert kernel.resolve_inputs(args, where).weights_dir == weights  # the one named after the slug
     args = kernel.parse_args(["--weights-dataset", "renamed"])
     with pytest.raises(
-        FileNotFoundError, match=r"renamed does not hold manifest.json; expected one"
+        FileNotFoundError, match=r"no folder named renamed holds manifest.json; expected one"
     ) as error:
         kernel.resolve_inputs(args, where)
     assert f"{tmp_path / 'input'} holds:\n  competitions/\n    severstal-steel-defect-detection/\n" in str(
@@ -581,3 +582,260 @@ def test_inference_path_needs_no_training_only_packages():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+# --- Kaggle's two runs: the push run and the scoring re-run -------------------------------------------------
+
+
+PUSH = {"KAGGLE_KERNEL_RUN_TYPE": "Batch", "KAGGLE_URL_BASE": "https://www.kaggle.com"}
+RERUN = {**PUSH, "KAGGLE_IS_COMPETITION_RERUN": "1"}
+
+
+def predicted_images(out: Path) -> set[str]:
+    return set(submission.read_predictions(out)["ImageId"])
+
+
+@pytest.fixture
+def bright(setup, tmp_path) -> dict:
+    """The setup with rules that turn every pixel of a readable image on: a predicted image always has masks,
+    an image left empty has none, so the file tells which images the run predicted."""
+    weights = tmp_path / "weights"
+    shutil.copytree(setup["weights"], weights)
+    Rules(tuple(ClassRule(k, 0.0) for k in range(1, 5))).save(weights / "thresholds.json")
+    return {**setup, "weights": weights}
+
+
+def test_the_push_run_predicts_a_sample_and_projects_the_full_run(bright, tmp_path, monkeypatch, caplog):
+    """Every push used to spend the whole run (~55 GPU minutes) on a file Kaggle does not score."""
+    for name, value in {**PUSH, "KAGGLE_USER_SECRETS_TOKEN": "s3cret-token"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("KAGGLE_IS_COMPETITION_RERUN", raising=False)
+    out = tmp_path / "submission.csv"
+    assert run_in_process(bright, out, "--push-sample", "2", weights=bright["weights"]) == kernel.OK
+    assert predicted_images(out) == set(bright["ids"][:2]) - set(BAD)
+    assert submission.validate(out, bright["samples"][Layout.ORIGINAL]) == []
+    assert "run: push run (KAGGLE_IS_COMPETITION_RERUN not set)" in caplog.text
+    assert "KAGGLE_KERNEL_RUN_TYPE=Batch" in caplog.text and "s3cret-token" not in caplog.text
+    assert "KAGGLE_USER_SECRETS_TOKEN=<set, 12 characters, not shown>" in caplog.text
+    total = len(bright["ids"])
+    assert (
+        f"PUSH RUN (not scored: Kaggle's scoring re-run predicts every image): predicted the first 2 of "
+        f"{total} images with the full ensemble (tiny: none) on 1 device(s)" in caplog.text
+    )
+    projected = rf"projected full run: \d+s start-up \+ {total} images / [\d.]+ images/s = \d+s against the "
+    assert re.search(projected + r"3300s budget: fits \(\d+% of it\)", caplog.text)
+    record = json.loads(out.with_suffix(".run.json").read_text())
+    assert len(record["not_predicted"]["limit"]) == total - 2
+
+
+def test_the_scoring_rerun_predicts_every_image(bright, tmp_path, monkeypatch, caplog):
+    for name, value in RERUN.items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "submission.csv"
+    code = run_in_process(bright, out, "--push-sample", "2", "--limit", "1", weights=bright["weights"])
+    assert code == kernel.OK
+    assert predicted_images(out) == set(bright["ids"]) - set(BAD)
+    assert "run: scoring re-run (KAGGLE_IS_COMPETITION_RERUN set)" in caplog.text
+    assert "scoring re-run: --limit 1 ignored, every image is predicted" in caplog.text
+    assert "PUSH RUN" not in caplog.text
+
+
+def test_a_local_run_predicts_every_image_whatever_the_push_sample(bright, tmp_path, monkeypatch, caplog):
+    for name in (*RERUN, "KAGGLE_USER_SECRETS_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    out = tmp_path / "submission.csv"
+    assert run_in_process(bright, out, "--push-sample", "2", weights=bright["weights"]) == kernel.OK
+    assert predicted_images(out) == set(bright["ids"]) - set(BAD)
+    assert "run: local run" in caplog.text and "no KAGGLE_* variable is set" in caplog.text
+
+
+def only_competition(setup: dict, root: Path) -> Path:
+    """An input root holding the competition and no weights dataset."""
+    competition = root / "competitions" / "severstal-steel-defect-detection"
+    shutil.copytree(setup["data"], competition)
+    shutil.copy(setup["samples"][Layout.FINAL], competition / "sample_submission.csv")
+    return competition
+
+
+def test_the_rerun_without_the_weights_dataset_still_leaves_a_valid_file(
+    setup, tmp_path, monkeypatch, caplog
+):
+    competition = only_competition(setup, tmp_path / "input")
+    monkeypatch.setenv("STEEL_SEG_INPUT", str(tmp_path / "input"))
+    out = tmp_path / "working" / "submission.csv"
+    args = ["--out", str(out), *RUN_FLAGS, "--workers", "0"]
+    monkeypatch.delenv("KAGGLE_IS_COMPETITION_RERUN", raising=False)
+    assert kernel.main(args, *embedded(setup)) == kernel.STARTUP_FAILED and not out.exists()  # fails loudly
+    monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
+    caplog.clear()
+    assert kernel.main(args, *embedded(setup)) == kernel.OK
+    assert submission.validate(out, competition / "sample_submission.csv") == []
+    assert submission.read_predictions(out).empty
+    assert "is the weights dataset attached" in caplog.text
+    assert "SCORING RE-RUN: the run would have ended with exit code 2" in caplog.text
+    assert f"SCORING RE-RUN: {out} is a valid submission with 0 predicted mask(s)" in caplog.text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
+def test_the_rerun_without_a_gpu_still_leaves_a_valid_file(setup, tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
+    out = tmp_path / "submission.csv"
+    sample = setup["samples"][Layout.FINAL]
+    args = [a for a in kernel_args(setup, sample, out)[1:] if a not in ("--device", "cpu")]
+    assert kernel.main(args, *embedded(setup)) == kernel.OK
+    assert submission.validate(out, sample) == [] and submission.read_predictions(out).empty
+    assert "no GPU is visible" in caplog.text and "SCORING RE-RUN" in caplog.text
+
+
+def test_an_invalid_file_on_the_rerun_becomes_its_best_valid_version(bright, tmp_path, monkeypatch, caplog):
+    """A validation that fails (here: injected) exits 4 on the push run; the re-run keeps every good row."""
+    from steel_seg.engine import submit
+
+    monkeypatch.setattr(submit.submission, "validate", lambda *a, **k: ["injected problem"])
+    out = tmp_path / "submission.csv"
+    assert run_in_process(bright, out, weights=bright["weights"]) == kernel.INVALID
+    written = out.read_bytes()
+    monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "1")
+    assert run_in_process(bright, out, weights=bright["weights"]) == kernel.OK
+    assert "invalid submission" in caplog.text and "SCORING RE-RUN: the run would have ended with exit code 4"
+    assert out.read_bytes() == written  # every row was well formed: all kept, byte for byte
+    monkeypatch.setattr(submit, "run", lambda *a, **k: 1 / 0)  # an unexpected error after the checks
+    caplog.clear()
+    assert run_in_process(bright, out, weights=bright["weights"]) == kernel.OK
+    assert "ZeroDivisionError" in caplog.text and "exit code 3" in caplog.text
+    assert submission.read_predictions(out).empty  # this run wrote nothing of its own: all empty
+    monkeypatch.delenv("KAGGLE_IS_COMPETITION_RERUN")
+    with pytest.raises(ZeroDivisionError):
+        run_in_process(bright, out, weights=bright["weights"])
+
+
+# --- the kernel's output ------------------------------------------------------------------------------------
+
+
+def models_loaded(log: str) -> bool:
+    return "one image through the ensemble" in log
+
+
+@pytest.fixture
+def read_only(tmp_path) -> Path:
+    """A folder nobody can write in: a read-only tmpfs for root (who ignores modes), mode 0555 otherwise."""
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)]).returncode:
+        pytest.skip("cannot mount a read-only tmpfs")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_an_unwritable_out_stops_the_kernel_before_the_models_load(setup, read_only, caplog):
+    """The old kernel predicted everything, logged "the submission is complete and valid", then "no
+    submission was written", and exited 0."""
+    out = read_only / "submission.csv"
+    assert run_in_process(setup, out) == kernel.STARTUP_FAILED
+    assert f"{out}: cannot write in {read_only}" in caplog.text
+    assert not models_loaded(caplog.text) and "complete and valid" not in caplog.text
+
+
+@pytest.mark.parametrize("target", ["sample", "manifest", "folder"])
+def test_an_out_that_is_an_input_or_a_folder_is_refused_at_start(setup, tmp_path, caplog, target):
+    data = tmp_path / "data"
+    shutil.copytree(setup["data"], data)
+    weights = tmp_path / "weights"
+    shutil.copytree(setup["weights"], weights)
+    sample = data / "sample.csv"
+    shutil.copy(setup["samples"][Layout.ORIGINAL], sample)
+    out = {"sample": sample, "manifest": weights / "manifest.json", "folder": tmp_path / "outdir"}[target]
+    out.mkdir(exist_ok=True) if target == "folder" else None
+    before = {p: p.read_bytes() for p in [sample, weights / "manifest.json"]}
+    args = [
+        "--data-dir",
+        str(data),
+        "--sample-csv",
+        str(sample),
+        "--weights-dir",
+        str(weights),
+        "--out",
+        str(out),
+    ]
+    assert kernel.main([*args, *RUN_FLAGS, "--workers", "0"], *embedded(setup)) == kernel.STARTUP_FAILED
+    expected = {
+        "sample": "--out is the sample submission this run reads",
+        "manifest": f"--out is inside the weights folder {weights}, an input of this run",
+        "folder": f"--out is a folder; give the submission's file, e.g. {out / 'submission.csv'}",
+    }[target]
+    assert f"{out}: {expected}" in caplog.text and not models_loaded(caplog.text)
+    assert {p: p.read_bytes() for p in before} == before
+    assert not list(tmp_path.glob("**/*.partial"))
+
+
+def test_a_full_disk_leaves_the_earlier_file_and_no_partial(setup, tmp_path, caplog):
+    """On a full tmpfs the old kernel left a truncated `.partial` and said the submission was complete."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)]).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        out = disk / "submission.csv"
+        out.write_text("an earlier submission\n")
+        with open(disk / "filler", "wb", buffering=0) as filler, pytest.raises(OSError, match="No space"):
+            while True:
+                filler.write(b"\0" * 4096)
+        assert run_in_process(setup, out) == kernel.RUN_FAILED
+        assert sorted(p.name for p in disk.iterdir()) == ["filler", "submission.csv"]
+        assert out.read_text() == "an earlier submission\n"
+        assert f"{out}: cannot write the submission (No space left on device)" in caplog.text
+        assert f"NO SUBMISSION: this run wrote nothing at {out}" in caplog.text
+        assert "complete and valid" not in caplog.text
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+# --- input discovery ----------------------------------------------------------------------------------------
+
+
+def test_a_stale_weights_dataset_at_the_slug_loses_to_the_matching_one(setup, tmp_path, monkeypatch, caplog):
+    """The old kernel took the slug's dataset and stopped on its sha256; the matching one sits 5 levels deep
+    (datasets/<owner>/<slug>/<zip folder>/<model dir>), beyond the old search depth of 4."""
+    root = tmp_path / "input"
+    only_competition(setup, root)
+    stale = root / "steel-seg-weights"
+    shutil.copytree(setup["weights"], stale)
+    manifest = json.loads((stale / "manifest.json").read_text())
+    manifest["models"][0]["sha256"] = "e" * 64
+    (stale / "manifest.json").write_text(json.dumps(manifest))
+    (stale / "tiny" / "model.safetensors").write_bytes(b"last week's weights")
+    good = root / "datasets" / "someone" / "steel-seg-weights-v3"
+    good.mkdir(parents=True)
+    shutil.copy(setup["weights"] / "manifest.json", good / "manifest.json")
+    shutil.copytree(setup["weights"] / "tiny", good / "archive" / "tiny")  # model dir at folder depth 5
+    monkeypatch.setenv("STEEL_SEG_INPUT", str(root))
+    out = tmp_path / "submission.csv"
+    args = ["--weights-dataset", "steel-seg-weights", "--out", str(out), *RUN_FLAGS, "--workers", "0"]
+    assert kernel.main(args, *embedded(setup)) == kernel.OK
+    assert f"{stale} also holds manifest.json; not taken (not listing this kernel's weights): using {good}" \
+        in caplog.text  # fmt: skip
+    assert f"model 'tiny': not in {good}; using {good / 'archive' / 'tiny'} (same sha256)" in caplog.text
+
+
+def test_the_rerun_with_inputs_it_cannot_tell_apart_still_leaves_a_valid_file(
+    setup, tmp_path, monkeypatch, caplog
+):
+    """Two copies of the competition, neither in competitions/ nor named like it: start-up stops (exit 2) on
+    the push run; the re-run writes an all-empty file from the first one's sample."""
+    root = tmp_path / "input"
+    for name in ("copy-a", "copy-b"):
+        shutil.copytree(setup["data"], root / name)
+        shutil.copy(setup["samples"][Layout.FINAL], root / name / "sample_submission.csv")
+    monkeypatch.setenv("STEEL_SEG_INPUT", str(root))
+    out = tmp_path / "submission.csv"
+    args = ["--weights-dir", str(setup["weights"]), "--out", str(out), *RUN_FLAGS, "--workers", "0"]
+    assert kernel.main(args, *embedded(setup)) == kernel.STARTUP_FAILED and not out.exists()
+    monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "true")
+    assert kernel.main(args, *embedded(setup)) == kernel.OK
+    assert submission.validate(out, root / "copy-a" / "sample_submission.csv") == []
+    assert f"SCORING RE-RUN: taking the sample of {root / 'copy-a'}, the first of" in caplog.text

@@ -216,3 +216,85 @@ def test_a_model_with_another_number_of_classes_is_refused(tmp_path):
     factory.save(factory.build_model(spec), spec, tmp_path / "three")
     with pytest.raises(ManifestError, match="the model has 3 output classes; the competition has 4"):
         build_manifest(tmp_path, ["three"])
+
+
+def tree(folder) -> dict[str, bytes]:
+    """Every file under `folder` (relative path -> bytes), and the hidden ones beside it, as a snapshot."""
+    files = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return files | {p.name: b"" for p in folder.parent.glob(f".{folder.name}*")}
+
+
+def test_manifest_with_a_relative_weights_dir(weights_dir, tmp_path, monkeypatch):
+    """README step 6 as written: `--weights-dir weights` (relative) with relative model dirs."""
+    shutil.copytree(weights_dir / "seg-a", tmp_path / "runs" / "u-f0" / "best")
+    monkeypatch.chdir(tmp_path)
+    args = ["manifest", "--weights-dir", "weights", "--model", "u-f0=runs/u-f0/best", "--tta", "none,h"]
+    assert cli.main(args) == 0
+    manifest = Manifest.load(tmp_path / "weights" / "manifest.json")
+    assert [m.dir for m in manifest.models] == ["u-f0"]
+    check_model_dir(tmp_path / "weights", manifest.models[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "weights"]
+
+
+def test_a_failed_manifest_leaves_the_weights_dir_as_it_was(weights_dir, tmp_path, capsys):
+    """The second model cannot load: the first one's new weights must not land beside the old manifest (the
+    kernel would stop on the sha256 mismatch). The weights dir is replaced whole or not at all."""
+    weights = tmp_path / "weights"
+    assert cli.main(["manifest", "--weights-dir", str(weights), "--model", f"m={weights_dir / 'seg-a'}"]) == 0
+    (weights / "thresholds.json").write_text('{"tuned": true}')
+    before = tree(weights)
+    broken = _truncated_copy(weights_dir / "seg-a", tmp_path / "broken")
+    args = ["manifest", "--weights-dir", str(weights), "--model", f"m={weights_dir / 'seg-b'}", "--model",
+            f"x={broken}"]  # fmt: skip
+    assert cli.main(args) == 2
+    assert "model 'x'" in capsys.readouterr().err
+    assert tree(weights) == before
+    manifest = Manifest.load(weights / "manifest.json")
+    check_model_dir(weights, manifest.models[0])  # the kernel would start
+
+
+def test_manifest_keeps_files_it_does_not_write_and_replaces_only_model_dirs(weights_dir, tmp_path, capsys):
+    weights = tmp_path / "weights"
+    (weights / "old-round").mkdir(parents=True)
+    (weights / "thresholds.json").write_text("tuned")
+    (weights / "data").mkdir()
+    (weights / "data" / "train.csv").write_text("mine")
+    shutil.copytree(weights_dir / "seg-b", weights / "old-round", dirs_exist_ok=True)
+    args = ["manifest", "--weights-dir", str(weights), "--model", f"data={weights_dir / 'seg-a'}"]
+    assert cli.main(args) == 2
+    assert f"{weights / 'data'}: exists and is not a model dir" in capsys.readouterr().err
+    args = ["manifest", "--weights-dir", str(weights), "--model", f"old-round={weights_dir / 'seg-a'}"]
+    assert cli.main(args) == 0
+    assert (weights / "thresholds.json").read_text() == "tuned" and (weights / "data" / "train.csv").is_file()
+    assert sha256_file(weights / "old-round" / "model.safetensors") == sha256_file(
+        weights_dir / "seg-a" / "model.safetensors"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights"]  # no staging or old copy left
+    # a weights dir above the model dirs it collects would be swapped with them in it
+    assert (
+        cli.main(
+            ["manifest", "--weights-dir", str(weights_dir.parent), "--model", f"a={weights_dir / 'seg-a'}"]
+        )
+        == 2
+    )
+    assert "holds the model dir of 'a'" in capsys.readouterr().err
+
+
+def test_manifest_refuses_a_model_whose_run_read_other_files(weights_dir, tmp_path, capsys):
+    """A run's model dir (its parent holds run.json): a folds.csv changed since the run read it is refused
+    (the OOF and rules of the ensemble would no longer match), unless --allow-changed-inputs."""
+    run = tmp_path / "runs" / "u-f0"
+    shutil.copytree(weights_dir / "seg-a", run / "best")
+    folds = tmp_path / "folds.csv"
+    folds.write_text("ImageId,fold\na.jpg,0\n")
+    recorded = {"data.folds_csv": {"path": str(folds), "sha256": sha256_file(folds)}}
+    info = {"name": "u-f0", "fold": 0, "folds_csv": str(folds), "train_csv": str(folds),
+            "images_dir": str(tmp_path), "model_dir": "best", "inputs": recorded}  # fmt: skip
+    (run / "run.json").write_text(json.dumps(info))
+    folds.write_text("ImageId,fold\na.jpg,1\n")
+    args = ["manifest", "--weights-dir", str(tmp_path / "weights"), "--model", f"u={run / 'best'}"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'run.json'}: input files changed" in err and f"data.folds_csv {folds}: sha256" in err
+    assert not (tmp_path / "weights").exists()
+    assert cli.main([*args, "--allow-changed-inputs"]) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import cv2
 import numpy as np
@@ -126,7 +127,7 @@ def test_rewriting_a_dir_never_mixes_two_runs(tmp_path, labels):
     """An existing dir is refused; with overwrite it stays whole (the old run) until the new one replaces it
     whole: never an old meta.json over new PNGs, never stale PNGs."""
     write_oof(tmp_path, labels, labels.image_ids[:2])
-    with pytest.raises(ValueError, match="already holds files"):
+    with pytest.raises(ValueError, match="already holds an OOF dir"):
         OOFWriter(tmp_path, "again", 1, has_cls=False)
     writer = OOFWriter(tmp_path, "again", 1, has_cls=False, overwrite=True)
     writer.add(labels.image_ids[2], np.zeros((4, *SHAPE), np.float32))
@@ -134,6 +135,25 @@ def test_rewriting_a_dir_never_mixes_two_runs(tmp_path, labels):
     writer.close(labels)
     assert read_oof(tmp_path).image_ids == [labels.image_ids[2]]
     assert len(list((tmp_path / "probs").iterdir())) == 1
+
+
+def test_overwrite_never_removes_what_the_writer_did_not_write(tmp_path, labels):
+    """A user's file in an OOF dir, or a folder that is no OOF dir, is refused even with overwrite."""
+    write_oof(tmp_path / "oof", labels, labels.image_ids[:2])
+    (tmp_path / "oof" / "notes.txt").write_text("mine")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "train.csv").write_text("ImageId,ClassId,EncodedPixels\n")
+    for folder, extra in (("oof", "notes.txt"), ("other", "train.csv")):
+        with pytest.raises(ValueError, match=f"not an OOF dir's \\({extra}\\)"):
+            OOFWriter(tmp_path / folder, "again", 1, has_cls=False, overwrite=True)
+    assert (tmp_path / "oof" / "notes.txt").read_text() == "mine" and read_oof(tmp_path / "oof").image_ids
+    assert (tmp_path / "other" / "train.csv").is_file()
+
+
+def test_a_failed_writer_leaves_no_staging_folder(tmp_path, labels):
+    with pytest.raises(ValueError, match="NaN"), OOFWriter(tmp_path / "oof", "x", 0, has_cls=False) as writer:
+        writer.add(labels.image_ids[0], np.full((4, *SHAPE), np.nan, np.float32))
+    assert os.listdir(tmp_path) == []
 
 
 def test_meta_problems_are_named(tmp_path, labels):

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from tiny_models import TINY_UNET, write_run
 
+from steel_seg import fileio
 from steel_seg.cli import main as cli_main
 from steel_seg.engine.ensemble import Ensemble, Member
 from steel_seg.engine.predict import iter_probs
@@ -45,8 +46,56 @@ def run_dir(synthetic_set, heldout, tmp_path) -> Path:
         "folds_csv": str(tmp_path / "folds.csv"),
         "train_csv": str(data / "train.csv"),
         "images_dir": str(data / "train_images"),
+        "model_dir": "best",
+        "inputs": {
+            role: {"path": str(path), "sha256": fileio.sha256_file(path)}
+            for role, path in (
+                ("data.folds_csv", tmp_path / "folds.csv"),
+                ("data.train_csv", data / "train.csv"),
+            )
+        },
     }
     return write_run(tmp_path / "runs" / "unet-f1", SPEC, info)
+
+
+def oof(*args: str | Path) -> int:
+    return cli_main(["oof", *map(str, args), "--device", "cpu", "--workers", "0", "--no-progress"])
+
+
+def contents(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_oof_never_writes_over_the_run_or_a_folder_that_is_no_oof_dir(run_dir, tmp_path, capsys):
+    """`--out` naming the run dir (or a folder above it, or one holding a user's files) is refused, even with
+    --overwrite; nothing in it is touched."""
+    before = contents(tmp_path)
+    for out in (run_dir, tmp_path / "runs"):
+        assert oof("--run", run_dir, "--out", out, "--overwrite") == 2
+        assert f"{out}: " in capsys.readouterr().err
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("mine")
+    assert oof("--run", run_dir, "--out", notes, "--overwrite") == 2
+    assert "not an OOF dir's (todo.txt)" in capsys.readouterr().err
+    assert contents(tmp_path) == before | {"notes/todo.txt": b"mine"}
+    assert not list(tmp_path.rglob(".*partial"))
+
+
+def test_oof_refuses_a_run_whose_folds_csv_changed(run_dir, tmp_path, capsys):
+    """Regenerated folds behind the run's unchanged path: the run's validation images would be other ones."""
+    recorded = fileio.sha256_file(tmp_path / "folds.csv")
+    folds = pd.read_csv(tmp_path / "folds.csv")
+    folds["fold"] = 1 - folds["fold"]
+    folds.to_csv(tmp_path / "folds.csv", index=False)
+    out = tmp_path / "oof" / "f1"
+    assert oof("--run", run_dir, "--out", out) == 2
+    err = capsys.readouterr().err
+    now = fileio.sha256_file(tmp_path / "folds.csv")
+    assert f"data.folds_csv {tmp_path / 'folds.csv'}: sha256 {now}, recorded {recorded}" in err
+    assert "--allow-changed-inputs" in err and not (tmp_path / "oof").exists()
+    assert oof("--run", run_dir, "--out", out, "--limit", "1", "--allow-changed-inputs") == 0
+    assert len(read_oof(out).image_ids) == 1
 
 
 @pytest.mark.slow

@@ -45,7 +45,7 @@ def test_an_existing_oof_dir_is_refused_then_replaced_whole(run_dir, tmp_path, c
     assert oof(run_dir, out, "--limit", "2") == 0
     first = snapshot(out)
     assert oof(run_dir, out) == 2
-    assert f"{out}: already holds files (an OOF dir?); pass --overwrite" in capsys.readouterr().err
+    assert f"{out}: already holds an OOF dir; pass --overwrite" in capsys.readouterr().err
     assert snapshot(out) == first
     assert oof(run_dir, out, "--overwrite", "--limit", "1") == 0
     replaced = read_oof(out)

@@ -22,7 +22,7 @@ from steel_seg.cli import main as cli_main
 from steel_seg.competition import SAMPLE_LAYOUTS, Layout
 from steel_seg.engine.ensemble import Ensemble, Member, flip
 from steel_seg.engine.predict import iter_probs, predict_submission
-from steel_seg.engine.runner import PredictSettings
+from steel_seg.engine.runner import IN_FLIGHT, PredictSettings
 from steel_seg.formats import rle, submission
 from steel_seg.formats.images import read_grey
 from steel_seg.models import factory
@@ -487,7 +487,9 @@ def test_a_model_with_nan_outputs_is_dropped_loudly(synthetic_set, tmp_path, cap
         )
     assert summary.nonfinite == ["nan"] and summary.plan == {"plain": ("none",)}
     assert "model 'nan' produced NaN/inf outputs" in caplog.text and "model nan: NaN/inf" in summary.text()
-    assert nan.calls == 1  # dropped after its first batch, which averaged the good model alone
+    # Dropped once its first batch is booked (a batch queued behind it already ran); each averaged the good
+    # model alone.
+    assert 1 <= nan.calls <= IN_FLIGHT
     assert (tmp_path / "both.csv").read_bytes() == (tmp_path / "good.csv").read_bytes()
 
 

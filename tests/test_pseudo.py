@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from tiny_models import TINY_UNET
 
 from steel_seg.cli import main as cli_main
 from steel_seg.competition import IMAGE_SHAPE, SAMPLE_SUBMISSION, TEST_IMAGES, TRAIN_CSV, TRAIN_IMAGES, Layout
+from steel_seg.engine.runner import PredictSettings
 from steel_seg.formats import metric, rle
 from steel_seg.formats.labels import Labels, read_label_file
 from steel_seg.formats.oof import dequantise, quantise
+from steel_seg.models import factory
 from steel_seg.models.manifest import copy_model_dir, write_manifest
 from steel_seg.postprocess.rules import ClassRule, Rules
 from steel_seg.synthetic.dataset import write_dataset
@@ -193,20 +197,85 @@ def test_outputs_read_back_through_labels(tmp_path):
     assert "3 images: 2 selected" in summary.text() and "data.extra_sources" in summary.text()
 
 
+def earlier_round(out):
+    """The three files of a finished pseudo-label round."""
+    out.mkdir(parents=True)
+    for name in (TRAIN_CSV, "selection.csv", "summary.json"):
+        (out / name).write_text(f"earlier {name}\n")
+    return out
+
+
 def test_an_earlier_rounds_outputs_are_kept_unless_overwrite_and_until_the_new_is_whole(tmp_path):
-    images, out = tmp_path / "images", tmp_path / "out"
+    images, out = tmp_path / "images", earlier_round(tmp_path / "out")
     images.mkdir()
     cv2.imwrite(str(images / "a.jpg"), np.zeros(IMAGE_SHAPE, np.uint8))
     Rules().save(tmp_path / "thresholds.json")
-    out.mkdir()
-    (out / "train.csv").write_text("earlier\n")
-    with pytest.raises(ValueError, match=r"out: already holds .* pass --overwrite"):
+    with pytest.raises(ValueError, match=r"out: already holds a pseudo-label round; pass --overwrite"):
         pseudo.run(tmp_path, images, out)
-    with pytest.raises(ValueError, match=r"manifest\.json"):  # fails after the staging folder is made
+    with pytest.raises(ValueError, match=r"manifest\.json"):  # a start-up check fails after --overwrite
         pseudo.run(tmp_path, images, out, overwrite=True)
-    assert (out / "train.csv").read_text() == "earlier\n" and sorted(p.name for p in out.iterdir()) == [
-        "train.csv"
+    assert (out / TRAIN_CSV).read_text() == f"earlier {TRAIN_CSV}\n" and len(list(out.iterdir())) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "out", "thresholds.json"]  # no .partial
+
+
+def test_overwrite_never_replaces_an_input_or_a_folder_that_is_no_round(tmp_path, capsys):
+    """`--images imgs --out imgs`, `--out` above the data and the weights, a round holding a user's notes:
+    refused even with --overwrite, before any model is loaded, and nothing is touched."""
+    data, weights = tmp_path / "data", tmp_path / "weights"
+    (data / "test_images").mkdir(parents=True)
+    cv2.imwrite(str(data / "test_images" / "a.jpg"), np.zeros(IMAGE_SHAPE, np.uint8))
+    weights.mkdir()
+    (weights / "thresholds.json").write_text("tuned")
+    (earlier_round(tmp_path / "round") / "notes.txt").write_text("mine")
+    before = sorted(p for p in tmp_path.rglob("*"))
+    args = ["pseudo", "--weights-dir", str(weights), "--images", str(data / "test_images"), "--overwrite",
+            "--device", "cpu", "--out"]  # fmt: skip
+    refusals = [(data / "test_images", "is the images folder"), (tmp_path, "holds the images folder"),
+                (weights, "is the weights dir"), (tmp_path / "round", "round's (notes.txt)")]  # fmt: skip
+    for out, says in refusals:
+        assert cli_main([*args, str(out)]) == 2
+        assert says in capsys.readouterr().err
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+def test_a_negative_limit_is_refused(tmp_path):
+    with pytest.raises(SystemExit) as caught:
+        cli_main(["pseudo", "--weights-dir", str(tmp_path), "--images", str(tmp_path), "--out",
+                  str(tmp_path / "out"), "--limit", "-1"])  # fmt: skip
+    assert caught.value.code == 2
+
+
+def test_a_round_that_selected_nothing_offers_nothing_to_train_on():
+    unsure = decide("c.jpg", np.full((4, 8, 8), 0.5, np.float32), None, Rules(), LIMITS)
+    summary = Summary.of([unsure], LIMITS, {"weights_dir": "w", "images_dir": "i", "out_dir": "o"})
+    assert "1 images: 0 selected" in summary.text() and "nothing to train on" in summary.text()
+    assert "extra_sources:" not in summary.text().replace("to data.extra_sources", "")
+
+
+def test_the_printed_extra_source_reads_back_with_any_path():
+    paths = {"weights_dir": "w", "images_dir": "/data/test images, round 1", "out_dir": "/p: q/[r]"}
+    summary = Summary.of(decisions(), LIMITS, paths)
+    [line] = [x for x in summary.text().splitlines() if "train on them" in x]
+    entry = yaml.safe_load(line.partition("data.extra_sources: ")[2])
+    assert entry == [
+        {"train_csv": "/p: q/[r]/train.csv", "images_dir": "/data/test images, round 1", "weight": 1.0}
     ]
+
+
+def test_a_full_disk_names_the_file_and_leaves_the_earlier_round(tmp_path, small_disk):
+    weights, images = tmp_path / "weights", tmp_path / "images"
+    factory.save(factory.build_model(TINY_UNET), TINY_UNET, weights / "a")
+    write_manifest(weights, ["a"], tta=("none",))
+    Rules().save(weights / "thresholds.json")
+    images.mkdir()
+    cv2.imwrite(str(images / "a.jpg"), np.zeros(IMAGE_SHAPE, np.uint8))
+    disk = small_disk(256 << 10)
+    out = earlier_round(disk / "round")
+    (disk / "filler").write_bytes(b"\0" * (shutil.disk_usage(disk).free - 2048))
+    with pytest.raises(OSError, match=rf"no space left on device writing {disk}/\.round\.partial/\S+ \("):
+        pseudo.run(weights, images, out, settings=PredictSettings(device="cpu", workers=0, progress=False),
+                   overwrite=True)  # fmt: skip
+    assert sorted(p.name for p in disk.iterdir()) == ["filler", "round"] and len(list(out.iterdir())) == 3
 
 
 def test_bad_inputs_are_named_before_any_prediction(tmp_path):

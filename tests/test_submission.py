@@ -6,21 +6,29 @@ the real Kaggle files need `../shared`.
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import random
 import shutil
+import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from steel_seg.competition import SAMPLE_LAYOUTS, Layout
+from steel_seg.competition import Layout
 from steel_seg.formats.submission import (
     Sample,
     SubmissionWriter,
     detect_layout,
     read_predictions,
+    read_record,
     read_sample,
+    record_path,
     validate,
+    write_best,
+    write_record,
 )
 
 IMAGES = ["c.jpg", "a.jpg", "b.jpg"]
@@ -58,36 +66,53 @@ def test_detect_layout_rejects_train_csv(synthetic_set):
 
 
 def images_in_partial(writer: SubmissionWriter) -> int:
-    """Images whose rows the writer has already put into its `.partial` file (4 rows each)."""
+    """Images whose rows the writer has already put into its `.partial` file."""
     writer._file.flush()
     partial = writer.path.with_name(writer.path.name + ".partial")
-    return (len(partial.read_text().splitlines()) - 1) // 4
+    return len({line.split(",")[0].rsplit("_", 1)[0] for line in partial.read_text().splitlines()[1:]})
 
 
-@pytest.mark.parametrize("layout", list(SAMPLE_LAYOUTS))
-def test_writer_keeps_sample_order_and_fills_missing(tmp_path, layout):
+WRITTEN = {  # the rows of c (3 1 | - | - | 5 2), a (never written) and b (- | 1 2 | - | -), per form
+    (Layout.ORIGINAL, "sample-like"): ["c.jpg_1,3 1", "c.jpg_2,", "c.jpg_3,", "c.jpg_4,5 2"]
+    + [f"a.jpg_{c}," for c in range(1, 5)]
+    + ["b.jpg_1,", "b.jpg_2,1 2", "b.jpg_3,", "b.jpg_4,"],
+    (Layout.FINAL, "pairs"): ["c.jpg,3 1,1", "c.jpg,,2", "c.jpg,,3", "c.jpg,5 2,4"]
+    + [f"a.jpg,,{c}" for c in range(1, 5)]
+    + ["b.jpg,,1", "b.jpg,1 2,2", "b.jpg,,3", "b.jpg,,4"],
+    (Layout.FINAL, "sample-like"): ["c.jpg,3 1,1", "c.jpg,5 2,4", "a.jpg,1 409600,0", "b.jpg,1 2,2"],
+}
+
+
+@pytest.mark.parametrize(("layout", "final_format"), list(WRITTEN))
+def test_writer_keeps_sample_order_and_fills_missing(tmp_path, layout, final_format):
     path = tmp_path / "submission.csv"
-    writer = SubmissionWriter(path, Sample(layout, IMAGES))
+    writer = SubmissionWriter(path, Sample(layout, IMAGES), final_format=final_format)
     writer.write("b.jpg", ["", "1 2", "", ""])
     assert images_in_partial(writer) == 0 and not path.exists()
     writer.write("c.jpg", ["3 1", "", "", "5 2"])
     assert images_in_partial(writer) == 1
     assert writer.close() == ["a.jpg"]
     lines = path.read_text().splitlines()
-    assert lines[0] == layout.header and len(lines) == 1 + 4 * 3
-    if layout is Layout.ORIGINAL:
-        assert lines[1:5] == ["c.jpg_1,3 1", "c.jpg_2,", "c.jpg_3,", "c.jpg_4,5 2"]
-        assert lines[10] == "b.jpg_2,1 2"
-    else:
-        assert lines[1:5] == ["c.jpg,3 1,1", "c.jpg,,2", "c.jpg,,3", "c.jpg,5 2,4"]
-        assert lines[5:9] == [f"a.jpg,,{c}" for c in range(1, 5)]
-        assert lines[10] == "b.jpg,1 2,2"
+    assert lines == [layout.header, *WRITTEN[(layout, final_format)]]
+    assert "" not in ",".join(lines[1:]).split(",") or final_format == "pairs" or layout is Layout.ORIGINAL
     table = read_predictions(path)
     assert table.to_dict("records") == [
         {"ImageId": "b.jpg", "ClassId": 2, "EncodedPixels": "1 2"},
         {"ImageId": "c.jpg", "ClassId": 1, "EncodedPixels": "3 1"},
         {"ImageId": "c.jpg", "ClassId": 4, "EncodedPixels": "5 2"},
     ]
+    assert validate(path, _sample(tmp_path, layout), final_format=final_format) == []
+
+
+def _sample(tmp_path: Path, layout: Layout) -> Path:
+    """A Kaggle-style sample of IMAGES in `layout`."""
+    path = tmp_path / f"sample_{layout.value}.csv"
+    if layout is Layout.FINAL:
+        rows = [f"{i},1 409600,0" for i in IMAGES]
+    else:
+        rows = [f"{i}_{c},1 1" for i in IMAGES for c in range(1, 5)]
+    path.write_text("\n".join([layout.header, *rows]) + "\n")
+    return path
 
 
 def test_writer_rejects_unknown_twice_and_bad_rows(tmp_path):
@@ -101,7 +126,7 @@ def test_writer_rejects_unknown_twice_and_bad_rows(tmp_path):
             writer.write("b.jpg", [""] * 3)
         with pytest.raises(ValueError, match="b.jpg class 2: RLE has an odd number"):
             writer.write("b.jpg", ["", "1", "", ""])
-    assert len((tmp_path / "s.csv").read_text().splitlines()) == 13
+    assert len((tmp_path / "s.csv").read_text().splitlines()) == 1 + 3  # sample-like: one row per empty image
     assert writer.close() == ["c.jpg", "b.jpg"]
 
 
@@ -128,13 +153,15 @@ def test_complete_submission_is_valid(tmp_path, samples, name):
     assert validate(path, samples[name]) == []
 
 
-def test_final_sample_placeholders_read_as_no_class_and_are_reported(samples, synthetic_set):
+def test_final_sample_placeholders_read_as_no_class(samples, synthetic_set):
+    """The final sample is itself a valid sample-like submission (all empty); the pairs form reports it."""
     sample = samples["sample_submission.csv"]
     first = synthetic_set.test_ids[0]
     assert read_predictions(sample).empty
-    problems = validate(sample, sample)
-    placeholder = f"line 2: ClassId '0' (the sample's placeholder) of {first} is not one of 1, 2, 3, 4"
-    assert problems[0] == placeholder
+    assert validate(sample, sample) == validate(sample, sample, final_format="sample-like") == []
+    problems = validate(sample, sample, final_format="pairs")
+    hint = "(the sample's placeholder, written by the sample-like form)"
+    assert problems[0] == f"line 2: ClassId '0' {hint} of {first} is not one of 1, 2, 3, 4"
     assert f"image {first} has no row for ClassId 1, 2, 3, 4" in problems
 
 
@@ -146,7 +173,7 @@ def test_validate_lists_every_problem(tmp_path):
     pd.DataFrame(rows, columns=["ImageId", "EncodedPixels", "ClassId"]).to_csv(
         tmp_path / "s.csv", index=False
     )
-    assert validate(tmp_path / "s.csv", sample) == [
+    assert validate(tmp_path / "s.csv", sample, final_format="pairs") == [
         "line 9: a.jpg class 3 given twice (first on line 8)",
         "line 10: a.jpg class 4: RLE has an odd number of values (3); expected start/length pairs",
         "line 12: ClassId '5' of c.jpg is not one of 1, 2, 3, 4",
@@ -193,3 +220,144 @@ def test_writer_without_rle_check_trusts_encoded_strings(tmp_path):
         with pytest.raises(ValueError, match="a.jpg written twice"):
             writer.write("a.jpg", [""] * 4)
     assert any("a.jpg class 2" in problem for problem in validate(path, sample_csv))
+
+
+def test_validate_sample_like_lists_its_own_problems(tmp_path):
+    sample = _sample(tmp_path, Layout.FINAL)
+    rows = [("c.jpg", "", 1), ("c.jpg", "3 1", 2), ("a.jpg", "1 409600", 0), ("a.jpg", "1 5", 3)]
+    rows += [("b.jpg", "1 400", 0)]
+    pd.DataFrame(rows, columns=["ImageId", "EncodedPixels", "ClassId"]).to_csv(
+        tmp_path / "s.csv", index=False
+    )
+    assert validate(tmp_path / "s.csv", sample, final_format="sample-like") == [
+        "line 2: c.jpg class 1: empty EncodedPixels (the sample-like form writes defect rows only; pairs has "
+        "empty cells)",
+        "line 6: b.jpg class 0: '1 400', expected '1 409600' as in the sample",
+        "image a.jpg has a ClassId 0 (no defect) row and defect rows",
+    ]
+
+
+@pytest.mark.parametrize("final_format", ["sample-like", "pairs"])
+def test_both_final_forms_score_the_same(synthetic_set, tmp_path, final_format):
+    """The same masks in either form read back as the same defect rows: `steel-seg score` cannot tell."""
+    sample = read_sample(synthetic_set.out_dir / "sample_submission.csv")
+    truth = read_predictions(synthetic_set.out_dir / "test_truth.csv")
+    path = tmp_path / "s.csv"
+    with SubmissionWriter(path, sample, final_format=final_format) as writer:
+        for image_id in sample.image_ids:
+            mine = truth[truth["ImageId"] == image_id]
+            rles = ["", "", "", ""]
+            for class_id, encoded in mine[["ClassId", "EncodedPixels"]].itertuples(index=False):
+                rles[class_id - 1] = encoded
+            writer.write(image_id, rles)
+    pd.testing.assert_frame_equal(read_predictions(path), truth)
+    assert validate(path, synthetic_set.out_dir / "sample_submission.csv", final_format=final_format) == []
+
+
+def test_the_writer_rejects_an_unknown_final_format(tmp_path):
+    with pytest.raises(ValueError, match="final format 'rows': expected one of sample-like, pairs"):
+        SubmissionWriter(tmp_path / "s.csv", Sample(Layout.FINAL, IMAGES), final_format="rows")
+
+
+class NoSpace:
+    """A file whose writes fail as on a full disk (ENOSPC) once `limit` characters were written."""
+
+    def __init__(self, file, limit: int):
+        self.file, self.limit, self.written = file, limit, 0
+
+    def write(self, text: str) -> int:
+        self.written += len(text)
+        if self.written > self.limit:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.file.write(text)
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def test_a_full_disk_leaves_no_partial_file_and_the_old_submission(tmp_path):
+    """ENOSPC mid-write (injected: any user can run it; the tmpfs test below makes a real full disk)."""
+    path = tmp_path / "submission.csv"
+    path.write_text("an earlier submission\n")
+    writer = SubmissionWriter(path, Sample(Layout.ORIGINAL, IMAGES))
+    writer._file = NoSpace(writer._file, limit=60)
+    writer.write("c.jpg", ["3 1", "", "", ""])
+    with pytest.raises(OSError, match=rf"{path}: cannot write the submission \(No space left on device\)"):
+        writer.write("a.jpg", ["1 2"] * 4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["submission.csv"]
+    assert path.read_text() == "an earlier submission\n"
+    with pytest.raises(OSError, match="cannot write the submission"):
+        writer.close()  # the failure stays: the caller's clean-up cannot mistake it for a finished file
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 KiB tmpfs filled to the last byte, with an earlier submission on it (root only: mount)."""
+    mount = tmp_path / "full"
+    mount.mkdir()
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
+    ).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        (mount / "submission.csv").write_text("an earlier submission\n")
+        with open(mount / "filler", "wb", buffering=0) as filler, pytest.raises(OSError, match="No space"):
+            while True:
+                filler.write(b"\0" * 4096)
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_real_full_disk_leaves_no_partial_file(full_disk):
+    path = full_disk / "submission.csv"
+    images = [f"{i:04d}.jpg" for i in range(400)]
+    no_space = rf"{path}: cannot write the submission \(No space left on device\)"
+    writer = SubmissionWriter(path, Sample(Layout.FINAL, images), final_format="pairs")
+    with pytest.raises(OSError, match=no_space), writer:
+        for image_id in images:
+            writer.write(image_id, ["1 2", "", "", ""])
+    assert sorted(p.name for p in full_disk.iterdir()) == ["filler", "submission.csv"]
+    assert path.read_text() == "an earlier submission\n"
+
+
+def test_write_best_keeps_every_good_row_and_empties_the_rest(tmp_path):
+    sample = _sample(tmp_path, Layout.FINAL)
+    broken = tmp_path / "broken.csv"
+    rows = ["ImageId,EncodedPixels,ClassId", "c.jpg,3 1,1", "c.jpg,1 2 3,2", "x.jpg,1 2,1", "a.jpg,5 9,4"]
+    rows += ["a.jpg,7 1,4", "b.jpg,1 2,9"]
+    broken.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "submission.csv"
+    assert write_best(out, sample, broken) == 2
+    assert validate(out, sample) == []
+    assert out.read_text().splitlines()[1:] == ["c.jpg,3 1,1", "a.jpg,5 9,4", "b.jpg,1 409600,0"]
+    assert write_best(out, sample) == 0  # nothing to keep: every image empty, still valid
+    assert validate(out, sample) == [] and read_predictions(out).empty
+    broken.write_text("not,a,submission\n")
+    assert write_best(out, sample, broken) == 0 and validate(out, sample) == []
+
+
+def test_the_record_is_bound_to_the_submission_it_describes(tmp_path):
+    path = tmp_path / "submission.csv"
+    SubmissionWriter(path, Sample(Layout.FINAL, IMAGES)).close()
+    assert read_record(path) == (None, None)
+    write_record(path, 3, {"limit": ["a.jpg", "b.jpg"], "deadline": []})
+    record = json.loads(record_path(path).read_text())
+    assert record_path(path).name == "submission.run.json"
+    assert record == {
+        "submission": "submission.csv",
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "images": 3,
+        "not_predicted": {"limit": ["a.jpg", "b.jpg"]},
+    }
+    assert read_record(path) == (record, None)
+    path.write_text(path.read_text() + "c.jpg,1 1,1\n")  # another file now: the record no longer applies
+    none, why = read_record(path)
+    assert (
+        none is None
+        and why == f"{record_path(path)}: ignored, it describes another submission.csv (sha256 differs)"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -20,16 +21,18 @@ from damage import truncated_jpeg
 from safetensors.torch import load_file
 from tiny_models import forward_probs
 
+from steel_seg import cli
 from steel_seg.competition import CLASSES, TRAIN_IMAGES, Layout
 from steel_seg.formats.folds import resolve_folds
 from steel_seg.formats.images import read_grey
 from steel_seg.formats.labels import Labels
-from steel_seg.formats.runs import RunDir
+from steel_seg.formats.runs import RunDir, RunInfo
 from steel_seg.models import factory
 from steel_seg.synthetic.dataset import write_dataset
 from steel_seg.train.checkpoint import load_state
-from steel_seg.train.config import TrainConfig
+from steel_seg.train.config import TrainConfig, parse_override
 from steel_seg.train.distributed import init_dist
+from steel_seg.train.inputs import input_paths
 from steel_seg.train.loop import Trainer, train
 from steel_seg.train.run_log import RunLog, read_log
 
@@ -185,6 +188,52 @@ def test_config_errors_name_the_file_and_key(tmp_path, data_dir, folds_csv):
     assert cfg.optim.lr == 0.1 and cfg.data.fold == 1 and cfg.data.crop == (32, 64)
 
 
+def test_numbers_take_their_keys_type(tmp_path, data_dir, folds_csv):
+    """YAML 1.1 reads `2e-4` as text: a float key takes it as a number, in a file and in `--set`."""
+    path = tmp_path / "c.yaml"
+    text = yaml.safe_dump(tiny_config(data_dir, folds_csv, loss={"pos_weight": ["1e-1", 2, 3, 4]}))
+    path.write_text(text.replace("lr: 0.003", "lr: 2e-4") + "\n")
+    overrides = dict(parse_override(t) for t in ("model.seg_prior=1e-2", "train.time_limit_min=1.5e1"))
+    cfg = TrainConfig.from_yaml(path, overrides)
+    assert cfg.optim.lr == 2e-4 and cfg.model.seg_prior == 0.01 and cfg.train.time_limit_min == 15.0
+    assert cfg.loss.pos_weight == (0.1, 2.0, 3.0, 4.0) and isinstance(cfg.optim.lr, float)
+    assert TrainConfig.from_yaml(path, dict([parse_override("optim.lr=3e-4")])).optim.lr == 3e-4
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("optim.lr", None, "optim.lr must be a number, got null"),
+        ("optim.lr", "fast", "optim.lr must be a finite number, got 'fast'"),
+        ("optim.lr", float("inf"), "optim.lr must be a finite number, got inf"),
+        ("schedule.epochs", 1.5, "schedule.epochs must be an integer, got 1.5"),
+        ("model.seg_prior", float("nan"), "model.seg_prior must be a finite number, got nan"),
+        ("data.extra_sources", [{"train_csv": "a.csv", "images_dir": "i", "weight": float("inf")}],
+         r"data.extra_sources\[0\].weight must be a finite number, got inf"),
+        ("data.extra_sources", [{"train_csv": "a.csv", "images_dir": "i", "weight": None}],
+         r"data.extra_sources\[0\].weight must be a number, got null"),
+    ],
+)  # fmt: skip
+def test_bad_numbers_are_named_by_key(tmp_path, data_dir, folds_csv, key, value, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(data_dir, folds_csv)))
+    with pytest.raises(ValueError, match=f"c\\.yaml: {message}"):
+        TrainConfig.from_yaml(path, {key: value})
+
+
+def test_malformed_yaml_is_one_line_naming_the_file_or_the_key(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("data:\n  crop: [256, 512\nmodel: {}\n")
+    with pytest.raises(ValueError, match=r"broken\.yaml: not valid YAML: line \d+, column \d+: ") as caught:
+        TrainConfig.from_yaml(path)
+    assert "\n" not in str(caught.value)
+    with pytest.raises(ValueError, match=r"--set optim\.lr: '\[1e-3' is not valid YAML \(line 1") as caught:
+        parse_override("optim.lr=[1e-3")
+    assert "\n" not in str(caught.value)
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        parse_override("optim.lr")
+
+
 def test_bad_folds_csv_names_the_file(tmp_path, data_dir):
     folds = tmp_path / "folds.csv"
     folds.write_text("ImageId,fold\nnot_an_image.jpg,0\n")
@@ -274,6 +323,13 @@ def test_run_json_records_every_source(data_dir, folds_csv, chosen, extra, tmp_p
     cfg = with_sources(data_dir, folds_csv, source, schedule={"epochs": 1})
     result = train(cfg, tmp_path / "run")
     assert TrainConfig.from_yaml(result.run_dir / "config.yaml") == cfg  # resumable with its sources
+    info = RunInfo.load(result.run_dir)
+    assert {role: (f.path, f.sha256) for role, f in info.inputs.items()} == {
+        role: (path.resolve(), hashlib.sha256(path.read_bytes()).hexdigest())
+        for role, path in [("data.train_csv", data_dir / "train.csv"), ("data.folds_csv", folds_csv),
+                           ("data.extra_sources[0].train_csv", extra["csv"])]
+    }  # fmt: skip
+    assert info.folds_sha256 == hashlib.sha256(folds_csv.read_bytes()).hexdigest()
     primary, added = json.loads((result.run_dir / "run.json").read_text())["sources"]
     assert (primary["role"], primary["train_images"], primary["val_images"]) == ("primary", 6, 2)
     assert added == {"role": "extra", "train_csv": str(extra["csv"].resolve()),
@@ -308,7 +364,7 @@ def test_bad_extra_sources_are_named(data_dir, folds_csv, chosen, extra, tmp_pat
         train(cfg, tmp_path / "run")
     for source, message in [
         ({"train_csv": "a.csv"}, "needs train_csv and images_dir"),
-        ({"train_csv": "a.csv", "images_dir": "i", "weight": 0}, "weight 0 must be > 0"),
+        ({"train_csv": "a.csv", "images_dir": "i", "weight": 0}, "weight 0.0 must be a finite number > 0"),
         ({"train_csv": "a.csv", "images_dir": "i", "wieght": 2}, r"data\.extra_sources\[0\].*wieght"),
     ]:
         with pytest.raises(ValueError, match=message):
@@ -316,6 +372,13 @@ def test_bad_extra_sources_are_named(data_dir, folds_csv, chosen, extra, tmp_pat
     config = tiny_config(data_dir, folds_csv, data={"extra_sources": "a.csv"})
     with pytest.raises(ValueError, match="extra_sources must be a list"):
         TrainConfig.from_dict(config)
+    empty = tmp_path / "round" / "train.csv"  # a pseudo-label round that selected no image
+    empty.parent.mkdir()
+    empty.write_text(Layout.ORIGINAL.header + "\n")
+    cfg = with_sources(data_dir, folds_csv, {"train_csv": empty, "images_dir": extra["images"]})
+    with pytest.raises(ValueError, match=f"{re.escape(str(empty))}: names no image"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # a run that could not start leaves no run dir
 
 
 def test_an_unusable_extra_image_is_named_or_skipped(data_dir, folds_csv, chosen, extra, tmp_path):
@@ -334,3 +397,92 @@ def test_an_unusable_extra_image_is_named_or_skipped(data_dir, folds_csv, chosen
         chosen[1] + extra["named"][:1] + extra["named"][2:]
     )
     assert [s["train_images"] for s in trainer.data.sources] == [6, 3]
+
+
+def test_init_and_encoder_weights_files_are_inputs_too(data_dir, folds_csv, straight_run, tmp_path):
+    encoder = tmp_path / "encoder.safetensors"
+    encoder.write_bytes(b"weights")
+    model = {"init_weights": str(straight_run[1].run_dir / "best"), "encoder_weights_path": str(encoder),
+             "mean": 0.4, "std": 0.2}  # fmt: skip
+    cfg = TrainConfig.from_dict(tiny_config(data_dir, folds_csv, model=model))
+    assert input_paths(cfg, folds_csv) == {
+        "data.train_csv": data_dir / "train.csv", "data.folds_csv": folds_csv,
+        "model.init_weights": straight_run[1].run_dir / "best" / "model.safetensors",
+        "model.encoder_weights_path": encoder,
+    }  # fmt: skip
+
+
+def test_resume_refuses_input_files_that_changed_behind_their_paths(
+    data_dir, folds_csv, extra, tmp_path, caplog
+):
+    """An extra source's train.csv replaced (4 -> 6 images) and the folds regenerated (another validation
+    fold) after the run started: `--resume` stops, naming each file and both hashes, and changes nothing;
+    with allow_changed_inputs it goes on and records the files as they are now."""
+    folds = tmp_path / "folds.csv"
+    shutil.copyfile(folds_csv, folds)
+    source = tmp_path / "extra.csv"
+    shutil.copyfile(extra["csv"], source)
+    cfg = with_sources(
+        data_dir, folds, {"train_csv": source, "images_dir": extra["images"]}, schedule={"epochs": 1}
+    )
+    run = train(cfg, tmp_path / "run").run_dir
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    recorded = {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in (folds, source)}
+    everything = pd.read_csv(extra["images"].parent / "train.csv", dtype=str, keep_default_na=False)
+    everything.to_csv(source, index=False)
+    table = pd.read_csv(folds)
+    table["fold"] = (table["fold"] + 1) % 3
+    table.to_csv(folds, index=False)
+    with pytest.raises(ValueError) as caught:
+        train(cfg, run, resume=True)
+    message = str(caught.value)
+    for role, path in (("data.folds_csv", folds), ("data.extra_sources[0].train_csv", source)):
+        now = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert f"{role} {path}: sha256 {now}, recorded {recorded[path]}" in message
+    assert (
+        message.startswith(f"{run / 'run.json'}: input files changed") and "--allow-changed-inputs" in message
+    )
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    train(cfg, run, resume=True, allow_changed_inputs=True)
+    assert "input changed, going on" in caplog.text
+    info = RunInfo.load(run)
+    assert info.check_inputs() == [] and info.extra["sources"][1]["train_images"] == 6
+
+
+@pytest.fixture(scope="module")
+def one_epoch_sizes(data_dir, folds_csv, tmp_path_factory) -> dict[str, int]:
+    """Bytes of a one-epoch run of `tiny_config` on an ordinary disk: all its files, its model, its
+    checkpoint."""
+    run = train(TrainConfig.from_dict(tiny_config(data_dir, folds_csv, schedule={"epochs": 1})),
+                tmp_path_factory.mktemp("probe") / "run").run_dir  # fmt: skip
+    total = sum(p.stat().st_size for p in run.rglob("*") if p.is_file())
+    model, checkpoint = (
+        (run / "last" / "model.safetensors").stat().st_size,
+        (run / "checkpoint.pt").stat().st_size,
+    )
+    return {"total": total, "model": model, "checkpoint": checkpoint}
+
+
+@pytest.mark.parametrize("fails", ["last/model.safetensors", "checkpoint.pt"])
+def test_a_full_disk_mid_run_is_a_message_and_the_run_resumes(
+    data_dir, folds_csv, one_epoch_sizes, small_disk, tmp_path, capsys, fails
+):
+    """The disk holds epoch 1 and then runs out in epoch 2, at the model (`last/`) or at the checkpoint (its
+    free space is checked before it is written): exit 2 with one line naming the file, the space needed and
+    free; the epoch-1 checkpoint stays whole, and after space is freed `--resume` finishes the run."""
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(data_dir, folds_csv, schedule={"epochs": 2})))
+    sizes = one_epoch_sizes
+    room = sizes["model"] // 2 if fails.startswith("last") else (sizes["model"] + sizes["checkpoint"]) // 2
+    disk = small_disk(sizes["total"] + room + (64 << 10))
+    run = disk / "run"
+    assert cli.main(["train", "--config", str(config), "--out", str(run)]) == 2
+    err = capsys.readouterr().err
+    space = r"\([\d.]+ MB needed, [\d.]+ [kM]B free\)\n"
+    assert re.fullmatch(
+        f"steel-seg train: no space left on device writing {re.escape(str(run / fails))} {space}", err
+    )
+    assert load_state(run / "checkpoint.pt")["epoch"] == 1 and not list(run.rglob(".*.tmp"))
+    subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+    assert cli.main(["train", "--config", str(config), "--out", str(run), "--resume"]) == 0
+    assert [r["epoch"] for r in read_log(run / "log.jsonl")] == [1, 2]

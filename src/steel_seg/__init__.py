@@ -3,7 +3,8 @@
 The package's folders are its architecture (docs/ARCHITECTURE.md); each folder's docstring says what it owns
 and what it may import. Imports only go down this picture:
 
-    competition.py  fileio.py  progress.py   the competition's facts; atomic files; the progress helper
+    competition.py  fileio.py  progress.py   the competition's facts; atomic files; the progress helper;
+    workers.py                               worker processes that die with their parent
     formats/                                 the files the competition and the kit exchange
     models/                                  models, their files and pretrained encoders
     postprocess/                             the rules from probabilities to masks, and their search

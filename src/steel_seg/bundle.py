@@ -9,7 +9,10 @@ Same inputs give byte-identical output: no timestamps, sorted files, canonical J
 
 With a Kaggle user, `kernel-metadata.json` (GPU on, internet off, `machine_shape`: the T4 unless asked
 otherwise) and the weights' `dataset-metadata.json` are written too; slugs and titles are checked against
-Kaggle's rules before anything is written, since the CLI rejects them only at upload time.
+Kaggle's rules before anything is written, since the CLI rejects them only at upload time. Kaggle runs a
+script without a command line, so the kernel options a user wants on Kaggle (`KernelDefaults`: budget, batch
+size, push-run sample, final format) are baked into the script's default arguments. The Kaggle CLI commands
+the summary prints take paths as given, relative to the current folder where they lie under it, quoted.
 
 Vendored: only smp. Its other imports are `timm`, `huggingface_hub` and `safetensors`; Kaggle's image has
 timm, and timm itself requires huggingface_hub and safetensors (a compiled package), so wherever timm is
@@ -19,6 +22,7 @@ installed those two are too; the kernel logs their versions at start.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import gzip
 import hashlib
@@ -27,13 +31,14 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import string
 from dataclasses import dataclass
 from pathlib import Path
 
 import steel_seg
 from steel_seg import fileio
-from steel_seg.competition import SLUG
+from steel_seg.competition import FINAL_FORMATS, SLUG, SUBMISSION
 from steel_seg.engine.devices import DEFAULT_MACHINE_SHAPE, GPU_MACHINE_SHAPES, RETIRED_MACHINE_SHAPES
 from steel_seg.models.manifest import MANIFEST_FILE, Manifest, check_model_dir, load_model
 from steel_seg.models.recipe import check_tuned
@@ -50,6 +55,7 @@ KERNEL_PARTS = (
     "competition.py",
     "fileio.py",
     "progress.py",
+    "workers.py",
     "kernel.py",
     "formats",
     "models",
@@ -136,6 +142,43 @@ class KaggleIds:
 
 
 @dataclass(frozen=True, kw_only=True)
+class KernelDefaults:
+    """Kernel options baked into the script's default arguments (None: the kernel's own default); a flag
+    given to the script still overrides them."""
+
+    budget_s: float | None = None
+    batch_size: int | None = None
+    push_sample: int | None = None
+    final_format: str | None = None
+    allow_recipe_mismatch: bool = False  # the build's own override, kept by the kernel's start-up check
+
+    def args(self) -> list[str]:
+        """The baked flags, in a fixed order (the same defaults give the same bytes)."""
+        flags = {
+            "--budget-s": self.budget_s,
+            "--batch-size": self.batch_size,
+            "--push-sample": self.push_sample,
+            "--final-format": self.final_format,
+        }
+        baked = [text for flag, value in flags.items() if value is not None for text in (flag, str(value))]
+        return baked + (["--allow-recipe-mismatch"] if self.allow_recipe_mismatch else [])
+
+    def check(self) -> None:
+        """BuildError naming every value the kernel would refuse."""
+        problems = []
+        if self.budget_s is not None and not (0 < self.budget_s < float("inf")):
+            problems.append(f"--budget-s {self.budget_s}: a finite number of seconds > 0")
+        if self.batch_size is not None and self.batch_size < 1:
+            problems.append(f"--batch-size {self.batch_size}: at least 1")
+        if self.push_sample is not None and self.push_sample < 0:
+            problems.append(f"--push-sample {self.push_sample}: a whole number >= 0")
+        if self.final_format is not None and self.final_format not in FINAL_FORMATS:
+            problems.append(f"--final-format {self.final_format!r}: one of {', '.join(FINAL_FORMATS)}")
+        if problems:
+            raise BuildError("kernel defaults: " + "; ".join(problems))
+
+
+@dataclass(frozen=True, kw_only=True)
 class BuildResult:
     """What `build` wrote and from what."""
 
@@ -148,6 +191,7 @@ class BuildResult:
     manifest: Manifest
     rules: Rules
     ids: KaggleIds = KaggleIds()
+    defaults: KernelDefaults = KernelDefaults()
     warnings: tuple[str, ...] = ()
     recipe: str = ""
 
@@ -277,14 +321,14 @@ def render(
     manifest: Manifest,
     rules: Rules,
     ids: KaggleIds,
-    allow_recipe_mismatch: bool = False,
+    baked: KernelDefaults = KernelDefaults(),
 ) -> str:
-    """The kernel script: `template` with the encoded files, the manifest, the rules and the Kaggle slugs."""
+    """The kernel script: `template` with the encoded files, the manifest, the rules, the Kaggle slugs and
+    the baked kernel options."""
     blobs = {path: encode(data) for path, data in sorted(files.items())}
     bundle_id = hashlib.sha256(json.dumps(blobs, sort_keys=True).encode()).hexdigest()[:16]
     rules_dict = embedded_rules(rules)
-    defaults = ["--competition", ids.competition, "--weights-dataset", ids.weights_slug]
-    defaults += ["--allow-recipe-mismatch"] if allow_recipe_mismatch else []
+    defaults = ["--competition", ids.competition, "--weights-dataset", ids.weights_slug, *baked.args()]
     try:
         return string.Template(template).substitute(
             header=_header(files, manifest, rules),
@@ -360,22 +404,23 @@ def build(
     template: str | os.PathLike,
     ids: KaggleIds = KaggleIds(),
     vendored: tuple[str, ...] = VENDORED,
-    allow_recipe_mismatch: bool = False,
+    defaults: KernelDefaults = KernelDefaults(),
 ) -> BuildResult:
-    """Check the ids and inputs, write `out_dir/kernel.py` and (with `ids.user`) the Kaggle metadata files.
+    """Check the ids, defaults and inputs; write `out_dir/kernel.py` and (with `ids.user`) Kaggle's metadata.
 
     Raises:
         BuildError (or ManifestError): before anything is written, also when the rules were tuned on another
-        ensemble than the manifest ships (`check_recipe`) unless `allow_recipe_mismatch`.
+        ensemble than the manifest ships (`check_recipe`) unless `defaults.allow_recipe_mismatch`.
     """
     warnings = ids.check()
+    defaults.check()
     weights_dir, out_dir, template = Path(weights_dir), Path(out_dir), Path(template)
     if not template.is_file():
         raise BuildError(f"{template}: kernel template not found")
     manifest, rules = load_inputs(weights_dir)
-    recipe = check_recipe(manifest, rules, allow_recipe_mismatch)
+    recipe = check_recipe(manifest, rules, defaults.allow_recipe_mismatch)
     files = bundled_files(vendored)
-    script = render(template.read_text(), files, manifest, rules, ids, allow_recipe_mismatch).encode()
+    script = render(template.read_text(), files, manifest, rules, ids, defaults).encode()
     script_path = fileio.write_bytes(out_dir / SCRIPT_FILE, script)
     kernel_meta = dataset_meta = None
     if ids.user:
@@ -393,6 +438,7 @@ def build(
         manifest=manifest,
         rules=rules,
         ids=ids,
+        defaults=defaults,
         warnings=tuple(warnings),
         recipe=recipe,
     )
@@ -405,7 +451,7 @@ def _json_bytes(obj: dict) -> bytes:
 def summary(result: BuildResult) -> str:
     """What was built, for the console: size, models, thresholds, budget and the next commands."""
     lines = [
-        f"{result.script}: {result.size / 1e6:.2f} MB, {len(result.files)} bundled files, "
+        f"{shown(result.script)}: {result.size / 1e6:.2f} MB, {len(result.files)} bundled files, "
         f"sha256 {result.sha256[:16]}"
     ]
     lines += [
@@ -421,15 +467,35 @@ def summary(result: BuildResult) -> str:
     drop = ", ".join(result.manifest.drop_order) or "nothing"
     lines.append(f"  budget {result.manifest.budget_s:g} s; when short, drop in order: {drop}")
     lines += [f"  recipe: {result.recipe}"] if result.recipe else []
+    baked = result.defaults.args()
+    if baked:
+        lines.append(f"  baked into the script (Kaggle runs it without a command line): {' '.join(baked)}")
     lines += [f"  warning: {w}" for w in result.warnings]
     if result.kernel_metadata is None:
         lines.append("  no Kaggle metadata written: pass --kaggle-user USER to write it")
         return "\n".join(lines)
-    ids, weights = result.ids, result.dataset_metadata.parent
-    lines.append(f"  upload weights: kaggle datasets create -p {weights} --dir-mode zip")
-    lines.append(f"  push kernel:    {push_command(result.script.parent, ids.machine_shape)}")
+    ids, weights = result.ids, shown(result.dataset_metadata.parent)
+    lines.append(f"  upload weights:  kaggle datasets create -p {weights} --dir-mode zip")
+    lines.append(f"  new weights:     {dataset_version_command(result.dataset_metadata.parent)}")
+    lines.append(f"  push kernel:     {push_command(result.script.parent, ids.machine_shape)}")
     lines.append(f"  when it has run: {submit_command(ids)}")
+    lines.append(
+        "  (Kaggle then re-runs version N on the hidden test set; that run's file is the one scored)"
+    )
     return "\n".join(lines)
+
+
+def shown(path: Path) -> str:
+    """`path` for a printed command: relative to the current folder when under it, shell-quoted."""
+    path = Path(path)
+    with contextlib.suppress(ValueError):  # not under the current folder: as given
+        path = path.resolve().relative_to(Path.cwd().resolve())
+    return shlex.quote(str(path))
+
+
+def dataset_version_command(weights_dir: Path) -> str:
+    """`kaggle datasets version`: a new version of the weights dataset (the CLI requires a message)."""
+    return f"kaggle datasets version -p {shown(weights_dir)} --dir-mode zip -m {shlex.quote('new weights')}"
 
 
 def push_command(kernel_dir: Path, machine_shape: str, cli_version: str | None = None) -> str:
@@ -438,7 +504,7 @@ def push_command(kernel_dir: Path, machine_shape: str, cli_version: str | None =
     `cli_version` defaults to the installed `kaggle` package's (none installed: the flag is given, as any
     CLI installed today has it). Public kernels needed both the flag and `machine_shape` to get a T4.
     """
-    command = f"kaggle kernels push -p {kernel_dir}"
+    command = f"kaggle kernels push -p {shown(kernel_dir)}"
     version = cli_version if cli_version is not None else _installed_version("kaggle")
     numbers = tuple(int(n) for n in re.findall(r"\d+", version or "")[:3])
     if version is not None and numbers < ACCELERATOR_FLAG_SINCE:
@@ -448,10 +514,12 @@ def push_command(kernel_dir: Path, machine_shape: str, cli_version: str | None =
 
 
 def submit_command(ids: KaggleIds) -> str:
-    """The late submission of the kernel's output (N: the kernel version that wrote it)."""
+    """The late submission of the kernel's output (N: the kernel version that wrote it; the CLI requires
+    a message)."""
+    message = shlex.quote(f"{ids.kernel_slug} version N")
     return (
         f"kaggle competitions submit -c {ids.competition} -k {ids.user}/{ids.kernel_slug} "
-        f"-f submission.csv -v N"
+        f"-f {SUBMISSION} -v N -m {message}"
     )
 
 

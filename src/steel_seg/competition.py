@@ -24,6 +24,14 @@ SAMPLE_SUBMISSION = "sample_submission.csv"
 SUBMISSION = "submission.csv"
 IMAGE_SUFFIX = ".jpg"
 
+# The final sample submission's row for an image: ClassId 0 ("no class") over the whole image.
+NO_DEFECT_CLASS = 0
+FULL_IMAGE_RLE = f"1 {HEIGHT * WIDTH}"
+# The two readings of the FINAL layout a submission can be written in (`formats.submission` spells them out):
+# no source confirms which one the re-release scorer accepts.
+FINAL_FORMATS = ("sample-like", "pairs")
+DEFAULT_FINAL_FORMAT = "sample-like"
+
 # The columns of the competition's CSVs; each `Layout` is a sequence of them.
 IMAGE_ID, CLASS_ID, ENCODED_PIXELS = "ImageId", "ClassId", "EncodedPixels"
 IMAGE_CLASS_ID = f"{IMAGE_ID}_{CLASS_ID}"  # the original layout's key: `<ImageId>_<ClassId>`

@@ -1,7 +1,7 @@
 """`steel-seg` command line: one thin module per subcommand over the library code.
 
-May import: competition, fileio, progress, formats, models, postprocess, engine, train, workflow, synthetic,
-report.
+May import: competition, fileio, progress, workers, formats, models, postprocess, engine, train, workflow,
+synthetic, report.
 """
 
 from __future__ import annotations
@@ -10,7 +10,10 @@ import argparse
 import importlib
 import logging
 import os
+import socket
 import sys
+import threading
+from urllib.parse import urlsplit
 
 # name -> one-line help. Each name is a module `steel_seg.cli.<name>` ("-" spelt "_") with
 # `add_parser(subparsers)` that registers its subcommand and sets `func=run` (a callable taking the parsed
@@ -44,6 +47,42 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# The commands that may download pretrained encoder weights from the Hugging Face hub, and how long `main`
+# waits to learn whether the hub can be reached at all before one of them starts.
+HUB_COMMANDS = ("train", "encoder-weights")
+HUB_PROBE_S = 3.0
+
+
+def offline_unless_hub_reachable(command: str | None, timeout: float = HUB_PROBE_S) -> bool:
+    """For a command that may use the hub, with HF_HUB_OFFLINE unset: when the hub's host cannot be reached
+    within `timeout` seconds, set HF_HUB_OFFLINE=1 (before huggingface_hub is imported), so that cached
+    weights load at once instead of after huggingface_hub's connection retries (~30 s on a machine whose
+    connections hang). Returns whether it did; online machines are left as they are."""
+    if command not in HUB_COMMANDS or "HF_HUB_OFFLINE" in os.environ:
+        return False
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or 443
+    reached: list[bool] = []
+
+    def connect() -> None:  # on a thread: a hanging DNS look-up is bounded too
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            reached.append(True)
+        except OSError:
+            pass
+
+    probe = threading.Thread(target=connect, daemon=True)
+    probe.start()
+    probe.join(timeout)
+    if reached:
+        return False
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    print(f"steel-seg {command}: the Hugging Face hub ({host}) cannot be reached: working offline from the "
+          "cache (HF_HUB_OFFLINE=1). Set HF_HUB_OFFLINE=1 yourself to skip this check, or =0 to insist "
+          "on the hub.", file=sys.stderr)  # fmt: skip
+    return True
+
+
 # What bad input raises anywhere in the library (a file, a value, a device that cannot be used; KeyError: an
 # unknown name such as an architecture): one line for the user, never a traceback.
 USER_ERRORS = (OSError, ValueError, KeyError)
@@ -55,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     argv = sys.argv[1:] if argv is None else list(argv)
     chosen = next((a for a in argv if not a.startswith("-")), None)
+    offline_unless_hub_reachable(chosen)
     # An unknown or missing command imports nothing: argparse then prints the list or the error.
     args = build_parser(chosen if chosen in COMMANDS else "").parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")

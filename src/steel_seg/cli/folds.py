@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from steel_seg.formats.folds import HASH_THRESHOLD, Folds, make_folds
+from steel_seg.formats.folds import HASH_THRESHOLD, Folds, check_folds_out, make_folds
 from steel_seg.formats.labels import Labels
 
 
@@ -26,10 +26,15 @@ def add_parser(subparsers) -> None:
         help=f"largest Hamming distance (of 64 bits) between near-duplicates (default {HASH_THRESHOLD})",
     )
     parser.add_argument("--seed", type=int, default=0, help="stratification seed")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an existing folds CSV at --out (runs trained on it "
+        "then refuse to resume or predict OOF)",
+    )  # fmt: skip
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_folds_out(args.out, args.overwrite, {"train.csv": args.train_csv, "images folder": args.images})
     labels = Labels.from_csv(args.train_csv, args.images)
     folds = make_folds(labels, args.images, args.k, args.hash_threshold, args.seed)
     folds.save(args.out)

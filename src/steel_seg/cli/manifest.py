@@ -7,7 +7,8 @@ import argparse
 from pathlib import Path
 
 from steel_seg.engine.options import views
-from steel_seg.models.manifest import DEFAULT_BUDGET_S, copy_model_dir, write_manifest
+from steel_seg.formats.runs import ALLOW_FLAG
+from steel_seg.models.manifest import DEFAULT_BUDGET_S, collect_models
 from steel_seg.workflow.provenance import provenance_of
 
 
@@ -42,25 +43,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--weight", type=float, action="append", help="ensemble weight per --model (default 1 each)"
     )
     p.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, help="kernel time budget in seconds")
+    p.add_argument(
+        ALLOW_FLAG,
+        action="store_true",
+        help="collect a run's model even when an input file it recorded changed",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     provenance = {name: provenance_of(source) for name, source in args.model}
-    for name, source in args.model:
-        copy_model_dir(source, args.weights_dir, name)
-    names = [name for name, _ in args.model]
-    path = write_manifest(
+    path = collect_models(
         args.weights_dir,
-        names,
+        args.model,
+        allow_changed_inputs=args.allow_changed_inputs,
         tta=args.tta,
         weights=args.weight,
         budget_s=args.budget_s,
         provenance=provenance,
     )
-    print(f"wrote {path}: {', '.join(names)}; views {','.join(args.tta)}")
+    print(f"wrote {path}: {', '.join(name for name, _ in args.model)}; views {','.join(args.tta)}")
     lost = [name for name, p in provenance.items() if p is None]
     if lost:
-        print(f"note: {', '.join(lost)} not from a training run (no run.json beside it): no out-of-fold "
-              "predictions can be made for them (steel-seg oof --weights-dir refuses)")  # fmt: skip
+        print(
+            f"note: {', '.join(lost)} not from a training run (no run.json beside it): no out-of-fold "
+            "predictions can be made for them (steel-seg oof --weights-dir refuses)"
+        )
     return 0

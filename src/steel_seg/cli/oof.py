@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 
 from steel_seg.engine.options import add_engine_options, engine_settings, views
+from steel_seg.formats.runs import ALLOW_FLAG
 from steel_seg.workflow.oof_predict import predict_ensemble_oof, predict_oof
 
 
@@ -25,6 +26,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="replace an existing OOF dir (when the new is whole)"
     )
+    p.add_argument(
+        ALLOW_FLAG, action="store_true", help="go on when an input file a run recorded has changed"
+    )
     add_engine_options(p, limit_help="only the first N held-out images (of each fold)")
     p.set_defaults(func=run)
 
@@ -32,9 +36,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = engine_settings(args, tta=args.tta)
     if args.weights_dir is not None:
-        out = predict_ensemble_oof(args.weights_dir, args.out, settings, args.overwrite)
+        out = predict_ensemble_oof(
+            args.weights_dir, args.out, settings, args.overwrite, args.allow_changed_inputs
+        )
         print(f"OOF probabilities of the ensemble in {args.weights_dir} -> {out}")
         return 0
-    out = predict_oof(args.run, args.out, settings, args.overwrite)
+    out = predict_oof(args.run, args.out, settings, args.overwrite, args.allow_changed_inputs)
     print(f"OOF probabilities of {args.run} -> {out}")
     return 0

@@ -6,7 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from steel_seg.engine.options import add_budget_option, add_engine_options, add_recipe_option, engine_settings
+from steel_seg.engine.options import (
+    add_budget_option,
+    add_engine_options,
+    add_final_format_option,
+    add_recipe_option,
+    engine_settings,
+)
 from steel_seg.engine.submit import Inputs, load, run
 from steel_seg.models.manifest import MANIFEST_FILE, Manifest
 from steel_seg.postprocess.rules import THRESHOLDS_FILE, Rules
@@ -23,6 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_engine_options(p, limit_help="predict only the first N images (others empty)")
     add_budget_option(p)
     add_recipe_option(p)
+    add_final_format_option(p)
     p.set_defaults(func=run_command)
 
 

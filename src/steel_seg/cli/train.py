@@ -5,17 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import yaml
-
-from steel_seg.train.config import TrainConfig
+from steel_seg.formats.runs import ALLOW_FLAG
+from steel_seg.train.config import TrainConfig, parse_override
 from steel_seg.train.loop import summary, train
-
-
-def _override(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. optim.lr=1e-3), got {text!r}")
-    return key, yaml.safe_load(value)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -30,20 +22,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--set",
-        type=_override,
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config value, e.g. --set optim.lr=1e-3 (repeatable)",
+        help="override a config value, e.g. --set optim.lr=1e-3 (repeat --set for each key)",
+    )
+    p.add_argument(
+        ALLOW_FLAG,
+        action="store_true",
+        help="--resume even when an input file the run recorded (train CSVs, folds.csv, weights) changed",
     )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = dict(args.set) | ({"data.fold": args.fold} if args.fold is not None else {})
+    overrides = dict(parse_override(text) for text in args.set)
+    overrides |= {"data.fold": args.fold} if args.fold is not None else {}
     cfg = TrainConfig.from_yaml(args.config, overrides)
     out = args.out or Path("runs") / f"{args.config.stem}-f{cfg.data.fold}"
-    result = train(cfg, out, resume=args.resume, overwrite=args.overwrite)
+    result = train(cfg, out, resume=args.resume, overwrite=args.overwrite,
+                   allow_changed_inputs=args.allow_changed_inputs)  # fmt: skip
     if result.main:
         print(summary(result))
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from steel_seg.competition import DEFAULT_FINAL_FORMAT, FINAL_FORMATS
 from steel_seg.formats.submission import validate
 
 
@@ -16,11 +17,18 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--sample", required=True, help="the competition's sample_submission.csv")
     parser.add_argument("--pred", required=True, help="the submission to check")
     parser.add_argument("--max-problems", type=int, default=50, help="print at most this many (default 50)")
+    parser.add_argument(
+        "--final-format",
+        choices=FINAL_FORMATS,
+        default=DEFAULT_FINAL_FORMAT,
+        help="the form a final-stage submission was written in (`steel-seg predict --final-format`; "
+        "default: %(default)s)",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    problems = validate(args.pred, args.sample)
+    problems = validate(args.pred, args.sample, final_format=args.final_format)
     if not problems:
         print(f"{args.pred}: valid submission for {args.sample}")
         return 0
@@ -29,4 +37,7 @@ def run(args: argparse.Namespace) -> int:
     if len(problems) > args.max_problems:
         print(f"... and {len(problems) - args.max_problems} more")
     print(f"{args.pred}: {len(problems)} problem(s)")
+    other = next(f for f in FINAL_FORMATS if f != args.final_format)
+    if not validate(args.pred, args.sample, final_format=other):
+        print(f"{args.pred}: it is a valid submission in the {other} form: pass --final-format {other}")
     return 1

@@ -128,6 +128,10 @@ class Budget:
             self._model[name] = self._model.get(name, 0.0) + seconds
             self._view_images[name] = self._view_images.get(name, 0) + n_images * len(plan[name])
 
+    def rate(self) -> float | None:
+        """Images per second since the last change, warm-up batches left out; None before any is measured."""
+        return self._images / self._wall if self._images and self._wall > 0 else None
+
     def cost_per_image(self, plan: Plan) -> float:
         """Projected seconds per image under `plan`: overhead + each model's per-view cost x views."""
         overhead = max(0.0, self._wall - sum(self._model.values())) / self._images
@@ -170,3 +174,20 @@ class Budget:
         self.decisions.append(
             BudgetDecision(step, action, self.images_done, elapsed, projected, after, self.budget_s)
         )
+
+
+def projection(images_per_s: float, images: int, startup_s: float, budget_s: float) -> str:
+    """What a measured rate says about a run over `images` that starts predicting after `startup_s`: the
+    projected seconds against the budget, in one line (the kernel's push run prints it for the re-run)."""
+    total = startup_s + images / images_per_s
+    if total <= budget_s:
+        verdict = f"fits ({total / budget_s:.0%} of it)"
+    else:
+        verdict = (
+            f"{total / budget_s:.1f}x the budget: the re-run will drop views and models in the manifest's "
+            "drop_order to fit, and the deadline writes any image it cannot reach empty"
+        )
+    return (
+        f"projected full run: {startup_s:.0f}s start-up + {images} images / {images_per_s:.2f} images/s = "
+        f"{total:.0f}s against the {budget_s:g}s budget: {verdict}"
+    )

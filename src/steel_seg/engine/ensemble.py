@@ -2,11 +2,14 @@
 
 `Ensemble.forward` takes a `(B, H, W) uint8` grey batch already on the device, normalises it per model
 (`factory.to_tensor`), stacks the model's TTA views into ONE batch, un-flips them on the device and averages
-views and models (ensemble weights) on the device. Image-level probabilities come from the classifiers
-(role "cls"), else from the segmenters' aux heads, else None (the caller then uses the max pixel probability).
-With `check_finite`, each model's logits are checked for NaN/inf (an fp16 overflow of a model trained in
-bf16): such a model is left out of that batch's average and named in the result, for the caller to drop it.
-`replicate(device)` gives the same ensemble on another device (one replica per GPU).
+views and models (ensemble weights) on the device, without waiting for the device between models: per-model
+seconds (`timed`) come from CUDA events read once the batch is done (perf_counter on the CPU, whose ops are
+synchronous). Image-level probabilities come from the classifiers (role "cls"), else from the segmenters'
+aux heads, else None (the caller then uses the max pixel probability). With `check_finite`, each model's
+logits are checked for NaN/inf on the device and the flags read once per batch: a model whose autocast
+(fp16) output overflowed is run again on that batch in float32, and only a model still non-finite there is
+left out of the average and named in the result, for the caller to drop it. `replicate(device)` gives the
+same ensemble on another device (one replica per GPU, made once).
 """
 
 from __future__ import annotations
@@ -40,18 +43,55 @@ class Member:
     views: tuple[str, ...] = ("none",)
 
 
+class ModelTimer:
+    """A model's seconds in one batch, without waiting for the device: CUDA events on a GPU (read once the
+    batch is done anyway), `time.perf_counter` on the CPU (its ops are synchronous). Spans add up (a model
+    run again in float32)."""
+
+    def __init__(self, device: torch.device):
+        self._cuda = device.type == "cuda"
+        self._spans: list[list] = []
+
+    def start(self) -> ModelTimer:
+        self._spans.append([self._mark(), None])
+        return self
+
+    def stop(self) -> None:
+        self._spans[-1][1] = self._mark()
+
+    def _mark(self) -> torch.cuda.Event | float:
+        if not self._cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def seconds(self) -> float:
+        """The spans' seconds; on CUDA this waits for the last end event (the batch's sync passed it)."""
+        if not self._cuda:
+            return sum(end - start for start, end in self._spans)
+        self._spans[-1][1].synchronize()
+        return sum(start.elapsed_time(end) for start, end in self._spans) / 1000.0
+
+
 @dataclass(frozen=True, kw_only=True)
 class Output:
     """One batch through the ensemble, on its device.
 
     `seg (B, 4, H, W) float32` (None when every segmenter was left out), `cls (B, 4) float32` (None without an
-    image-level output), each model's seconds (`timed` forwards only) and the models left out for NaN/inf.
+    image-level output), each model's timer (`timed` forwards only), the models left out for NaN/inf and
+    those whose batch was redone in float32 (finite there, so kept).
     """
 
     seg: Tensor | None
     cls: Tensor | None
-    model_s: dict[str, float] = field(default_factory=dict)
+    timers: Mapping[str, ModelTimer] = field(default_factory=dict)
     nonfinite: tuple[str, ...] = ()
+    fp32_retries: tuple[str, ...] = ()
+
+    def model_seconds(self) -> dict[str, float]:
+        """Each timed model's seconds in this batch (on CUDA: call once the batch's results are in hand)."""
+        return {name: timer.seconds() for name, timer in self.timers.items()}
 
 
 def flip(x: Tensor, view: str) -> Tensor:
@@ -88,6 +128,7 @@ class Ensemble:
                 )
         self.device = _indexed(torch.device(device))
         self.members = {m.name: m for m in members}
+        self._replicas: dict[torch.device, Ensemble] = {}
         self.drop_order, self.budget_s = tuple(drop_order), budget_s
         for m in members:
             # channels_last: faster convolutions on CUDA and on the CPU alike (1.8x for a small Unet here).
@@ -110,14 +151,19 @@ class Ensemble:
         return cls(members, device, drop_order=manifest.drop_order, budget_s=manifest.budget_s)
 
     def replicate(self, device: str | torch.device) -> Ensemble:
-        """This ensemble on `device`: itself when it is already there, else a copy of every model."""
+        """This ensemble on `device`: itself when it is already there, else a copy of every model (made on
+        the first call for that device, the same one after)."""
         device = _indexed(torch.device(device))
         if device == self.device:
             return self
-        members = [copy.copy(m) for m in self.members.values()]
-        for m in members:
-            m.model = copy.deepcopy(m.model)
-        return Ensemble(members, device, drop_order=self.drop_order, budget_s=self.budget_s)
+        if device not in self._replicas:
+            members = [copy.copy(m) for m in self.members.values()]
+            for m in members:
+                m.model = copy.deepcopy(m.model)
+            self._replicas[device] = Ensemble(
+                members, device, drop_order=self.drop_order, budget_s=self.budget_s
+            )
+        return self._replicas[device]
 
     def plan(self, views: Sequence[str] | None = None) -> Plan:
         """Every model with its manifest views, or with `views` for all (e.g. `steel-seg oof --tta`)."""
@@ -140,64 +186,109 @@ class Ensemble:
         timed: bool = False,
         check_finite: bool = False,
     ) -> Output:
-        """Ensemble probabilities of a batch.
+        """Ensemble probabilities of a batch, queued on the device without a wait between models.
 
         Args:
             grey: `(B, H, W) uint8` on the device.
             plan: active model name -> views.
             amp: autocast dtype on CUDA (float16/bfloat16), None for float32.
-            timed: record each model's seconds for this batch (synchronised on CUDA).
-            check_finite: leave out (and name) the models whose logits hold NaN/inf.
+            timed: time each model (`Output.model_seconds`; CUDA events, no synchronisation here).
+            check_finite: leave out (and name) the models whose logits hold NaN/inf, after one float32 retry
+                of that batch when `amp` was on; the flags are read once per batch.
         """
-        seg_sum, seg_w, cls_sum, cls_w, aux_sum, aux_w = None, 0.0, None, 0.0, None, 0.0
-        model_s: dict[str, float] = {}
-        nonfinite: list[str] = []
+        sums, timers, flags = _Sums(), {}, {}
         for name, views in plan.items():
-            member = self.members[name]
-            start = time.perf_counter()
-            seg, cls, finite = self._member_probs(member, grey, views, amp, check_finite)
-            if timed:
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                model_s[name] = time.perf_counter() - start
-            if not finite:
-                nonfinite.append(name)
-                continue
-            w = member.weight
-            if seg is not None:
-                seg_sum, seg_w = _accumulate(seg_sum, seg, w), seg_w + w
-            if cls is not None and member.role == "cls":
-                cls_sum, cls_w = _accumulate(cls_sum, cls, w), cls_w + w
-            elif cls is not None:
-                aux_sum, aux_w = _accumulate(aux_sum, cls, w), aux_w + w
-        image = cls_sum / cls_w if cls_sum is not None else (aux_sum / aux_w if aux_sum is not None else None)
-        seg = None if seg_sum is None else (seg_sum if seg_w == 1.0 else seg_sum / seg_w)
-        return Output(seg=seg, cls=image, model_s=model_s, nonfinite=tuple(nonfinite))
+            timer = ModelTimer(self.device).start() if timed else None
+            seg, cls, flags[name] = self._member_probs(self.members[name], grey, views, amp, check_finite)
+            sums.add(self.members[name], seg, cls, flags[name])
+            if timer is not None:
+                timer.stop()
+                timers[name] = timer
+        suspects = _nonfinite(flags)
+        retried = [
+            n for n in suspects if amp is not None and self._retry_fp32(n, grey, plan[n], sums, timers)
+        ]
+        nonfinite = tuple(n for n in suspects if n not in retried)
+        seg, cls = sums.result([self.members[n] for n in plan if n not in nonfinite])
+        return Output(seg=seg, cls=cls, timers=timers, nonfinite=nonfinite, fp32_retries=tuple(retried))
+
+    def _retry_fp32(
+        self, name: str, grey: Tensor, views: Sequence[str], sums: _Sums, timers: dict[str, ModelTimer]
+    ) -> bool:
+        """Run model `name` on the batch again in float32; add its outputs when finite. Returns whether."""
+        member, timer = self.members[name], timers.get(name)
+        if timer is not None:
+            timer.start()
+        seg, cls, ok = self._member_probs(member, grey, views, None, True)
+        finite = bool(ok)
+        if finite:
+            sums.add(member, seg, cls, None)
+        if timer is not None:
+            timer.stop()
+        return finite
 
     def _member_probs(
         self, member: Member, grey: Tensor, views: Sequence[str], amp: torch.dtype | None, check_finite: bool
-    ) -> tuple[Tensor | None, Tensor | None, bool]:
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
         """One model, its views stacked into one batch: seg `(B, 4, H, W)`, cls `(B, 4)` float32 (or None),
-        and whether its logits were finite (always True without `check_finite`; False: no outputs)."""
+        and with `check_finite` a 0-dim bool tensor on the device: whether its logits were finite."""
         x = to_tensor(grey, member.spec)
         stacked = flip(x, views[0]) if len(views) == 1 else torch.cat([flip(x, v) for v in views])
         stacked = stacked.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, amp):
             seg, cls = forward_logits(member.model, member.spec, stacked)
-        if check_finite and not _finite(seg, cls):
-            return None, None, False
+        ok = _finite(seg, cls) if check_finite else None
         seg, cls = (None if seg is None else seg.sigmoid()), (None if cls is None else cls.sigmoid())
         n_views, batch = len(views), grey.shape[0]
         if seg is not None:
             seg = _unflip_mean(seg.float().unflatten(0, (n_views, batch)), views)
         if cls is not None:
             cls = cls.float().unflatten(0, (n_views, batch)).mean(0)
-        return seg, cls, True
+        return seg, cls, ok
 
 
-def _finite(*outputs: Tensor | None) -> bool:
-    """Whether every output is free of NaN/inf (one device reduction and one sync per tensor)."""
-    return all(bool(torch.isfinite(t).all()) for t in outputs if t is not None)
+class _Sums:
+    """Weighted running sums of the members' probabilities on the device. A member with a finite-flag tensor
+    adds its values times the flag (zeros when False), so nothing waits for the flag; the weights to divide
+    by are those of the members found finite."""
+
+    def __init__(self) -> None:
+        self.seg: Tensor | None = None
+        self.cls: Tensor | None = None
+        self.aux: Tensor | None = None
+
+    def add(self, member: Member, seg: Tensor | None, cls: Tensor | None, ok: Tensor | None) -> None:
+        if seg is not None:
+            self.seg = _accumulate(self.seg, seg, member.weight, ok)
+        if cls is not None and member.role == "cls":
+            self.cls = _accumulate(self.cls, cls, member.weight, ok)
+        elif cls is not None:
+            self.aux = _accumulate(self.aux, cls, member.weight, ok)
+
+    def result(self, finite: Sequence[Member]) -> tuple[Tensor | None, Tensor | None]:
+        """(seg, image-level) averages over the `finite` members: classifiers before aux heads."""
+        seg_w = sum(m.weight for m in finite if m.spec.has_seg)
+        cls_w = sum(m.weight for m in finite if m.role == "cls" and m.spec.has_cls)
+        aux_w = sum(m.weight for m in finite if m.role == "seg" and m.spec.has_cls)
+        seg = None if not seg_w else (self.seg if seg_w == 1.0 else self.seg / seg_w)
+        if cls_w:
+            return seg, self.cls / cls_w
+        return seg, (self.aux / aux_w if aux_w else None)
+
+
+def _nonfinite(flags: Mapping[str, Tensor | None]) -> list[str]:
+    """The names whose flag is False: ONE read of every flag from the device."""
+    names = [n for n, flag in flags.items() if flag is not None]
+    if not names:
+        return []
+    values = torch.stack([flags[n] for n in names]).tolist()
+    return [n for n, ok in zip(names, values, strict=True) if not ok]
+
+
+def _finite(*outputs: Tensor | None) -> Tensor:
+    """Whether every output is free of NaN/inf: a 0-dim bool tensor on their device (no wait)."""
+    flags = [torch.isfinite(t).all() for t in outputs if t is not None]
+    return torch.stack(flags).all()
 
 
 def _indexed(device: torch.device) -> torch.device:
@@ -215,8 +306,12 @@ def _unflip_mean(seg: Tensor, views: Sequence[str]) -> Tensor:
     return total.div_(len(views)) if len(views) > 1 else total
 
 
-def _accumulate(total: Tensor | None, value: Tensor, weight: float) -> Tensor:
-    """Weighted running sum; the first value is taken as it is when its weight is 1 (it is ours to modify)."""
+def _accumulate(total: Tensor | None, value: Tensor, weight: float, ok: Tensor | None) -> Tensor:
+    """Weighted running sum (`value` is this call's own output, modified in place). With a finite-flag `ok`,
+    NaN/inf become 0 and the value counts only when `ok` is True."""
+    if ok is not None:
+        value = value.nan_to_num_(0.0, 0.0, 0.0).mul_(ok.to(value.dtype) * weight)
+        weight = 1.0
     if total is None:
         return value if weight == 1.0 else value * weight
     return total.add_(value, alpha=weight)

@@ -1,11 +1,14 @@
 """The inference engine's command-line options: one set, shared by `steel-seg predict`, `steel-seg oof` and
-the kernel script. Light to import (argparse only): the kernel parses its arguments before heavy imports."""
+the kernel script. Light to import (argparse and `competition`): the kernel parses its arguments before heavy
+imports."""
 
 from __future__ import annotations
 
 import argparse
 import math
 from typing import TYPE_CHECKING, Any
+
+from steel_seg.competition import DEFAULT_FINAL_FORMAT, FINAL_FORMATS
 
 if TYPE_CHECKING:
     from steel_seg.engine.runner import PredictSettings
@@ -32,6 +35,17 @@ def seconds(text: str) -> float:
     return value
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (`--limit`)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return value
+
+
 def add_engine_options(p: argparse.ArgumentParser, limit_help: str) -> None:
     """--devices (alias --device), --batch-size, --workers, --amp, --limit, --no-progress."""
     p.add_argument(
@@ -47,7 +61,7 @@ def add_engine_options(p: argparse.ArgumentParser, limit_help: str) -> None:
     p.add_argument("--workers", type=int, default=2, help="JPEG decoding processes (0: in the main process)")
     p.add_argument("--amp", choices=("auto", "fp16", "bf16", "off"), default="auto",
                    help="autocast on CUDA; auto = bf16 from compute capability 8.0, fp16 below")  # fmt: skip
-    p.add_argument("--limit", type=int, default=None, help=limit_help)
+    p.add_argument("--limit", type=positive_int, default=None, help=limit_help)
     p.add_argument(
         "--no-progress",
         action="store_true",
@@ -75,6 +89,29 @@ def add_budget_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def count(text: str) -> int:
+    """argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 0")
+    return value
+
+
+def add_final_format_option(p: argparse.ArgumentParser) -> None:
+    """--final-format, for the commands that write a submission."""
+    p.add_argument(
+        "--final-format",
+        choices=FINAL_FORMATS,
+        default=DEFAULT_FINAL_FORMAT,
+        help="with a final-stage sample (ImageId,EncodedPixels,ClassId): sample-like = defect rows only and "
+        "an image without a defect as the sample writes it (ClassId 0, '1 409600'), no empty cell; pairs = "
+        "4 rows an image, empty EncodedPixels for no defect (default: %(default)s)",
+    )
+
+
 def engine_settings(args: argparse.Namespace, *, require_gpu: bool = False, **extra: Any) -> PredictSettings:
     """`PredictSettings` from the shared options (+ `extra`).
 
@@ -85,6 +122,8 @@ def engine_settings(args: argparse.Namespace, *, require_gpu: bool = False, **ex
     from steel_seg.engine.runner import PredictSettings
 
     budget = {"budget_s": args.budget_s} if hasattr(args, "budget_s") else {}
+    if hasattr(args, "final_format"):
+        budget["final_format"] = args.final_format
     return PredictSettings(
         device=args.devices or ("cuda" if require_gpu else default_device()),
         batch_size=args.batch_size,

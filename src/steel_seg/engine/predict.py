@@ -51,6 +51,8 @@ class RunSummary:
     out_csv: str = ""
     cut: int = 0
     nonfinite: list[str] = field(default_factory=list)
+    fp32_retries: dict[str, int] = field(default_factory=dict)
+    steady_images_per_s: float | None = None  # after the warm-up batches (the budget's measure)
 
     @property
     def images_per_s(self) -> float:
@@ -70,6 +72,10 @@ class RunSummary:
             f"models: {views_text(self.plan)}",
         ]
         lines += [d.text() for d in self.decisions]
+        lines += [
+            f"model {n}: NaN/inf under autocast in {k} batch(es), each redone in float32 (finite there)"
+            for n, k in self.fp32_retries.items()
+        ]
         lines += [f"model {n}: NaN/inf outputs, dropped for the rest of the run" for n in self.nonfinite]
         if self.cut:
             lines.append(f"DEADLINE: {self.cut} of {self.images} images not reached, written empty")
@@ -88,6 +94,8 @@ class RunSummary:
             "decisions": [vars(d) for d in self.decisions],
             "cut": self.cut,
             "nonfinite": self.nonfinite,
+            "fp32_retries": self.fp32_retries,
+            "steady_images_per_s": self.steady_images_per_s,
         }
 
 
@@ -159,20 +167,22 @@ def predict_submission(
         warmup_batches=settings.warmup_batches * len(settings.devices()),  # each device warms up
     )
     runner = Runner(ensemble, [Path(images_dir) / i for i in ids], settings, budget)
-    writer = submission.SubmissionWriter(out_csv, sample, check_rle=False)
+    writer = submission.SubmissionWriter(out_csv, sample, check_rle=False, final_format=settings.final_format)
     try:
         _stream(runner, rules, writer, ids, settings)
     except BaseException:
         missing = _not_reached(writer.close(), ids)  # every row written is kept, the rest empty: complete
-        log.error("run stopped: %d of %d images written empty in %s", missing, len(ids), out_csv)
+        log.error("run stopped: %d of %d images written empty in %s", len(missing), len(ids), out_csv)
+        _record(out_csv, sample, ids, "failure", missing)
         raise
     cut = _not_reached(writer.close(), ids)
+    _record(out_csv, sample, ids, "deadline", cut)
     if len(ids) < len(sample.image_ids):
         log.info("--limit %d: the other %d images of the sample are written empty", len(ids),
                  len(sample.image_ids) - len(ids))  # fmt: skip
     if runner.cut:
-        log.error("DEADLINE: %d of %d images were not reached and are written empty in %s (limit %gs)", cut,
-                  len(ids), out_csv, budget_s)  # fmt: skip
+        log.error("DEADLINE: %d of %d images were not reached and are written empty in %s (limit %gs)",
+                  len(cut), len(ids), out_csv, budget_s)  # fmt: skip
     summary = RunSummary(
         images=len(ids),
         seconds=time.perf_counter() - start,
@@ -182,17 +192,31 @@ def predict_submission(
         plan=runner.plan,
         budget_s=budget_s,
         out_csv=str(out_csv),
-        cut=cut,
+        cut=len(cut),
         nonfinite=runner.nonfinite,
+        fp32_retries=runner.fp32_retries,
+        steady_images_per_s=budget.rate(),
     )
     log.info("%s", summary.text())
     return summary
 
 
-def _not_reached(missing: list[str], ids: list[str]) -> int:
-    """How many of the run's images (`ids`, within `--limit`) the writer had to fill empty."""
+def _not_reached(missing: list[str], ids: list[str]) -> list[str]:
+    """The run's images (`ids`, within `--limit`) that the writer had to fill empty."""
     wanted = set(ids)
-    return sum(i in wanted for i in missing)
+    return [i for i in missing if i in wanted]
+
+
+def _record(
+    out_csv: str | Path, sample: submission.Sample, ids: list[str], why: str, missed: list[str]
+) -> None:
+    """Record beside the submission what it holds unpredicted: the images past `--limit`, and `missed` (the
+    run's own images left empty) under `why`; a record that cannot be written is only logged."""
+    reasons = {"limit": sample.image_ids[len(ids) :], why: missed}
+    try:
+        submission.write_record(out_csv, len(sample.image_ids), reasons)
+    except OSError as exc:
+        log.warning("%s: the record of what was predicted could not be written (%s)", out_csv, exc)
 
 
 def _stream(

@@ -1,8 +1,9 @@
 """Load -> predict -> validate: the one run path of the kernel script and `steel-seg predict`.
 
-`load` makes every check that needs no image (the inputs exist, the sample reads, every device can run this
-torch build, each model's files, sha256 and spec fit, its outputs are the competition's classes) and builds
-the ensemble; a problem there stops the run before any image is read. A model dir absent from the weights
+`load` makes every check that needs no image (the inputs exist, the output can be written and is none of
+them, the sample reads, every device can run this torch build, each model's files, sha256 and spec fit, its
+outputs are the competition's classes), builds the ensemble and runs one image through it on every device;
+a problem there stops the run before any image is read. A model dir absent from the weights
 dir is looked for by its weights' sha256 under `Inputs.search_root` (the kernel's input root: a renamed or
 re-zipped upload). `run` streams the submission, which is complete whatever happens (rows predicted before a
 failure or the deadline are kept, the rest written empty), and validates it against the sample.
@@ -12,13 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from steel_seg.competition import SUBMISSION
 from steel_seg.engine import devices, locations
 from steel_seg.engine.ensemble import Ensemble
 from steel_seg.engine.predict import RunSummary, predict_submission
-from steel_seg.engine.runner import PredictSettings
+from steel_seg.engine.runner import PredictSettings, preflight
 from steel_seg.formats import submission
 from steel_seg.models.factory import WEIGHTS_FILE
 from steel_seg.models.manifest import Manifest, ManifestError, ModelEntry, sha256_file
@@ -39,21 +42,48 @@ class Inputs:
     search_root: Path | None = None
 
     def check(self) -> None:
-        """FileNotFoundError naming the first input that is missing."""
+        """FileNotFoundError naming the first input that is missing; ValueError when the output is a folder,
+        one of the inputs or inside an input folder, or its folder cannot be written."""
         if not self.images_dir.is_dir():
             raise FileNotFoundError(f"{self.images_dir}: test image folder not found")
         if not self.sample_csv.is_file():
             raise FileNotFoundError(f"{self.sample_csv}: sample submission not found")
         if not self.weights_dir.is_dir():
             raise FileNotFoundError(f"{self.weights_dir}: weights folder not found")
+        problem = self.output_problem()
+        if problem:
+            raise ValueError(f"{self.out_csv}: {problem}")
+
+    def output_problem(self) -> str | None:
+        """Why the submission cannot be written at `out_csv` (None when it can), checked before any model
+        loads: a run that cannot write its file would otherwise predict for nothing."""
+        out = self.out_csv.resolve()
+        if out.is_dir():
+            return f"--out is a folder; give the submission's file, e.g. {self.out_csv / SUBMISSION}"
+        if out == self.sample_csv.resolve():
+            return "--out is the sample submission this run reads; write the submission elsewhere"
+        for folder, what in ((self.weights_dir, "weights folder"), (self.images_dir, "test image folder")):
+            if folder.resolve() in out.parents:
+                return f"--out is inside the {what} {folder}, an input of this run; write elsewhere"
+        existing = next(p for p in out.parents if p.exists())
+        if not existing.is_dir():
+            return f"{existing} is a file, so the submission's folder cannot be made"
+        try:
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as exc:
+            return f"cannot write in {existing} ({exc.strerror or exc})"
+        return None
 
 
 @dataclass
 class Outcome:
-    """What `run` did: the engine's summary (None when it failed), the failure, the file's problems."""
+    """What `run` did: the engine's summary (None when it failed), the failure, whether this run wrote the
+    submission, and the file's problems."""
 
     summary: RunSummary | None
     error: str | None = None
+    written: bool = True
     problems: list[str] = field(default_factory=list)
 
 
@@ -64,7 +94,8 @@ def load(
     settings: PredictSettings,
     allow_recipe_mismatch: bool = False,
 ) -> Ensemble:
-    """Every start-up check, then the ensemble on the first of `settings.devices()`.
+    """Every start-up check, then the ensemble on the first of `settings.devices()`, run once on every device
+    (`runner.preflight`).
 
     Raises:
         OSError, ValueError (ManifestError), devices.DeviceError: naming the file or device at fault; also
@@ -77,7 +108,9 @@ def load(
     devices.check(run_on)
     if inputs.search_root is not None:
         manifest = find_model_dirs(manifest, inputs.weights_dir, inputs.search_root)
-    return Ensemble.load(inputs.weights_dir, manifest, run_on[0])
+    ensemble = Ensemble.load(inputs.weights_dir, manifest, run_on[0])
+    preflight(ensemble, settings)
+    return ensemble
 
 
 def check_recipe(manifest: Manifest, rules: Rules, allow_mismatch: bool) -> None:
@@ -144,9 +177,15 @@ def run(ensemble: Ensemble, rules: Rules, inputs: Inputs, settings: PredictSetti
         log.exception("prediction failed mid-run")
         outcome = Outcome(None, f"{type(exc).__name__}: {exc}")
     if _identity(inputs.out_csv) in (None, before):
+        outcome.written = False
         outcome.problems = [f"{inputs.out_csv}: no submission was written by this run"]
-    else:
-        outcome.problems = submission.validate(inputs.out_csv, inputs.sample_csv)
+        return outcome
+    try:
+        outcome.problems = submission.validate(
+            inputs.out_csv, inputs.sample_csv, final_format=settings.final_format
+        )
+    except ValueError as exc:  # the written file cannot be read back as a submission
+        outcome.problems = [f"cannot be validated: {exc}"]
     return outcome
 
 

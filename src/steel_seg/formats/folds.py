@@ -186,6 +186,26 @@ def write_folds(table: pd.DataFrame, path: str | Path) -> Path:
     return fileio.write_text(path, table.to_csv(index=False, lineterminator="\n"))
 
 
+def check_folds_out(path: str | Path, overwrite: bool, inputs: dict[str, str | Path]) -> None:
+    """Before `steel-seg folds` computes anything: ValueError naming `path` when it exists and `overwrite`
+    is off (runs record the sha256 of the folds.csv they read, and new folds under the old name would make
+    their OOF leak), when it exists but is not a folds file (`overwrite` replaces only one), or when it is
+    one of `inputs` (what -> path)."""
+    path = Path(path)
+    fileio.check_not_over(path, inputs)
+    if not path.exists():
+        return
+    if not overwrite:
+        raise ValueError(
+            f"{path}: exists (runs trained on it would no longer match it); pass --overwrite to replace it, "
+            "or choose another --out"
+        )
+    try:
+        read_folds(path)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; --overwrite replaces only a folds.csv: choose another --out") from None
+
+
 def read_folds(path: str | Path, known: Collection[str] | None = None) -> pd.Series:
     """`folds.csv` -> fold (int) by ImageId; ValueError naming the file and the row on bad content.
 

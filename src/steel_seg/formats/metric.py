@@ -14,7 +14,7 @@ set instead (its *.jpg names). A prediction that does not match that set is refu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,13 +137,15 @@ def score_files(
     images_dir: str | Path | None = None,
     shape: tuple[int, int] = IMAGE_SHAPE,
     subset: bool = False,
+    only: Collection[str] | None = None,
 ) -> Score:
     """Score two CSVs of any label/submission layouts over the images the module docstring says.
 
     A prediction that does not match them is refused (ValueError with counts and examples): image ids without
     `.jpg`, images that are not scored, scored images left out by a prediction that lists every image (the
     original layout, or one with empty rows), a truth naming images outside `images_dir`. `subset=True`
-    scores the images both sides know instead.
+    scores the images both sides know instead; `only` keeps only those of the scored images (the images a
+    run did predict).
     """
     truth = read_label_file(truth_path, shape)
     pred = read_label_file(pred_path, shape, class_zero=True)
@@ -162,6 +164,9 @@ def score_files(
         )
     if subset and every_image:
         image_ids = [i for i in image_ids if i in predicted]
+    if only is not None:
+        keep = set(only)
+        image_ids = [i for i in image_ids if i in keep]
     return score(truth.table, pred.table, image_ids, shape)
 
 

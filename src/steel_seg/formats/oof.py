@@ -15,7 +15,8 @@ folds.csv) and `recipe` (the ensemble that predicted, `models.recipe.Recipe.to_d
 predictions are out of: `tune` refuses to mix folds files or recipes and records the recipe it tuned on.
 The writer builds the directory in a hidden staging sibling and moves it into place when complete
 (`meta.json` written last), so a directory at the real name is always whole; an existing one is replaced
-only when asked (`overwrite`), and only at that moment.
+only when asked (`overwrite`), only when it is an OOF dir and nothing else (`OOF_DIR`), and only at that
+moment.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ from steel_seg.formats.labels import Labels, read_train_csv
 
 PROB_SCALE = 255
 CLS_COLUMNS = [f"p{c}" for c in CLASSES]
+META_FILE = "meta.json"
+# What `--overwrite` may replace: a folder holding these entries only, meta.json (written last) among them.
+OOF_DIR = fileio.Output("an OOF dir", frozenset({META_FILE, "probs", "cls.csv", "truth.csv"}), META_FILE)
 
 
 def quantise(probs: np.ndarray) -> np.ndarray:
@@ -66,10 +70,12 @@ class Origin:
 class OOFWriter:
     """Writes one OOF directory, one image at a time (nothing but the image-level scores stays in memory).
 
-    Usage: `w = OOFWriter(dir, source, fold, has_cls)`; `w.add(image_id, probs, cls)` per image (`fold`: the
-    image's held-out fold, default the writer's); `w.close(truth)` writes cls.csv, truth.csv and finally
-    meta.json, then moves the whole directory to `dir`. ValueError at once when `dir` already holds files and
-    `overwrite` is off.
+    Usage: `with OOFWriter(dir, source, fold, has_cls) as w:`; `w.add(image_id, probs, cls)` per image
+    (`fold`: the image's held-out fold, default the writer's); `w.close(truth)` writes cls.csv, truth.csv
+    and finally meta.json, then moves the whole directory to `dir`. ValueError at once when `dir` may not be
+    written (`fileio.check_output`: it holds files and `overwrite` is off, it holds anything but an OOF dir,
+    or it is or holds one of `inputs`). Leaving the `with` block by an exception discards the half-written
+    directory. `origin`: what the predictions are out of (recorded in meta.json).
     """
 
     def __init__(
@@ -79,10 +85,11 @@ class OOFWriter:
         fold: int | None,
         has_cls: bool,
         overwrite: bool = False,
+        inputs: dict[str, Path] | None = None,
         origin: Origin | None = None,
     ):
         self.dir = Path(dir)
-        self._work = fileio.staging_dir(self.dir, overwrite, "files (an OOF dir?)")
+        self._work = fileio.staging_dir(self.dir, overwrite, OOF_DIR, inputs)
         self.source = str(source)
         self.fold = fold
         self.has_cls = has_cls
@@ -93,6 +100,13 @@ class OOFWriter:
         self._shape: tuple[int, int] | None = None
         self._seen: set[str] = set()
         (self._work / "probs").mkdir()
+
+    def __enter__(self) -> OOFWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            fileio.discard(self._work)
 
     def add(
         self, image_id: str, probs: np.ndarray, cls: np.ndarray | None = None, fold: int | None = None
@@ -156,7 +170,7 @@ class OOFWriter:
             "n_folds": self.origin.n_folds,
             "recipe": self.origin.recipe,
         }
-        fileio.write_text(self._work / "meta.json", json.dumps(meta))
+        fileio.write_text(self._work / META_FILE, json.dumps(meta))
         return fileio.publish_dir(self._work, self.dir)
 
 
@@ -254,7 +268,7 @@ def _read_truth(path: Path, image_ids: Sequence[str], shape: tuple[int, int]) ->
 def read_oof(dir: str | os.PathLike) -> OOF:
     """Read and validate one OOF directory (PNG files are read lazily, per image)."""
     dir = Path(dir)
-    meta = _read_meta(dir / "meta.json")
+    meta = _read_meta(dir / META_FILE)
     image_ids = list(meta["image_ids"])
     shape = (int(meta["shape"][0]), int(meta["shape"][1]))
     cls = _read_cls(dir / "cls.csv", image_ids) if meta["has_cls"] else None

@@ -292,7 +292,8 @@ def save(model: nn.Module, spec: ModelSpec, directory: str | Path) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    fileio.write_with(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p)))
+    size = sum(v.numel() * v.element_size() for v in state.values())
+    fileio.write_with(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p)), size=size)
     text = json.dumps(spec.to_dict(), indent=2) + "\n"
     fileio.write_with(directory / SPEC_FILE, lambda p: p.write_text(text))
     return directory

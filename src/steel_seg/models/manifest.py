@@ -5,23 +5,30 @@ Each entry names a model dir (spec.json + model.safetensors, relative to the wei
 views, and, for a model taken from a training run, its `provenance` (the run, the fold it held out, the
 folds.csv and config it was trained with, what the model is): what `steel-seg oof --weights-dir` groups by
 fold and `models.recipe` compares with the recipe the rules were tuned on. `drop_order` says what the time
-budget may drop first; `budget_s` is the run's time limit.
+budget may drop first; `budget_s` is the run's time limit. `collect_models` (`steel-seg manifest`) builds a
+weights dir's new state beside it and swaps it in whole, so the models and the manifest listing their sha256
+never disagree on disk.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import logging
 import os
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from steel_seg import fileio
+from steel_seg.fileio import sha256_file
+from steel_seg.formats.runs import ALLOW_FLAG, check_model_dir_inputs
 from steel_seg.models import factory
 from steel_seg.models.factory import SPEC_FILE, WEIGHTS_FILE
+
+log = logging.getLogger(__name__)
 
 TTA_VIEWS = ("none", "h", "v", "hv")
 ROLES = ("seg", "cls")
@@ -155,15 +162,6 @@ class Manifest:
         return fileio.write_json(path, self.to_dict())
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check_model_dir(weights_dir: str | os.PathLike, entry: ModelEntry) -> Path:
     """Check one entry's files exist and its weights match the manifest's sha256; returns the model dir."""
     model_dir = Path(weights_dir) / entry.dir
@@ -245,8 +243,56 @@ def copy_model_dir(source: str | os.PathLike, weights_dir: str | os.PathLike, na
             raise ManifestError(f"{path}: missing (a model dir holds {SPEC_FILE} and {WEIGHTS_FILE})")
     load_model(source, name)
     for path in files:
-        fileio.write_with(target / path.name, lambda tmp, path=path: shutil.copyfile(path, tmp))
+        fileio.write_with(target / path.name, partial(shutil.copyfile, path), size=path.stat().st_size)
     return target
+
+
+def collect_models(
+    weights_dir: str | os.PathLike,
+    models: Sequence[tuple[str, str | os.PathLike]],
+    *,
+    allow_changed_inputs: bool = False,
+    **kwargs: Any,
+) -> Path:
+    """`steel-seg manifest`: copy each `(name, model dir)` to `weights_dir/name` (`copy_model_dir`) and write
+    manifest.json over exactly these models (`write_manifest(**kwargs)`); returns the manifest's path.
+
+    The new weights dir is built in a hidden sibling holding everything the old one holds (hard links) and
+    replaces it whole (`fileio.staging_copy`, `publish_dir`): a failure or a kill leaves the old one as it
+    was. Nothing but `weights_dir/name/{spec.json,model.safetensors}` and manifest.json changes: other files
+    (thresholds.json, other model dirs) stay. Refused (ManifestError / ValueError, before anything is
+    written): a `weights_dir/name` that is not a model dir, a weights dir that is or holds a model dir it
+    collects (other than its own `weights_dir/name`), a model of a run whose recorded input files changed
+    (unless `allow_changed_inputs`).
+    """
+    weights_dir = Path(weights_dir)
+    for name, source in models:
+        for change in check_model_dir_inputs(source, allow_changed_inputs):
+            log.warning("%s: input of %s changed, going on: %s", ALLOW_FLAG, source, change)
+        _check_slot(weights_dir / name)
+    outside = {f"model dir of {name!r}": source for name, source in models
+               if Path(source).resolve().parent != weights_dir.resolve()}  # fmt: skip
+    staging = fileio.staging_copy(weights_dir, outside)
+    try:
+        for name, source in models:
+            copy_model_dir(source, staging, name)
+        write_manifest(staging, [name for name, _ in models], **kwargs)
+    except BaseException:
+        fileio.discard(staging)
+        raise
+    return fileio.publish_dir(staging, weights_dir) / MANIFEST_FILE
+
+
+def _check_slot(target: Path) -> None:
+    """ManifestError when `target` exists and is not a model dir (the manifest replaces only those)."""
+    if not target.exists():
+        return
+    own = {SPEC_FILE, WEIGHTS_FILE}
+    if not target.is_dir() or (any(target.iterdir()) and not own & {p.name for p in target.iterdir()}):
+        raise ManifestError(
+            f"{target}: exists and is not a model dir ({SPEC_FILE} + {WEIGHTS_FILE}); the manifest replaces "
+            "only model dirs: choose another NAME"
+        )
 
 
 def write_manifest(

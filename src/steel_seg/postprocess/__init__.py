@@ -4,5 +4,5 @@
 OpenCV), `on_device` (steps 1-2 on the accelerator, then the CPU filter + RLE: the path the engine and
 training's validation score through), `tune` (an exact grid search on OOF statistics, over worker processes).
 
-May import: competition, fileio, progress, formats, models.
+May import: competition, fileio, progress, workers, formats, models.
 """

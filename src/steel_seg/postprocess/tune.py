@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -42,6 +43,7 @@ from steel_seg.formats.oof import OOF, dequantise, read_oofs
 from steel_seg.models.recipe import Recipe
 from steel_seg.postprocess.rules import ClassRule, Rules, bounding_box, components, value_cuts
 from steel_seg.progress import Progress
+from steel_seg.workers import cap_workers, exit_with_parent
 
 log = logging.getLogger(__name__)
 DEFAULT_RULE = ClassRule(CLASSES[0])
@@ -254,11 +256,14 @@ def map_oof(fn: Callable[[OOF], R], oof: OOF, workers: int, desc: str) -> list[R
 
     `workers == 1` runs the chunks in this process; more runs them in a pool of spawned processes (clean
     interpreters: nothing inherited from a parent that may hold torch or OpenCV threads), each reading its
-    chunk's PNGs itself, with OpenCV single-threaded. `fn` must pickle: a module-level function or a
-    `functools.partial` of one. A `Progress` counts images per finished chunk; a summary line follows it.
+    chunk's PNGs itself, with OpenCV single-threaded, and ending when this process dies (`_init_worker`).
+    `workers` is capped at the usable cores and memory (`workers.cap_workers`, logged). `fn` must pickle: a
+    module-level function or a `functools.partial` of one. A `Progress` counts images per finished chunk; a
+    summary line follows it.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    workers = cap_workers(workers)
     chunks = [subset(oof, oof.image_ids[r.start : r.stop]) for r in chunk_ranges(len(oof.image_ids), workers)]
     workers = min(workers, len(chunks))
     start = time.perf_counter()
@@ -280,7 +285,9 @@ def _run_chunks(fn: Callable[[OOF], R], chunks: list[OOF], workers: int, bar: Pr
             bar.update(len(chunk.image_ids))
         return results
     spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=spawn, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
+    with ProcessPoolExecutor(
+        workers, mp_context=spawn, initializer=_init_worker, initargs=(os.getpid(),)
+    ) as pool:
         futures = {pool.submit(fn, chunk): chunk for chunk in chunks}
         try:
             for future in as_completed(futures):
@@ -290,6 +297,12 @@ def _run_chunks(fn: Callable[[OOF], R], chunks: list[OOF], workers: int, bar: Pr
             pool.shutdown(cancel_futures=True)
             raise
         return [future.result() for future in futures]
+
+
+def _init_worker(parent_pid: int) -> None:
+    """A `map_oof` worker: ends when its parent dies (even by SIGKILL), runs OpenCV single-threaded."""
+    exit_with_parent(parent_pid)
+    cv2.setNumThreads(1)
 
 
 def _chunk_stats(oof: OOF, thresholds: tuple[float, ...], one_class_per_pixel: bool) -> Stats:

@@ -18,8 +18,20 @@ from steel_seg import fileio
 
 
 def save_state(state: dict[str, Any], path: str | Path) -> None:
-    """Write `state` to `path` atomically (temp file in the same dir + os.replace)."""
-    fileio.write_with(path, lambda tmp: torch.save(state, tmp))
+    """Write `state` to `path` atomically (temp file in the same dir + os.replace), after checking that its
+    file system has room for its tensors (`fileio.DiskFullError` otherwise: the last checkpoint stays)."""
+    fileio.write_with(path, lambda tmp: torch.save(state, tmp), size=tensor_bytes(state))
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a nested dict/list/tuple (what a checkpoint of it needs, less its headers)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
 
 
 def load_state(path: str | Path) -> dict[str, Any]:

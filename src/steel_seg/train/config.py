@@ -2,6 +2,9 @@
 
 A run saves its resolved config as `config.yaml`, so `TrainConfig.from_yaml(run/config.yaml)` reproduces it.
 Unknown keys are errors that name the file and the section, so a typo never trains the wrong model silently.
+Values take their key's type (`_scalar`): a number YAML 1.1 leaves as text (`2e-4`) is read as one, a number
+must be finite, and null is an error where the key does not allow it; malformed YAML, in a file or in a
+`--set` value (`parse_override`), is one line naming the file or the key.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from collections.abc import Collection
@@ -58,8 +62,10 @@ class ExtraSource:
     def __post_init__(self) -> None:
         if not self.train_csv or not self.images_dir:
             raise ValueError(f"an extra source needs train_csv and images_dir, got {self}")
-        if not self.weight > 0:
-            raise ValueError(f"extra source {self.train_csv}: weight {self.weight} must be > 0")
+        if not (math.isfinite(self.weight) and self.weight > 0):
+            raise ValueError(
+                f"extra source {self.train_csv}: weight {self.weight} must be a finite number > 0"
+            )
 
 
 @dataclass(frozen=True)
@@ -132,7 +138,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        d = dict(d)
+        hints = typing.get_type_hints(ModelSpec) | typing.get_type_hints(cls)
+        d = {k: _convert(hints[k], v, f"model.{k}") if k in hints else v for k, v in d.items()}
         init = {k: d.pop(k) for k in _MODEL_INIT if k in d}
         if AUTO in (d.get("mean", AUTO), d.get("std", AUTO)):
             mean, std = resolve_normalisation(
@@ -267,7 +274,12 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"{path}: config file not found")
-        d = yaml.safe_load(path.read_text()) or {}
+        try:
+            d = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: a config is a mapping of sections, got {type(d).__name__}")
         for key, value in (overrides or {}).items():
             _set_dotted(d, key, value)
         return cls.from_dict(d, str(path))
@@ -335,8 +347,62 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
             raise ValueError(f"{where} must be a list, got {value!r}")
         return tuple(_build(item, v, f"{where}[{i}]") for i, v in enumerate(value))
     if isinstance(value, list):
-        return tuple(value)
-    return value
+        item = _tuple_item(options)
+        return tuple(_convert(item, v, f"{where}[{i}]") if item else v for i, v in enumerate(value))
+    return _scalar(options, value, where)
+
+
+def _tuple_item(options: tuple[Any, ...]) -> Any:
+    """The item type of a `tuple[float, ...]` / `tuple[int, int]` among `options`, else None."""
+    for option in options:
+        args = typing.get_args(option)
+        if typing.get_origin(option) is tuple and args:
+            return args[0]
+    return None
+
+
+_NUMBER_TYPES = {float: "a number", int: "an integer"}
+
+
+def _scalar(options: tuple[Any, ...], value: Any, where: str) -> Any:
+    """`value` as a key of type `options` (the members of its union) takes it: numbers are checked and, when
+    YAML 1.1 read them as text (`2e-4`, `1e-3`), converted; null only where the key allows None."""
+    wanted = next((t for t in _NUMBER_TYPES if t in options), None)
+    if value is None:
+        if wanted is None or type(None) in options:
+            return value
+        raise ValueError(f"{where} must be {_NUMBER_TYPES[wanted]}, got null")
+    if wanted is None or (isinstance(value, str) and str in options):
+        return value
+    if wanted is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where} must be an integer, got {value!r}")
+        return value
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise ValueError(f"{where} must be a finite number, got {value!r}")
+    return number
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`--set KEY=VALUE` -> (dotted key, the VALUE read as YAML); ValueError naming the key when malformed."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--set: expected KEY=VALUE (e.g. optim.lr=1e-3), got {text!r}")
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"--set {key}: {value!r} is not valid YAML ({_yaml_problem(exc)})") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line of a YAML error: where (line, column) and what."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return where + str(getattr(exc, "problem", None) or exc).replace("\n", " ")
 
 
 def _dataclass_items(hint: Any) -> type | None:

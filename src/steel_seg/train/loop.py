@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from steel_seg.formats.runs import RunDir, RunInfo
+from steel_seg.formats.runs import InputFile, RunDir, RunInfo
 from steel_seg.models.factory import forward_logits, save
 from steel_seg.models.precision import autocast, device_dtype
 from steel_seg.progress import Progress
@@ -33,6 +34,7 @@ from steel_seg.train.config import RESUMABLE, TrainConfig
 from steel_seg.train.data import prepare, raise_image_errors
 from steel_seg.train.distributed import Dist, barrier, gather, init_dist
 from steel_seg.train.epoch_eval import evaluate
+from steel_seg.train.inputs import check_resume, run_inputs
 from steel_seg.train.losses import ModelLoss, as_float
 from steel_seg.train.optim import make_optimizer, make_scheduler
 from steel_seg.train.run_log import RunLog
@@ -201,13 +203,21 @@ class TrainResult:
     main: bool = True
 
 
-def run_info(cfg: TrainConfig, run: RunDir, folds_csv: Path, sources: list[dict[str, Any]]) -> RunInfo:
-    """What `steel-seg oof` needs to know of this run (absolute paths, so it can run from anywhere), and for
-    the record the spec and every labelled source with the images it gave (`sources.Sources.record`)."""
+def run_info(
+    cfg: TrainConfig,
+    run: RunDir,
+    folds_csv: Path,
+    sources: list[dict[str, Any]],
+    inputs: dict[str, InputFile] | None = None,
+) -> RunInfo:
+    """What `steel-seg oof` needs to know of this run (absolute paths, so it can run from anywhere), the
+    fingerprints of its input files (`inputs.run_inputs`), and for the record the spec and every labelled
+    source with the images it gave (`sources.Sources.record`)."""
     d = cfg.data
     paths = [Path(p).resolve() for p in (folds_csv, d.train_csv, d.images_dir)]
     extra = {"spec": cfg.model.spec.to_dict(), "sources": sources}
-    return RunInfo(run.path, run.path.name, d.fold, *paths, model_dir=run.best.name, extra=extra)
+    return RunInfo(run.path, run.path.name, d.fold, *paths, model_dir=run.best.name, inputs=inputs or {},
+                   extra=extra)  # fmt: skip
 
 
 def _out_of_time(cfg: TrainConfig, started: float, next_epoch_s: float) -> bool:
@@ -215,10 +225,14 @@ def _out_of_time(cfg: TrainConfig, started: float, next_epoch_s: float) -> bool:
     return limit is not None and time.time() - started + next_epoch_s > 60 * limit
 
 
-def prepare_run_dir(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool) -> None:
+def prepare_run_dir(
+    cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool, allow_changed_inputs: bool = False
+) -> bool:
     """A run dir is never replaced by accident: a fresh run refuses a dir holding a run unless `overwrite`
-    (which removes exactly the run's own files, each reported); `resume` needs the run's checkpoint and a
-    config that matches the run's config.yaml except in RESUMABLE keys (ValueError naming the others)."""
+    (which removes exactly the run's own files, each reported); `resume` needs the run's checkpoint, a
+    config that matches the run's config.yaml except in RESUMABLE keys (ValueError naming the others) and
+    the input files the run recorded, unchanged (`inputs.check_resume`). Returns whether the run dir was
+    made now (then a run that fails before it starts removes it again)."""
     if resume:
         if not run.checkpoint.is_file():
             raise ValueError(f"{run.checkpoint}: no checkpoint to resume from")
@@ -227,28 +241,48 @@ def prepare_run_dir(cfg: TrainConfig, run: RunDir, resume: bool, overwrite: bool
             if changed:
                 raise ValueError(f"{run.config}: --resume with a config that no longer matches the run's: "
                                  f"{'; '.join(changed)} (start a new run dir, or --overwrite)")  # fmt: skip
-        return
+        check_resume(run, allow_changed_inputs)
+        return False
     for path in run.refuse_or_clear(overwrite):
         log.warning("--overwrite: removed %s", path)
+    made = not run.path.exists()
     run.path.mkdir(parents=True, exist_ok=True)
+    return made
+
+
+@contextlib.contextmanager
+def removed_on_failure(path: Path | None):
+    """Remove `path` (a run dir made by this run, so holding nothing else) when the block raises."""
+    try:
+        yield
+    except BaseException:
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def train(
-    cfg: TrainConfig, run_dir: str | Path, resume: bool = False, overwrite: bool = False
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    allow_changed_inputs: bool = False,
 ) -> TrainResult:
-    """Train `cfg` into `run_dir` (or continue it from its checkpoint with `resume`); see the module doc."""
+    """Train `cfg` into `run_dir` (or continue it from its checkpoint with `resume`); see the module doc.
+    `allow_changed_inputs`: resume even when an input file the run recorded has changed."""
     run = RunDir(Path(run_dir))
     dist = init_dist(cfg.train.device)
-    if dist.main:
-        prepare_run_dir(cfg, run, resume, overwrite)
+    made = dist.main and prepare_run_dir(cfg, run, resume, overwrite, allow_changed_inputs)
     barrier(dist)
-    trainer = Trainer(cfg, run, dist)
+    with removed_on_failure(run.path if made else None):
+        trainer = Trainer(cfg, run, dist)
     if resume:
         trainer.resume(load_state(run.checkpoint))
     log = None
     if dist.main:
         cfg.save_yaml(run.config)
-        run_info(cfg, run, trainer.data.folds_csv, trainer.data.sources).save()
+        inputs = run_inputs(cfg, trainer.data.folds_csv)
+        run_info(cfg, run, trainer.data.folds_csv, trainer.data.sources, inputs).save()
         log = RunLog(run, keep_epochs=trainer.epoch)
     records, run_started, last_epoch_s = [], time.time(), 0.0
     while trainer.epoch < cfg.schedule.epochs and not _out_of_time(cfg, run_started, last_epoch_s):

@@ -113,11 +113,16 @@ def usable_sources(sources: Sources, skip_bad: bool, progress: bool = True) -> S
 
 
 def read_extra(spec: ExtraSource) -> Source:
-    """An extra source: the images its CSV names, each of which must be a file in its folder."""
+    """An extra source: the images its CSV names (at least one), each a file in its folder."""
     csv, folder = Path(spec.train_csv), Path(spec.images_dir)
     if not folder.is_dir():
         raise ValueError(f"{folder}: not a directory of images (extra source {csv})")
     found = read_label_file(csv)
+    if not found.image_ids:
+        raise ValueError(
+            f"{csv}: names no image (a header only: e.g. a pseudo-label round that selected none); an extra "
+            "source must add at least one: remove it from data.extra_sources"
+        )
     missing = [i for i in found.image_ids if not (folder / i).is_file()]
     if missing:
         raise ValueError(f"{csv}: {len(missing)} image(s) not found in {folder}, e.g. {missing[:3]}")

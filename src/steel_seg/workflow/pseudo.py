@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from steel_seg import fileio
 from steel_seg.competition import CLASSES, IMAGE_ID, TRAIN_CSV, Layout
@@ -51,6 +52,10 @@ CONTRADICTED = "negative gate, mask"
 UNREADABLE = "unreadable image"  # an image-level reason
 SURE = (DEFECT, CLEAN)
 SELECTION_CSV, SUMMARY_JSON = "selection.csv", "summary.json"
+# What `--overwrite` may replace: a folder of these three files only, summary.json (written last) among them.
+ROUND = fileio.Output(
+    "a pseudo-label round", frozenset({TRAIN_CSV, SELECTION_CSV, SUMMARY_JSON}), SUMMARY_JSON
+)
 
 
 @dataclass(frozen=True)
@@ -223,7 +228,8 @@ class Summary:
         }
 
     def text(self) -> str:
-        """A few lines for the end of a run, with the config entry that trains on the selection."""
+        """A few lines for the end of a run, with the config entry that trains on the selection (YAML, quoted
+        where a path needs it), or why there is none."""
         per_class = "  ".join(f"c{c} {n[DEFECT]}/{n[CLEAN]}" for c, n in self.per_class.items())
         left_out = ", ".join(f"{n} {kind}" for kind, n in self.left_out.items()) or "none"
         out = self.paths["out_dir"]
@@ -231,9 +237,16 @@ class Summary:
             f"pseudo-labelled {self.images} images: {self.selected} selected -> {out}/{TRAIN_CSV}",
             f"  selected per class (defect/no defect): {per_class}",
             f"  left out (images per reason): {left_out}",
-            f"  train on them: data.extra_sources: [{{train_csv: {out}/{TRAIN_CSV}, "
-            f"images_dir: {self.paths['images_dir']}, weight: 1.0}}]",
+            f"  train on them: data.extra_sources: {self.extra_source()}" if self.selected else
+            "  nothing to train on: no image was sure enough (loosen --positive, --negative or "
+            "--min-pixel-confidence, or label more images); do not add this round to data.extra_sources",
         ])  # fmt: skip
+
+    def extra_source(self) -> str:
+        """`data.extra_sources` as a one-line YAML list holding this selection."""
+        entry = {"train_csv": f"{self.paths['out_dir']}/{TRAIN_CSV}", "images_dir": self.paths["images_dir"],
+                 "weight": 1.0}  # fmt: skip
+        return yaml.safe_dump([entry], default_flow_style=True, sort_keys=False, width=1 << 16).strip()
 
 
 def train_csv_text(decisions: Sequence[Decision]) -> str:
@@ -260,7 +273,8 @@ def selection_table(decisions: Sequence[Decision]) -> pd.DataFrame:
 
 
 def write_outputs(out_dir: Path, decisions: Sequence[Decision], summary: Summary) -> None:
-    """`train.csv`, `selection.csv` and `summary.json` in `out_dir` (`run`: in a staging folder)."""
+    """`train.csv`, `selection.csv` and `summary.json` (last: it marks a finished round) in `out_dir` (`run`:
+    in a staging folder)."""
     fileio.write_text(out_dir / TRAIN_CSV, train_csv_text(decisions))
     csv_text = selection_table(decisions).to_csv(index=False, float_format="%.6g", lineterminator="\n")
     fileio.write_text(out_dir / SELECTION_CSV, csv_text)
@@ -288,15 +302,17 @@ def run(
 ) -> Summary:
     """Pseudo-label every *.jpg of `images_dir` with the weights dir's ensemble and rules into `out_dir`.
 
-    `out_dir` appears whole, with all three files, when the run ends (`fileio.staging_dir`): a killed run
+    `out_dir` appears whole, with all three files, when the run ends (`fileio.published`): a killed run
     leaves an earlier round's outputs as they were, never a mix.
 
-    Raises (before any image is predicted): ValueError for an `out_dir` that holds files (unless
-    `overwrite`), ValueError / ManifestError naming the file of a bad images folder, manifest, rules, model.
+    Raises (before any image is predicted): ValueError for an `out_dir` that is or holds the images or the
+    weights dir, that holds anything but a pseudo-label round (`ROUND`), or one at all unless `overwrite`;
+    ValueError / ManifestError naming the file of a bad images folder, manifest, rules, model.
     """
     weights_dir, images_dir, out_dir = Path(weights_dir), Path(images_dir), Path(out_dir)
     limits, settings = limits or Confidence(), settings or PredictSettings()
-    staging = fileio.staging_dir(out_dir, overwrite, "files (an earlier pseudo-label round?)")
+    inputs = {"images folder": images_dir, "weights dir": weights_dir}
+    fileio.check_output(out_dir, overwrite, ROUND, inputs)
     paths = [images_dir / name for name in metric.image_files(images_dir)][: settings.limit]
     rules = Rules.load(weights_dir / THRESHOLDS_FILE)
     ensemble = Ensemble.load(weights_dir, Manifest.load(weights_dir / MANIFEST_FILE), settings.device)
@@ -304,6 +320,6 @@ def run(
     decisions = collect(pseudo_label(ensemble, rules, paths, limits, quiet), len(paths), settings.progress)
     where = {"weights_dir": weights_dir, "images_dir": images_dir, "out_dir": out_dir}
     summary = Summary.of(decisions, limits, {k: str(v.resolve()) for k, v in where.items()})
-    write_outputs(staging, decisions, summary)
-    fileio.publish_dir(staging, out_dir)
+    with fileio.published(out_dir, overwrite, ROUND, inputs) as staging:
+        write_outputs(staging, decisions, summary)
     return summary
