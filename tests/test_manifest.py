@@ -23,6 +23,7 @@ from steel_seg.models.manifest import (
     sha256_file,
     write_manifest,
 )
+from steel_seg.train.config import DataConfig, ModelConfig, TrainConfig
 
 TINY_CLS = factory.ModelSpec(
     arch="Classifier", encoder="tu-mobilenetv3_small_050", in_channels=1, encoder_depth=3
@@ -291,6 +292,8 @@ def test_manifest_refuses_a_model_whose_run_read_other_files(weights_dir, tmp_pa
     info = {"name": "u-f0", "fold": 0, "folds_csv": str(folds), "train_csv": str(folds),
             "images_dir": str(tmp_path), "model_dir": "best", "inputs": recorded}  # fmt: skip
     (run / "run.json").write_text(json.dumps(info))
+    data = DataConfig(train_csv=str(folds), images_dir=str(tmp_path), folds_csv=str(folds))
+    TrainConfig(data=data, model=ModelConfig(TINY)).save_yaml(run / "config.yaml")
     folds.write_text("ImageId,fold\na.jpg,1\n")
     args = ["manifest", "--weights-dir", str(tmp_path / "weights"), "--model", f"u={run / 'best'}"]
     assert cli.main(args) == 2

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from steel_seg.engine.options import views
 from steel_seg.formats.runs import ALLOW_FLAG
-from steel_seg.models.manifest import DEFAULT_BUDGET_S, collect_models
+from steel_seg.models.manifest import DEFAULT_BUDGET_S, Manifest, collect_models
 from steel_seg.workflow.provenance import provenance_of
 
 
@@ -52,18 +52,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    provenance = {name: provenance_of(source) for name, source in args.model}
     path = collect_models(
         args.weights_dir,
         args.model,
         allow_changed_inputs=args.allow_changed_inputs,
+        describe=provenance_of,
         tta=args.tta,
         weights=args.weight,
         budget_s=args.budget_s,
-        provenance=provenance,
     )
     print(f"wrote {path}: {', '.join(name for name, _ in args.model)}; views {','.join(args.tta)}")
-    lost = [name for name, p in provenance.items() if p is None]
+    lost = [m.name for m in Manifest.load(path).models if m.provenance is None]
     if lost:
         print(
             f"note: {', '.join(lost)} not from a training run (no run.json beside it): no out-of-fold "

@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -252,6 +252,7 @@ def collect_models(
     models: Sequence[tuple[str, str | os.PathLike]],
     *,
     allow_changed_inputs: bool = False,
+    describe: Callable[[Path], Provenance | None] | None = None,
     **kwargs: Any,
 ) -> Path:
     """`steel-seg manifest`: copy each `(name, model dir)` to `weights_dir/name` (`copy_model_dir`) and write
@@ -263,20 +264,22 @@ def collect_models(
     (thresholds.json, other model dirs) stay. Refused (ManifestError / ValueError, before anything is
     written): a `weights_dir/name` that is not a model dir, a weights dir that is or holds a model dir it
     collects (other than its own `weights_dir/name`), a model of a run whose recorded input files changed
-    (unless `allow_changed_inputs`).
+    (unless `allow_changed_inputs`). `describe(model dir)` gives each model's provenance, once its run's
+    inputs are checked.
     """
     weights_dir = Path(weights_dir)
     for name, source in models:
         for change in check_model_dir_inputs(source, allow_changed_inputs):
             log.warning("%s: input of %s changed, going on: %s", ALLOW_FLAG, source, change)
         _check_slot(weights_dir / name)
+    provenance = {name: describe(Path(source)) for name, source in models} if describe else {}
     outside = {f"model dir of {name!r}": source for name, source in models
                if Path(source).resolve().parent != weights_dir.resolve()}  # fmt: skip
     staging = fileio.staging_copy(weights_dir, outside)
     try:
         for name, source in models:
             copy_model_dir(source, staging, name)
-        write_manifest(staging, [name for name, _ in models], **kwargs)
+        write_manifest(staging, [name for name, _ in models], provenance=provenance, **kwargs)
     except BaseException:
         fileio.discard(staging)
         raise
