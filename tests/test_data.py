@@ -1,4 +1,5 @@
-"""steel_seg.train.data: one normalisation, crops, the Dataset on synthetic JPEGs, balanced weights."""
+"""steel_seg.train.data: one normalisation, crops, the Dataset on synthetic JPEGs, its batches on the device,
+balanced weights."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from torch.utils.data import default_collate
 
 from steel_seg.formats.labels import Labels
 from steel_seg.models.factory import ModelSpec
-from steel_seg.train.augment import AugmentConfig, build_pipeline
+from steel_seg.train.augment import AugmentConfig, build_pipeline, pack_masks, unpack_masks
 from steel_seg.train.data import (
     EpochSampler,
     SteelDataset,
@@ -18,6 +19,7 @@ from steel_seg.train.data import (
     choose_crop,
     draw_weights,
     raise_image_errors,
+    to_device,
     to_tensor,
 )
 
@@ -57,25 +59,34 @@ def labels(synthetic_labels) -> Labels:
 
 
 def test_dataset_items_on_synthetic_jpegs(synthetic_set, labels):
+    """Workers ship the uint8 grey image and the packed masks; `to_device` turns a batch into exactly the
+    float input and masks the dataset itself used to ship (`to_tensor` per image, float 0/1 masks)."""
     ids = labels.image_ids
     images = synthetic_set.out_dir / "train_images"
-    full = SteelDataset(images, ids, labels, SPEC3)
+    full = SteelDataset(images, ids, labels)
     presence = labels.presence()
     image_id = next(i for i in ids if presence.loc[i, 2] and presence.loc[i].sum() == 1)  # class 2 only
     item = full[ids.index(image_id)]
-    assert item["image"].shape == (3, 256, 1600) and item["mask"].shape == (4, 256, 1600)
+    assert item["image"].shape == (256, 1600) and item["image"].dtype == torch.uint8
+    assert item["mask"].shape == (256, 1600) and item["mask"].dtype == torch.uint8
     grey = cv2.imread(str(images / image_id), cv2.IMREAD_GRAYSCALE)
-    for channel in item["image"]:
-        torch.testing.assert_close(channel, to_tensor(grey[None], SPEC1)[0, 0])
-    torch.testing.assert_close(item["mask"], torch.from_numpy(labels.masks(image_id)).float())
+    np.testing.assert_array_equal(item["image"].numpy(), grey)
+    np.testing.assert_array_equal(item["mask"].numpy(), pack_masks(labels.masks(image_id)))
     torch.testing.assert_close(item["presence"], torch.tensor([0.0, 1.0, 0.0, 0.0]))
+    x, mask, present = to_device(default_collate([item, full[0]]), SPEC3, torch.device("cpu"))
+    assert x.shape == (2, 3, 256, 1600) and mask.shape == (2, 4, 256, 1600) and mask.dtype == torch.float32
+    for channel in x[0]:
+        torch.testing.assert_close(channel, to_tensor(grey[None], SPEC1)[0, 0], rtol=0, atol=0)
+    torch.testing.assert_close(mask[0], torch.from_numpy(labels.masks(image_id)).float(), rtol=0, atol=0)
+    torch.testing.assert_close(mask[1], torch.from_numpy(labels.masks(ids[0])).float(), rtol=0, atol=0)
+    torch.testing.assert_close(present, mask.flatten(2).amax(2))
 
     pipeline = build_pipeline(AugmentConfig(affine=0.5, mask_dropout=0.2), seed=0)
-    crops = SteelDataset(images, ids, labels, SPEC1, (256, 512), 1.0, pipeline)
+    crops = SteelDataset(images, ids, labels, (256, 512), 1.0, pipeline)
     a, b = crops[(3, 1234)], crops[(3, 1234)]
-    assert a["image"].shape == (1, 256, 512) and a["mask"].shape == (4, 256, 512)
+    assert a["image"].shape == (256, 512) and a["mask"].shape == (256, 512)
     torch.testing.assert_close(a["image"], b["image"])
-    torch.testing.assert_close(a["presence"], a["mask"].flatten(1).amax(1))
+    np.testing.assert_array_equal(a["presence"].numpy(), unpack_masks(a["mask"].numpy(), 4).max(axis=(1, 2)))
 
 
 def test_dataset_reads_each_image_from_its_own_folder(synthetic_set, labels, tmp_path):
@@ -83,11 +94,9 @@ def test_dataset_reads_each_image_from_its_own_folder(synthetic_set, labels, tmp
     ids = labels.image_ids[:2]
     copy = tmp_path / ids[1]
     copy.write_bytes((synthetic_set.out_dir / "train_images" / ids[1]).read_bytes())
-    dataset = SteelDataset(
-        synthetic_set.out_dir / "train_images", ids, labels, SPEC1, folders={ids[1]: tmp_path}
-    )
+    dataset = SteelDataset(synthetic_set.out_dir / "train_images", ids, labels, folders={ids[1]: tmp_path})
     assert dataset.paths == [synthetic_set.out_dir / "train_images" / ids[0], copy]
-    torch.testing.assert_close(dataset[1]["mask"], torch.from_numpy(labels.masks(ids[1])).float())
+    np.testing.assert_array_equal(dataset[1]["mask"].numpy(), pack_masks(labels.masks(ids[1])))
     copy.write_bytes(b"not a jpeg")
     assert dataset[1]["error"].startswith(str(copy))
 
@@ -96,7 +105,7 @@ def test_dataset_names_an_unreadable_image(tmp_path, labels):
     """The item carries the reason (a DataLoader worker never raises it); the batch raises it, plainly."""
     ids = labels.image_ids[:1]
     (tmp_path / ids[0]).write_bytes(b"not a jpeg")
-    item = SteelDataset(tmp_path, ids, labels, SPEC1)[0]
+    item = SteelDataset(tmp_path, ids, labels)[0]
     assert item["error"].endswith(f"{ids[0]}: not a decodable image") and not item["mask"].any()
     with pytest.raises(ValueError, match=ids[0]):
         raise_image_errors(default_collate([item]))

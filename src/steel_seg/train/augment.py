@@ -82,5 +82,13 @@ def unpack_masks(packed: np.ndarray, classes: int) -> np.ndarray:
 
 def augment(pipeline: A.Compose, grey: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Apply `pipeline` to grey `(H, W) uint8` and masks `(C, H, W) uint8`; returns both, same shapes."""
-    out = pipeline(image=grey, mask=pack_masks(masks))
-    return out["image"], unpack_masks(out["mask"], masks.shape[0])
+    grey, packed = augment_packed(pipeline, grey, pack_masks(masks))
+    return grey, unpack_masks(packed, masks.shape[0])
+
+
+def augment_packed(
+    pipeline: A.Compose, grey: np.ndarray, packed: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply `pipeline` to grey `(H, W) uint8` and its bit mask `(H, W) uint8` (`pack_masks`); same shapes."""
+    out = pipeline(image=grey, mask=packed)
+    return out["image"], out["mask"]

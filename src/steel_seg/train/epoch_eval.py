@@ -20,7 +20,7 @@ from steel_seg.models.factory import ModelSpec, forward_logits
 from steel_seg.models.precision import autocast
 from steel_seg.postprocess.on_device import encode_image, threshold_on_device
 from steel_seg.postprocess.rules import Rules
-from steel_seg.train.data import raise_image_errors
+from steel_seg.train.data import raise_image_errors, to_device
 from steel_seg.train.losses import ModelLoss, as_float
 
 DEFAULT_RULES = Rules()
@@ -46,8 +46,7 @@ def evaluate(
     with torch.no_grad():
         for batch in loader:
             raise_image_errors(batch)
-            x = batch["image"].to(device, non_blocking=True)
-            mask, presence = batch["mask"].to(device), batch["presence"].to(device)
+            x, mask, presence = to_device(batch, spec, device)
             with autocast(device, amp):
                 seg, cls = forward_logits(model, spec, x)
             seg, cls = as_float(seg), as_float(cls)

@@ -30,7 +30,7 @@ from steel_seg.models.precision import autocast, device_dtype
 from steel_seg.progress import Progress
 from steel_seg.train.checkpoint import Ema, load_state, save_state
 from steel_seg.train.config import TrainConfig
-from steel_seg.train.data import prepare, raise_image_errors
+from steel_seg.train.data import memory_format, prepare, raise_image_errors, to_device
 from steel_seg.train.distributed import Dist, barrier, gather, init_dist
 from steel_seg.train.epoch_eval import evaluate
 from steel_seg.train.losses import ModelLoss, as_float
@@ -50,10 +50,10 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run: RunDir, dist: Dist):
         self.cfg, self.run, self.dist = cfg, run, dist
         self.spec = cfg.model.spec
-        self.data = prepare(cfg.data, self.spec, run, seed=cfg.train.seed, rank=dist.rank, world=dist.world,
+        self.data = prepare(cfg.data, run, seed=cfg.train.seed, rank=dist.rank, world=dist.world,
                             device_type=dist.device.type, progress=cfg.train.progress)  # fmt: skip
         torch.manual_seed(cfg.train.seed)
-        self.model = cfg.model.build().to(dist.device)
+        self.model = cfg.model.build().to(dist.device, memory_format=memory_format(dist.device))
         self.net = DistributedDataParallel(self.model) if dist.world > 1 else self.model
         self.ema = Ema(self.model, cfg.train.ema_decay) if cfg.train.ema_decay else None
         self.optimizer = make_optimizer(cfg.optim, self.model)
@@ -121,8 +121,7 @@ class Trainer:
     # -- steps
     def _micro_step(self, batch: dict[str, Tensor], sync: bool) -> None:
         device, cfg = self.dist.device, self.cfg.train
-        x = batch["image"].to(device, non_blocking=True)
-        mask, presence = batch["mask"].to(device), batch["presence"].to(device)
+        x, mask, presence = to_device(batch, self.spec, device)
         no_sync = self.net.no_sync if isinstance(self.net, DistributedDataParallel) and not sync else None
         with no_sync() if no_sync else contextlib.nullcontext():
             with autocast(device, self.amp):
