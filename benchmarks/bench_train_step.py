@@ -43,7 +43,7 @@ def batch(cfg: TrainConfig, device: torch.device, batch_size: int):
 
 def ours(cfg: TrainConfig, device: torch.device):
     model = build_model(cfg.model.spec).to(device).train()
-    optimizer, loss_fn = make_optimizer(cfg.optim, model), ModelLoss(cfg.loss)
+    optimizer, loss_fn = make_optimizer(cfg.optim, model), ModelLoss(cfg.loss).to(device)
     ema = Ema(model, cfg.train.ema_decay) if cfg.train.ema_decay else None
     dtype = device_dtype(device, cfg.train.amp)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)

@@ -218,6 +218,11 @@ class TrainConfig:
             raise ValueError(f"optim.name must be adamw or sgd, got {self.optim.name!r}")
         if self.train.accumulate < 1 or self.schedule.epochs < 1:
             raise ValueError("train.accumulate and schedule.epochs must be >= 1")
+        weights = self.loss.pos_weight
+        if weights is not None and len(weights) != self.model.spec.classes:
+            raise ValueError(
+                f"loss.pos_weight needs one weight per class ({self.model.spec.classes}), got {weights}"
+            )
 
     def to_dict(self) -> dict:
         out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}

@@ -62,7 +62,7 @@ class Trainer:
         self.scheduler = make_scheduler(cfg.schedule, self.optimizer, total_steps)
         self.amp = device_dtype(dist.device, cfg.train.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
-        self.loss_fn = ModelLoss(cfg.loss)
+        self.loss_fn = ModelLoss(cfg.loss).to(dist.device)
         self.epoch, self.batch, self.step, self.loss_sum, self.loss_count = 0, 0, 0, 0.0, 0
         self.best = -math.inf
 
