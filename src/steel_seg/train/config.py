@@ -160,13 +160,23 @@ def resolve_normalisation(
     return prep.for_channels(in_channels)
 
 
+OPTIMIZERS = ("adamw", "sgd", "radam")
+
+
 @dataclass(frozen=True)
 class OptimConfig:
-    name: str = "adamw"  # adamw | sgd
+    """The optimiser (`OPTIMIZERS`; radam: `torch.optim.RAdam`, decoupled weight decay) and its settings.
+
+    `lr` and `weight_decay` hold for every parameter unless `encoder_lr` / `encoder_weight_decay` give the
+    encoder's parameters their own (`optim.param_groups`; null = the same as the rest)."""
+
+    name: str = "adamw"
     lr: float = 3e-4
     weight_decay: float = 1e-4
     momentum: float = 0.9  # sgd only
     grad_clip: float | None = None
+    encoder_lr: float | None = None
+    encoder_weight_decay: float | None = None
 
 
 @dataclass(frozen=True)
@@ -214,8 +224,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.train.amp not in AMP_FLAGS:
             raise ValueError(f"train.amp must be one of {', '.join(AMP_FLAGS)}; got {self.train.amp!r}")
-        if self.optim.name not in ("adamw", "sgd"):
-            raise ValueError(f"optim.name must be adamw or sgd, got {self.optim.name!r}")
+        if self.optim.name not in OPTIMIZERS:
+            raise ValueError(f"optim.name must be one of {', '.join(OPTIMIZERS)}, got {self.optim.name!r}")
         if self.train.accumulate < 1 or self.schedule.epochs < 1:
             raise ValueError("train.accumulate and schedule.epochs must be >= 1")
         weights = self.loss.pos_weight
