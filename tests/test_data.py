@@ -13,6 +13,7 @@ from steel_seg.formats.labels import Labels
 from steel_seg.models.factory import ModelSpec
 from steel_seg.train.augment import AugmentConfig, build_pipeline, pack_masks, unpack_masks
 from steel_seg.train.data import (
+    BatchShare,
     EpochSampler,
     SteelDataset,
     balanced_weights,
@@ -151,3 +152,25 @@ def test_epoch_sampler_is_deterministic_and_shards_by_rank():
     assert {i for i, _ in shares[0] + shares[1]} == set(range(11))
     weighted = EpochSampler(4, seed=0, weights=np.array([0.0, 0.0, 1.0, 0.0]))
     assert [i for i, _ in weighted] == [2, 2, 2, 2]
+
+
+def test_a_fixed_share_puts_the_same_number_of_extra_items_in_every_batch_of_every_rank():
+    """khornlund's pseudo-label batches: 12% of a batch of 16 = 2 extra items in each, whatever the ranks."""
+    extra = np.zeros(30, bool)
+    extra[24:] = True  # 24 train images, 6 extra
+    for world in (1, 2):
+        share = BatchShare(extra, round(0.12 * 16), 16)
+        samplers = [EpochSampler(30, seed=1, num_replicas=world, rank=r, share=share) for r in range(world)]
+        for sampler in samplers:
+            items = [i for i, _ in sampler]
+            assert len(items) == len(sampler) and len(items) % 16 == 0
+            batches = np.array(items).reshape(-1, 16)
+            assert (extra[batches].sum(axis=1) == 2).all()
+            assert [i for i, _ in sampler] == items  # deterministic
+        primary = {i for s in samplers for i, _ in s if not extra[i]}
+        assert primary == set(range(24))  # every train image once an epoch (padded to whole batches)
+    weights = np.r_[np.ones(24), np.zeros(5), 1.0]
+    only = EpochSampler(30, seed=1, weights=weights / weights.sum(), share=BatchShare(extra, 2, 16))
+    assert {i for i, _ in only if extra[i]} == {29}  # extra items drawn by their weights
+    with pytest.raises(ValueError, match="per batch"):
+        BatchShare(extra, 0, 16)

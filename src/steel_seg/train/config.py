@@ -60,7 +60,9 @@ class DataConfig:
     the run validates on `fold` and trains on the rest. The folds cover `train_csv` only: `extra_sources`
     join the training side of every fold and never the validation side. Every image's header is checked
     before the first step; an unusable one stops the run, listed, unless `skip_bad_images` (then it is left
-    out and counted).
+    out and counted). `extra_share` (e.g. 0.12): every training batch holds round(share x batch_size) images
+    of the extra sources (drawn by their weights) and the rest from the train set, as khornlund's
+    pseudo-label batches did; null: extra images are drawn with the rest, by their weights.
     """
 
     train_csv: str = ""
@@ -78,7 +80,18 @@ class DataConfig:
     workers: int = 0
     batches_per_epoch: int | None = None
     skip_bad_images: bool = False
+    extra_share: float | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        share = self.extra_share
+        if share is None:
+            return
+        if not self.extra_sources or not 0 < round(share * self.batch_size) < self.batch_size:
+            raise ValueError(
+                f"data.extra_share {share}: needs extra_sources and 0 < round(share x batch_size "
+                f"{self.batch_size}) < batch_size"
+            )
 
 
 @dataclass(frozen=True)

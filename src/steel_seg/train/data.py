@@ -191,12 +191,30 @@ def draw_weights(presence: np.ndarray, source_weights: np.ndarray, balanced: boo
     return weights / weights.sum()
 
 
+@dataclass(frozen=True)
+class BatchShare:
+    """Every batch of `batch_size` holds exactly `per_batch` items where `extra (N,) bool` is True (the extra
+    sources' images: khornlund fixed 12% pseudo-labelled images per batch), the rest from the others."""
+
+    extra: np.ndarray
+    per_batch: int
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        if not 0 < self.per_batch < self.batch_size or not self.extra.any() or self.extra.all():
+            raise ValueError(
+                f"a fixed share needs 0 < per batch ({self.per_batch}) < batch size ({self.batch_size}) and "
+                f"both kinds of image ({int(self.extra.sum())} of {self.extra.size} are extra)"
+            )
+
+
 class EpochSampler(Sampler):
     """Yields `(index, sample_seed)` for one epoch of one rank; deterministic in `(seed, epoch)`.
 
     Shuffles (or draws with replacement by `weights`, the class-balanced option), pads the epoch to a
-    multiple of `num_replicas` and strides it by `rank`, as `DistributedSampler` does. `start` skips the
-    first positions of this rank's share (a resumed epoch).
+    multiple of `num_replicas` and strides it by `rank`, as `DistributedSampler` does. With `share`, every
+    batch of every rank holds its fixed number of extra items at random places (`_shared_order`). `start`
+    skips the first positions of this rank's share (a resumed epoch).
     """
 
     def __init__(
@@ -207,23 +225,52 @@ class EpochSampler(Sampler):
         weights: np.ndarray | None = None,
         num_replicas: int = 1,
         rank: int = 0,
+        share: BatchShare | None = None,
     ):
-        self.n, self.seed, self.shuffle, self.weights = n, seed, shuffle, weights
+        self.n, self.seed, self.shuffle, self.weights, self.share = n, seed, shuffle, weights, share
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
+    def _per_rank(self) -> int:
+        if self.share is None:
+            return -(-self.n // self.num_replicas)
+        s = self.share
+        kept = (s.batch_size - s.per_batch) * self.num_replicas
+        return -(-int((~s.extra).sum()) // kept) * s.batch_size
+
+    def _draw(self, rng: np.random.Generator, items: np.ndarray, size: int, replace: bool) -> np.ndarray:
+        """`size` of `items`: a permutation (resized) unless weighted or `replace`; weights renormalised."""
+        if self.weights is None and not replace:
+            return np.resize(rng.permutation(items) if self.shuffle else items, size)
+        p = self.weights
+        if p is not None and items.size < self.n:
+            p = p[items] / p[items].sum()
+        return rng.choice(items, size=size, replace=True, p=p)
+
+    def _shared_order(self, rng: np.random.Generator) -> np.ndarray:
+        """The epoch as (batch, rank, place) with `per_batch` extra items in each batch, at shuffled places,
+        laid out so that striding by rank gives each rank its own batches."""
+        s, world = self.share, self.num_replicas
+        batches = self._per_rank() // s.batch_size
+        kept = s.batch_size - s.per_batch
+        primary = self._draw(rng, np.flatnonzero(~s.extra), batches * world * kept, replace=False)
+        extra = self._draw(rng, np.flatnonzero(s.extra), batches * world * s.per_batch, replace=True)
+        grid = np.concatenate([primary.reshape(batches, world, kept),
+                               extra.reshape(batches, world, s.per_batch)], axis=2)  # fmt: skip
+        grid = rng.permuted(grid, axis=2)
+        return grid.transpose(0, 2, 1).reshape(-1)
+
     def _epoch_order(self) -> tuple[np.ndarray, np.ndarray]:
         seq = np.random.SeedSequence([self.seed, self.epoch])
         rng = np.random.default_rng(seq)
-        if self.weights is not None:
-            order = rng.choice(self.n, size=self.n, replace=True, p=self.weights)
+        total = self._per_rank() * self.num_replicas
+        if self.share is not None:
+            order = self._shared_order(rng)
         else:
-            order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
-        total = -(-self.n // self.num_replicas) * self.num_replicas
-        order = np.resize(order, total)
+            order = np.resize(self._draw(rng, np.arange(self.n), self.n, self.weights is not None), total)
         seeds = seq.spawn(1)[0].generate_state(total)
         return order, seeds
 
@@ -234,7 +281,7 @@ class EpochSampler(Sampler):
         return iter(pairs[self.start :])
 
     def __len__(self) -> int:
-        return -(-self.n // self.num_replicas) - self.start
+        return self._per_rank() - self.start
 
 
 def train_loader(
@@ -248,11 +295,13 @@ def train_loader(
     pin_memory: bool = False,
     folders: Mapping[str, Path] | None = None,
     source_weights: np.ndarray | None = None,
+    is_extra: np.ndarray | None = None,
 ) -> tuple[DataLoader, EpochSampler, int]:
     """The training loader of `ids` for process `rank` of `world`, its sampler, and its batches per epoch.
 
-    `folders` and `source_weights` (`(N,)`, one per id) come from `sources.Sources` when the config has
-    extra sources: where their images are, and how often each is drawn (`draw_weights`).
+    `folders`, `source_weights` and `is_extra` (`(N,)`, one per id) come from `sources.Sources` when the
+    config has extra sources: where their images are, how often each is drawn (`draw_weights`), and which
+    ones `data.extra_share` puts in every batch at a fixed share (`BatchShare`).
     """
     pipeline = build_pipeline(cfg.augment, seed)
     dataset = SteelDataset(
@@ -261,7 +310,11 @@ def train_loader(
     presence = labels.presence().loc[ids].to_numpy() if cfg.balanced else None
     source_weights = np.ones(len(ids)) if source_weights is None else source_weights
     weights = draw_weights(presence, source_weights, cfg.balanced)
-    sampler = EpochSampler(len(ids), seed, weights=weights, num_replicas=world, rank=rank)
+    share = None
+    if cfg.extra_share is not None:
+        extra = np.zeros(len(ids), bool) if is_extra is None else is_extra
+        share = BatchShare(extra, round(cfg.extra_share * cfg.batch_size), cfg.batch_size)
+    sampler = EpochSampler(len(ids), seed, weights=weights, num_replicas=world, rank=rank, share=share)
     drop_last = len(sampler) >= cfg.batch_size
     batches = len(sampler) // cfg.batch_size if drop_last else 1
     if cfg.batches_per_epoch:
@@ -319,6 +372,7 @@ def prepare(
     loader, sampler, batches = train_loader(
         cfg, sources.labels, train_ids, seed=seed, rank=rank, world=world, pin_memory=pin,
         folders=sources.folders(), source_weights=sources.weights(train_ids),
+        is_extra=np.arange(len(train_ids)) >= len(fold_train),
     )  # fmt: skip
     return TrainData(
         labels=sources.labels,
