@@ -37,6 +37,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--tta", type=views, default=("none", "h", "v"), help="segmenters' views (default none,h,v)"
     )
     p.add_argument(
+        "--cls-tta",
+        type=views,
+        help="classifiers' views (default: those of --tta; the 1st place ran its classifiers with none,h,v)",
+    )
+    p.add_argument(
         "--weight", type=float, action="append", help="ensemble weight per --model (default 1 each)"
     )
     p.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, help="kernel time budget in seconds")
@@ -45,6 +50,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     dirs = [copy_model_dir(source, args.weights_dir, name) for name, source in args.model]
-    path = write_manifest(args.weights_dir, dirs, tta=args.tta, weights=args.weight, budget_s=args.budget_s)
-    print(f"wrote {path}: {', '.join(name for name, _ in args.model)}; views {','.join(args.tta)}")
+    path = write_manifest(args.weights_dir, dirs, tta=args.tta, cls_tta=args.cls_tta, weights=args.weight,
+                          budget_s=args.budget_s)  # fmt: skip
+    cls_views = args.tta if args.cls_tta is None else args.cls_tta
+    print(f"wrote {path}: {', '.join(name for name, _ in args.model)}; views {','.join(args.tta)} "
+          f"(classifiers {','.join(cls_views)})")  # fmt: skip
     return 0

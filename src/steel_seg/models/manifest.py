@@ -169,21 +169,27 @@ def build_manifest(
     model_dirs: Sequence[str | os.PathLike],
     *,
     tta: Sequence[str] = ("none", "h"),
+    cls_tta: Sequence[str] | None = None,
     weights: Sequence[float] | None = None,
     drop_order: Sequence[str] | None = None,
     budget_s: float = DEFAULT_BUDGET_S,
 ) -> Manifest:
     """A manifest over model dirs inside `weights_dir`: name = dir name, role from the spec, sha256 computed.
 
-    Classifiers get only the "none" view (flips hardly change an image-level score). Default `drop_order`:
+    Segmenters get the views `tta`, classifiers `cls_tta` (None: the same views; the 1st place ran its
+    classifiers with none/h/v too, and a classifier costs a fraction of a segmenter). Default `drop_order`:
     the views beyond "none", last listed first, then the segmenters after the first, last first.
     """
     weights_dir = Path(weights_dir)
     weights = [1.0] * len(model_dirs) if weights is None else list(weights)
-    entries = [_entry(weights_dir, Path(d), w, tuple(tta)) for d, w in zip(model_dirs, weights, strict=True)]
+    views = {"seg": tuple(tta), "cls": tuple(tta if cls_tta is None else cls_tta)}
+    entries = [_entry(weights_dir, Path(d), w, views) for d, w in zip(model_dirs, weights, strict=True)]
     if drop_order is None:
         segs = [e.name for e in entries if e.role == "seg"]
-        drop_order = [f"tta:{v}" for v in reversed(tta) if v != "none"] + [f"model:{n}" for n in segs[:0:-1]]
+        every = [*views["seg"], *(v for v in views["cls"] if v not in views["seg"])]
+        drop_order = [f"tta:{v}" for v in reversed(every) if v != "none"] + [
+            f"model:{n}" for n in segs[:0:-1]
+        ]
     return Manifest(models=tuple(entries), drop_order=tuple(drop_order), budget_s=budget_s)
 
 
@@ -217,7 +223,9 @@ def write_manifest(
     return build_manifest(weights_dir, model_dirs, **kwargs).save(Path(weights_dir) / MANIFEST_FILE)
 
 
-def _entry(weights_dir: Path, model_dir: Path, weight: float, tta: tuple[str, ...]) -> ModelEntry:
+def _entry(
+    weights_dir: Path, model_dir: Path, weight: float, views: dict[str, tuple[str, ...]]
+) -> ModelEntry:
     full = model_dir if model_dir.is_absolute() else weights_dir / model_dir
     try:
         rel = full.resolve().relative_to(weights_dir.resolve())
@@ -239,5 +247,5 @@ def _entry(weights_dir: Path, model_dir: Path, weight: float, tta: tuple[str, ..
         dir=rel.as_posix(),
         sha256=sha256_file(weights_path),
         weight=weight,
-        tta=("none",) if role == "cls" else tta,
+        tta=views[role],
     )
