@@ -153,6 +153,15 @@ class Trainer:
         if every and self.step % every == 0 and self.batch < self.data.batches:
             self.save_checkpoint()
 
+    def train_batch(self, batch: dict[str, Tensor]) -> None:
+        """One loader batch: forward, backward, and the optimiser step at each `accumulate` boundary."""
+        raise_image_errors(batch)
+        self.batch += 1
+        boundary = self.batch % self.cfg.train.accumulate == 0 or self.batch == self.data.batches
+        self._micro_step(batch, sync=boundary)
+        if boundary:
+            self._optimizer_step()
+
     def train_epoch(self) -> float:
         """Train the rest of the current epoch (from `self.batch`); returns its mean training loss."""
         if self.batch == 0:
@@ -165,12 +174,7 @@ class Trainer:
                        bar=self.cfg.train.progress, show=self.dist.main)  # fmt: skip
         with bar:
             for batch in batches:
-                raise_image_errors(batch)
-                self.batch += 1
-                boundary = self.batch % self.cfg.train.accumulate == 0 or self.batch == self.data.batches
-                self._micro_step(batch, sync=boundary)
-                if boundary:
-                    self._optimizer_step()
+                self.train_batch(batch)
                 bar.update(loss=f"{self.loss_sum / self.loss_count:.4f}")
         mean = self.loss_sum / max(1, self.loss_count)
         self.epoch, self.batch, self.loss_sum, self.loss_count = self.epoch + 1, 0, 0.0, 0
