@@ -1,6 +1,7 @@
 """Training data path per DataLoader worker, before and after the uint8 hand-off, in the same run.
 
-    .venv/bin/python benchmarks/bench_data_path.py [--config configs/unet_effb3.yaml] [--samples 300]
+    .venv/bin/python benchmarks/bench_data_path.py [--config configs/unet_effb3.yaml] [--samples 300] \
+        [--repeats 3]
 
 "after": `SteelDataset[(index, seed)]` exactly as the trainer builds it from the config (grey JPEG decode,
 the 4 class masks from train.csv's RLE packed into one bit mask, the config's crop, its albumentations
@@ -12,10 +13,11 @@ worker process and the config's batch size (adds collation and the hand-off to t
 main process's CPU time per sample while it receives the batches. "to_device on the CPU": what the main
 process pays for `train.data.to_device` (normalisation, channel expansion, mask unpacking) when the device is
 the CPU; on a GPU that work runs there. "decode": `cv2.imread(path, cv2.IMREAD_GRAYSCALE)` of the same
-files. Images: the real sample's train JPEGs (../shared/data/severstal_sample), cycled. The config's encoder
-weights are not loaded (`model.encoder_weights` is set to null): normalisation costs the same with any
-per-channel values. Prints one JSON line; `--gpu-images-per-s R` adds the workers a GPU training at R
-images/s needs.
+files. The four rates (before / after, in-process / DataLoader) are taken in `--repeats` rounds, alternating,
+and the fastest round of each is reported: a shared machine's load moves between them. Images: the real
+sample's train JPEGs (../shared/data/severstal_sample), cycled. The config's encoder weights are not loaded
+(`model.encoder_weights` is set to null): normalisation costs the same with any per-channel values. Prints
+one JSON line; `--gpu-images-per-s R` adds the workers a GPU training at R images/s needs.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import argparse
 import json
 import math
 import platform
+import resource
 import time
 from pathlib import Path
 
@@ -107,9 +110,25 @@ def stage_ms(ds: SteelDataset, items: list[tuple[int, int]]) -> dict[str, float]
     return {name: round(1000 * total / len(items), 2) for name, total in totals.items()}
 
 
+def in_process(ds: Dataset, items: list) -> dict[str, float]:
+    """Samples/s of `ds[key]` in this process, and its CPU ms per sample."""
+    started, cpu = time.perf_counter(), time.process_time()
+    for item in items:
+        ds[item]
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {"per_s": len(items) / wall, "cpu_ms": 1000 * cpu / len(items)}
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def through_loader(ds: Dataset, items: list[tuple[int, int]], batch_size: int) -> dict[str, float]:
-    """Samples/s through a DataLoader with ONE worker process, and the main process's CPU ms per sample
-    while it receives them (the first batch, the start-up, excluded)."""
+    """Samples/s through a DataLoader with ONE worker process and the main process's CPU ms per sample while
+    it receives them (the first batch, the start-up, excluded), and the worker's CPU ms per sample over all
+    of them (start-up and collation included; counted once the worker has exited)."""
+    children = children_cpu_s()
     loader = DataLoader(ds, batch_size, sampler=items, num_workers=1)
     batches = iter(loader)
     next(batches)
@@ -117,7 +136,30 @@ def through_loader(ds: Dataset, items: list[tuple[int, int]], batch_size: int) -
     for batch in batches:
         n += len(batch["index"])
     wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-    return {"per_s": round(n / wall, 1), "main_cpu_ms_per_sample": round(1000 * cpu / n, 3)}
+    del batches, loader  # the worker exits and is joined: its CPU time is in RUSAGE_CHILDREN
+    worker = children_cpu_s() - children
+    return {"per_s": n / wall, "main_cpu_ms": 1000 * cpu / n, "worker_cpu_ms": 1000 * worker / len(items)}
+
+
+def fastest_rounds(datasets: dict[str, Dataset], items: list, batch_size: int, repeats: int) -> dict:
+    """`in_process` and `through_loader` of each dataset in `repeats` rounds alternating all four (a shared
+    machine's load moves between them): per dataset the fastest rate and the least CPU time of any round."""
+    rounds: dict[str, list[tuple[dict, dict]]] = {name: [] for name in datasets}
+    for _ in range(repeats):
+        for name, ds in datasets.items():
+            rounds[name].append((in_process(ds, items), through_loader(ds, items, batch_size)))
+    out = {}
+    for name, runs in rounds.items():
+        inside, loader = (max(r[k]["per_s"] for r in runs) for k in (0, 1))
+        cpu, worker, main = (min(r[k][key] for r in runs) for k, key in ((0, "cpu_ms"), (1, "worker_cpu_ms"),
+                                                                         (1, "main_cpu_ms")))  # fmt: skip
+        out[name] = {
+            "in_process_per_s": round(inside, 1), "dataloader_1_worker_per_s": round(loader, 1),
+            "dataloader_vs_in_process": round(loader / inside, 3),
+            "in_process_cpu_ms_per_sample": round(cpu, 3), "worker_cpu_ms_per_sample": round(worker, 3),
+            "dataloader_vs_in_process_cpu": round(cpu / worker, 3), "main_cpu_ms_per_sample": round(main, 3),
+        }  # fmt: skip
+    return out
 
 
 def to_device_ms(ds: SteelDataset, spec: ModelSpec, items: list, batch_size: int) -> float:
@@ -139,6 +181,7 @@ def main() -> None:
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "unet_effb3.yaml")
     p.add_argument("--data", type=Path, default=SAMPLE, help="holds train.csv and train_images/")
     p.add_argument("--samples", type=int, default=300)
+    p.add_argument("--repeats", type=int, default=3, help="rounds of all four measurements; fastest kept")
     p.add_argument("--gpu-images-per-s", type=float, default=None, help="a measured GPU training rate")
     args = p.parse_args()
     overrides = {"data.train_csv": str(args.data / "train.csv"), "model.encoder_weights": None,
@@ -152,12 +195,7 @@ def main() -> None:
     paths = [str(after.paths[i]) for i, _ in items]
     per_second(before.__getitem__, items[: len(after)])  # warm the page cache and the pipeline
     decode = per_second(lambda path: cv2.imread(path, cv2.IMREAD_GRAYSCALE), paths)
-    in_process = {
-        "before": per_second(before.__getitem__, items),
-        "after": per_second(after.__getitem__, items),
-    }
-    loader = {name: through_loader(ds, items, cfg.data.batch_size) for name, ds in (("before", before),
-              ("after", after))}  # fmt: skip
+    rates = fastest_rounds({"before": before, "after": after}, items, cfg.data.batch_size, args.repeats)
     result = {
         "config": str(args.config), "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "cpus": torch.multiprocessing.cpu_count(), "samples": len(items), "images": len(after),
@@ -165,19 +203,16 @@ def main() -> None:
         "decode_per_s": round(decode, 1),
         "bytes_per_sample": {name: bytes_per_sample(ds[items[0]]) for name, ds in (("before", before),
                                                                                     ("after", after))},
-        **{f"{name}": {"in_process_per_s": round(in_process[name], 1),
-                       "dataloader_1_worker_per_s": loader[name]["per_s"],
-                       "dataloader_vs_in_process": round(loader[name]["per_s"] / in_process[name], 3),
-                       "main_cpu_ms_per_sample": loader[name]["main_cpu_ms_per_sample"]}
-           for name in ("before", "after")},
+        **rates,
         "after_vs_before": {
-            "in_process": round(in_process["after"] / in_process["before"], 3),
-            "dataloader_1_worker": round(loader["after"]["per_s"] / loader["before"]["per_s"], 3)},
+            key: round(rates["after"][f"{key}_per_s"] / rates["before"][f"{key}_per_s"], 3)
+            for key in ("in_process", "dataloader_1_worker")
+        },
         "to_device_on_cpu_ms_per_sample": to_device_ms(after, cfg.model.spec, items, cfg.data.batch_size),
         "stage_ms": stage_ms(after, items),
     }  # fmt: skip
     if args.gpu_images_per_s:
-        rate = min(in_process["after"], loader["after"]["per_s"])
+        rate = min(rates["after"]["in_process_per_s"], rates["after"]["dataloader_1_worker_per_s"])
         result["workers_for_gpu"] = math.ceil(args.gpu_images_per_s / rate)
     print(json.dumps(result))
 
