@@ -61,10 +61,11 @@ def evaluate(
             seg, cls = as_float(seg), as_float(cls)
             loss_sum += loss_fn(seg, cls, mask, presence).item() * len(x)
             batch_ids = [ids[i] for i in batch["index"].tolist()]
-            if seg is not None:
-                rows += _rows(batch_ids, seg.sigmoid())
+            probs = None if seg is None else seg.sigmoid()
+            if probs is not None:
+                rows += _rows(batch_ids, probs)
             if stats is not None:
-                _collect(stats, batch_ids, seg.sigmoid(), mask, None if cls is None else cls.sigmoid())
+                _collect(stats, batch_ids, probs, mask, None if cls is None else cls.sigmoid())
             if cls is not None:
                 correct += int(((cls.sigmoid() > 0.5) == (presence > 0.5)).sum())
                 n_cls += presence.numel()
