@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# GPU throughput of the real inference engine (benchmarks/gpu_bench.py), for a rented H100/H200 without
-# network. Run from anywhere:  bash benchmarks/gpu_bench.sh [gpu_bench.py options]
+# GPU throughput on a rented H100/H200 without network: the real inference engine (benchmarks/gpu_bench.py,
+# the default) or another benchmark script of this folder given first. Run from anywhere:
+#   bash benchmarks/gpu_bench.sh [gpu_bench.py options]
+#   bash benchmarks/gpu_bench.sh bench_train_step.py --device cuda --config configs/unet_effb3.yaml \
+#       --workers 1,2,4,8,12 --images 512 --warmup 5 --steps 25
+# (training: unet_effb3 images/s with amp auto, data-wait share per loader worker count, peak memory).
 # PYTHON selects the interpreter (default python3). Prints the machine and package versions first, then the
-# runs, then ONE JSON line. Expected: ~1-3 minutes of device time (512 images, 1 and 5 models, 3 views, fp16).
+# runs, then ONE JSON line. Expected: ~1-3 minutes of device time each (inference: 512 images, 1 and 5
+# models, 3 views, fp16; training: 5 worker counts x 30 batches of 16 crops, plus writing the images).
 # Needs torch, numpy, opencv, pandas, tqdm, timm, huggingface_hub, safetensors, albumentations and smp on the
 # device; steel_seg comes from this tree's src/. Pure-python packages the device lacks (smp, timm,
 # huggingface_hub) can be carried from this repo's venv: any `.venv/lib/python*/site-packages` present in the
@@ -47,4 +52,8 @@ except Exception:
 EOF
 
 echo "== benchmark"
-exec "$PY" benchmarks/gpu_bench.py "$@"
+SCRIPT=benchmarks/gpu_bench.py
+case "${1:-}" in
+    *.py) SCRIPT="benchmarks/$(basename "$1")"; shift ;;
+esac
+exec "$PY" "$SCRIPT" "$@"

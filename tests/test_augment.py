@@ -1,7 +1,9 @@
-"""steel_seg.train.augment: bit-packed masks, the pipeline from the config, seeding, the defect blackout."""
+"""steel_seg.train.augment: bit-packed masks, the pipeline from the config, seeding, the defect blackout, the
+intensity augmentations."""
 
 from __future__ import annotations
 
+import albumentations as A
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -68,3 +70,21 @@ def test_same_seed_same_augmentation_and_masks_stay_binary():
 def test_config_rejects_bad_probabilities():
     with pytest.raises(ValueError, match="augment.hflip"):
         AugmentConfig(hflip=1.5)
+
+
+@pytest.mark.parametrize(
+    "key, transform",
+    [("gamma", A.RandomGamma), ("clahe", A.CLAHE), ("blur", A.GaussianBlur), ("sharpen", A.Sharpen),
+     ("noise", A.GaussNoise)],
+)  # fmt: skip
+def test_intensity_keys_change_the_image_and_never_the_masks(key, transform):
+    """The top teams' intensity augmentations (khornlund: CLAHE, blur, sharpen) as albumentations 2.x
+    transforms on the grey uint8 crop; the class masks pass through untouched."""
+    grey, masks = _sample()
+    pipeline = build_pipeline(AugmentConfig(**{**OFF, key: 1.0}), seed=0)
+    assert [type(t) for t in pipeline.transforms] == [transform]
+    out_grey, out_masks = augment(pipeline, grey, masks)
+    assert out_grey.dtype == np.uint8 and out_grey.shape == grey.shape and (out_grey != grey).any()
+    np.testing.assert_array_equal(out_masks, masks)
+    with pytest.raises(ValueError, match=f"augment.{key}"):
+        AugmentConfig(**{key: 2.0})

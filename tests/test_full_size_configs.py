@@ -1,12 +1,14 @@
 """The shipped training configs at full size: train, oof, manifest and the built kernel, on the CPU.
 
-Each of `unet_effb3.yaml`, `fpn_effb3.yaml` and `cls_resnet34.yaml` runs unchanged but for its data and size
-(`--set`: batch 2, no workers, 2 optimiser steps of 1 epoch, random folds on a tiny synthetic set): its real
-crop, architecture, loss and `encoder_weights: imagenet` with `mean/std: auto`, the ImageNet encoders planted
-in the test's Hugging Face cache (`conftest.shipped_encoders`: random tensors, ImageNet's mean / std), so the
-pretrained path and the auto normalisation run as they do for a user. Then `steel-seg oof` on a held-out
-image of each segmenter, one manifest with all three models (two segmenters and the classifier that gates
-them), and the built kernel, alone with its vendored smp, on 4 full-size test images.
+Each of `unet_effb3.yaml`, `fpn_effb3.yaml`, `cls_resnet34.yaml` and the fine-tune stage
+`unet_effb3_full.yaml` (from the Unet's run) runs unchanged but for its data and size (`--set`: batch 2, no
+workers, random folds on a tiny synthetic set, 2 optimiser steps: 1 epoch of 2 batches, or for
+`select: average` 2 epochs of 1 batch, both averaged): its real crop, architecture, loss, optimiser and
+`encoder_weights: imagenet` with `mean/std: auto`, the ImageNet encoders planted in the test's Hugging Face
+cache (`conftest.shipped_encoders`: random tensors, ImageNet's mean / std), so the pretrained path and the
+auto normalisation run as they do for a user. Then `steel-seg oof` on a held-out image of each segmenter,
+one manifest with all four models (three segmenters and the classifier that gates them), and the built
+kernel, alone with its vendored smp, on 4 full-size test images.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from steel_seg.synthetic import dataset
 from steel_seg.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = {"unet": "unet_effb3.yaml", "fpn": "fpn_effb3.yaml", "cls": "cls_resnet34.yaml"}
+CONFIGS = {"unet": "unet_effb3.yaml", "fpn": "fpn_effb3.yaml", "cls": "cls_resnet34.yaml",
+           "unet_full": "unet_effb3_full.yaml"}  # fmt: skip
 SMALL = ["data.folds_csv=null", "data.folds=random 6", "data.batch_size=2", "data.val_batch_size=2",
-         "data.workers=0", "data.batches_per_epoch=2", "schedule.epochs=1", "train.device=cpu",
-         "train.progress=false"]  # fmt: skip
+         "data.workers=0", "train.device=cpu", "train.progress=false"]  # fmt: skip
+TWO_STEPS = {"average": ["data.batches_per_epoch=1", "schedule.epochs=2", "train.average_epochs=2"],
+             "metric": ["data.batches_per_epoch=2", "schedule.epochs=1"]}  # fmt: skip
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -51,9 +55,11 @@ def runs(data, shipped_encoders) -> dict[str, Path]:
     done = {}
     for name, config in CONFIGS.items():
         run, where = data / "runs" / name, data / "data"
-        paths = [f"data.train_csv={where / 'train.csv'}", f"data.images_dir={where / 'train_images'}"]
-        sets = [arg for value in [*paths, *SMALL] for arg in ("--set", value)]
         config_path = ROOT / "configs" / config
+        paths = [f"data.train_csv={where / 'train.csv'}", f"data.images_dir={where / 'train_images'}"]
+        steps = TWO_STEPS[TrainConfig.from_yaml(config_path).train.select]
+        stage = [f"model.init_weights={done['unet']}"] if name == "unet_full" else []
+        sets = [arg for value in [*paths, *SMALL, *steps, *stage] for arg in ("--set", value)]
         assert steel_seg_cli(["train", "--config", str(config_path), "--out", str(run), *sets]) == 0
         args = ["oof", "--run", str(run), "--out", str(data / "oof" / name), "--limit", "1",
                 "--device", "cpu", "--workers", "0", "--batch-size", "1"]  # fmt: skip
@@ -68,19 +74,22 @@ def test_each_config_trains_two_steps_at_its_real_size(runs, name):
     run = runs[name]
     shipped = TrainConfig.from_yaml(ROOT / "configs" / CONFIGS[name])
     trained = TrainConfig.from_yaml(run / "config.yaml")
-    assert trained.model == shipped.model and trained.data.crop == shipped.data.crop
+    assert trained.model.spec == shipped.model.spec and trained.data.crop == shipped.data.crop
+    assert (trained.optim, trained.loss) == (shipped.optim, shipped.loss)
     assert trained.model.encoder_weights == "imagenet"
     spec = factory.ModelSpec.from_json(run / "best" / "spec.json")
     assert spec == shipped.model.spec
     assert (spec.mean, spec.std) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # planted ImageNet values
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    assert [(r["epoch"], r["step"]) for r in log] == [(1, 2)]
+    assert log[-1]["step"] == 2 and all(r["train_loss"] > 0 for r in log)
+    if shipped.train.select == "average":
+        assert [r["epoch"] for r in log] == [1, 2] and log[-1]["average"]["epochs"] == 2
     if spec.has_seg:
         held_out = oof.read_oof(run.parent.parent / "oof" / name)
         assert len(held_out.image_ids) == 1 and held_out.probs(held_out.image_ids[0]).shape == (4, 256, 1600)
 
 
-def test_the_kernel_runs_all_three_with_its_vendored_smp(runs, data, tmp_path):
+def test_the_kernel_runs_all_four_with_its_vendored_smp(runs, data, tmp_path):
     weights = data / "weights"
     models_args = [arg for name, run in runs.items() for arg in ("--model", f"{name}={run}/best")]
     assert steel_seg_cli(["manifest", "--weights-dir", str(weights), *models_args, "--tta", "none"]) == 0

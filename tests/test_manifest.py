@@ -120,10 +120,13 @@ def test_build_manifest_from_model_dirs(weights_dir):
     a, b, c = manifest.models
     assert (a.name, a.role, a.dir, a.tta) == ("seg-a", "seg", "seg-a", ("none", "h", "v"))
     assert (b.dir, b.weight) == ("seg-b", 2.0)
-    assert (c.role, c.tta) == ("cls", ("none",))
+    assert (c.role, c.tta) == ("cls", ("none", "h", "v"))  # classifiers: the segmenters' views by default
     assert a.sha256 == hashlib.sha256((weights_dir / "seg-a" / "model.safetensors").read_bytes()).hexdigest()
     assert manifest.drop_order == ("tta:v", "tta:h", "model:seg-b")
     assert manifest.budget_s == 1000
+    own = build_manifest(weights_dir, ["seg-a", "cls"], tta=("none", "h"), cls_tta=("none", "v"))
+    assert [m.tta for m in own.models] == [("none", "h"), ("none", "v")]
+    assert own.drop_order == ("tta:v", "tta:h")
 
 
 def test_write_manifest_writes_a_loadable_file(weights_dir):
@@ -170,13 +173,15 @@ def test_manifest_command_copies_models_and_writes_a_loadable_manifest(weights_d
             f"cls={weights_dir / 'cls'}",
             "--tta",
             "none,h",
+            "--cls-tta",
+            "none,h,v",
         ]
     )
     assert code == 0
     manifest = Manifest.load(out / "manifest.json")
     assert [(m.name, m.role, m.tta) for m in manifest.models] == [
         ("unet-f0", "seg", ("none", "h")),
-        ("cls", "cls", ("none",)),
+        ("cls", "cls", ("none", "h", "v")),
     ]
     assert manifest.models[0].sha256 == sha256_file(weights_dir / "seg-a" / "model.safetensors")
     assert check_model_dir(out, manifest.models[1]) == out / "cls"

@@ -1,10 +1,12 @@
-"""steel_seg.train.loop: the run directory, exact resume, the loss falling, DDP on 2 CPU processes, configs"""
+"""steel_seg.train.loop: the run directory, exact resume, the loss falling, DDP on 2 CPU processes, configs,
+extra sources, the recipe's ingredients (losses, optimiser, model selection, averaging, fine-tune, share)."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -28,6 +30,7 @@ from steel_seg.formats.images import read_grey
 from steel_seg.formats.labels import Labels
 from steel_seg.formats.runs import RunDir, RunInfo
 from steel_seg.models import factory
+from steel_seg.models.manifest import load_model
 from steel_seg.synthetic.dataset import write_dataset
 from steel_seg.train.checkpoint import load_state
 from steel_seg.train.config import TrainConfig, parse_override
@@ -486,3 +489,106 @@ def test_a_full_disk_mid_run_is_a_message_and_the_run_resumes(
     subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
     assert cli.main(["train", "--config", str(config), "--out", str(run), "--resume"]) == 0
     assert [r["epoch"] for r in read_log(run / "log.jsonl")] == [1, 2]
+
+
+# --- the recipe's ingredients (issue 21): each trains, its config round-trips, its run is an ordinary one --
+INGREDIENTS = {
+    "lovasz": {"loss": {"lovasz_weight": 1.0, "pos_weight": [2.0, 2.0, 1.0, 1.5]}},
+    "radam_encoder_lr": {"optim": {"name": "radam", "lr": 3e-3, "encoder_lr": 7e-5,
+                                   "encoder_weight_decay": 3e-5}},
+    "average": {"train": {"select": "average", "average_epochs": 2}},
+    "tuned_selection": {"train": {"select": "tuned"}},
+    "last_selection": {"train": {"select": "last"}},
+    "augment_keys": {"data": {"augment": {"gamma": 0.5, "clahe": 0.5, "blur": 0.5, "sharpen": 0.5,
+                                          "noise": 0.5}}},
+}  # fmt: skip
+
+
+def check_ordinary_run(cfg: TrainConfig, run: Path) -> dict:
+    """The run as `oof`, `manifest` and the kernel see it: its config round-trips, run.json points at best/,
+    and best/ loads exactly as the kernel loads a model (`manifest.load_model`). Returns the last record."""
+    assert TrainConfig.from_yaml(run / "config.yaml") == cfg
+    assert RunInfo.load(run).model_path == run / "best"
+    model, spec = load_model(run / "best", run.name, "seg" if cfg.model.spec.has_seg else "cls")
+    assert spec == cfg.model.spec
+    x = torch.zeros(1, spec.in_channels, 64, 128)
+    with torch.no_grad():
+        assert all(torch.isfinite(p).all() for p in forward_probs(model, spec, x) if p is not None)
+    return read_log(run / "log.jsonl")[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(INGREDIENTS))
+def test_each_recipe_ingredient_trains_into_an_ordinary_run(name, data_dir, folds_csv, tmp_path):
+    config = tiny_config(data_dir, folds_csv, **INGREDIENTS[name])
+    cfg = TrainConfig.from_dict(config)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert TrainConfig.from_yaml(path) == cfg
+    result = train(cfg, tmp_path / name)
+    last = check_ordinary_run(cfg, result.run_dir)
+    assert last["epoch"] == 2 and last["step"] == 4 and math.isfinite(last["train_loss"])
+    if name == "radam_encoder_lr":
+        assert last["encoder_lr"] / last["lr"] == pytest.approx(7e-5 / 3e-3)
+    if name == "tuned_selection":
+        tuned = [r["val_dice_tuned"] for r in result.records]
+        assert all(0 <= t <= 1 for t in tuned) and result.best == max(tuned)
+        assert [r["is_best"] for r in result.records][tuned.index(max(tuned))]
+    if name in ("last_selection", "average"):
+        assert all(r["is_best"] for r in result.records)
+    if name == "average":
+        assert last["average"]["epochs"] == 2 and result.best == last["average"]["val_dice"]
+        best, latest = (load_file(str(result.run_dir / d / "model.safetensors")) for d in ("best", "last"))
+        assert any(not torch.equal(best[k], latest[k]) for k in best)
+
+
+@pytest.mark.slow
+def test_a_fixed_pseudo_label_share_trains_into_an_ordinary_run(data_dir, folds_csv, extra, tmp_path):
+    source = {"train_csv": extra["csv"], "images_dir": extra["images"], "weight": 1.0}
+    cfg = with_sources(data_dir, folds_csv, source, data={"extra_share": 0.5})
+    trainer = Trainer(cfg, RunDir(tmp_path / "look"), init_dist("cpu"))
+    drawn = [trainer.data.loader.dataset.image_ids[i] for i, _ in trainer.data.sampler]
+    assert [sum(i in extra["named"] for i in drawn[k : k + 2]) for k in range(0, len(drawn), 2)] == [1] * 6
+    check_ordinary_run(cfg, train(cfg, tmp_path / "run").run_dir)
+    with pytest.raises(ValueError, match="extra_share"):
+        TrainConfig.from_dict(tiny_config(data_dir, folds_csv, data={"extra_share": 0.5}))
+
+
+@pytest.mark.slow
+def test_a_full_size_fine_tune_starts_from_its_folds_crop_run(straight_run, data_dir, folds_csv, tmp_path):
+    """`init_weights: <runs>/crop-f{fold}` (the shipped *_full.yaml configs): full 256 x 1600 images, the
+    weights of the crop run of the same fold; another fold's run is refused."""
+    _, crop = straight_run
+    (tmp_path / "crop-f0").symlink_to(crop.run_dir)
+    stage = {"data": {"crop": None, "batch_size": 1, "batches_per_epoch": 1}, "schedule": {"epochs": 1},
+             "model": {"init_weights": str(tmp_path / "crop-f{fold}")}}  # fmt: skip
+    cfg = TrainConfig.from_dict(tiny_config(data_dir, folds_csv, **stage))
+    assert cfg.model.init_weights == str(tmp_path / "crop-f0")
+    trainer = Trainer(cfg, RunDir(tmp_path / "look"), init_dist("cpu"))
+    started = load_file(str(crop.run_dir / "best" / "model.safetensors"))
+    assert all(torch.equal(v, started[k]) for k, v in trainer.model.state_dict().items())
+    assert next(iter(trainer.data.loader))["image"].shape == (1, 256, 1600)
+    check_ordinary_run(cfg, train(cfg, tmp_path / "full").run_dir)
+    fold_0_run = {"init_weights": str(tmp_path / "crop-f0")}
+    other = TrainConfig.from_dict(tiny_config(data_dir, folds_csv, model=fold_0_run, data={"fold": 1}))
+    with pytest.raises(ValueError, match="held out fold 0; this run holds out fold 1"):
+        train(other, tmp_path / "other")
+
+
+@pytest.mark.slow
+def test_a_killed_averaging_run_resumes_to_the_same_average(data_dir, folds_csv, tmp_path):
+    """The running average is part of checkpoint.pt: epoch 1, a 'kill', resume -> the unbroken run's best/."""
+    cfg = TrainConfig.from_dict(tiny_config(data_dir, folds_csv, **INGREDIENTS["average"]))
+    straight = train(cfg, tmp_path / "straight")
+    run = tmp_path / "resumed"
+    run.mkdir()
+    trainer = Trainer(cfg, RunDir(run), init_dist("cpu"))
+    log = RunLog(RunDir(run))
+    trainer.end_epoch(trainer.train_epoch(), 0.0, log)
+    log.close()
+    assert load_state(run / "checkpoint.pt")["average"]["n_averaged"] == 1
+    del trainer
+    train(cfg, run, resume=True)
+    a, b = (load_file(str(d / "best" / "model.safetensors")) for d in (straight.run_dir, run))
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs after resume"

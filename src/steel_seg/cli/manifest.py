@@ -40,6 +40,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--tta", type=views, default=("none", "h", "v"), help="segmenters' views (default none,h,v)"
     )
     p.add_argument(
+        "--cls-tta",
+        type=views,
+        help="classifiers' views (default: those of --tta; the 1st place ran its classifiers with none,h,v)",
+    )
+    p.add_argument(
         "--weight", type=float, action="append", help="ensemble weight per --model (default 1 each)"
     )
     p.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, help="kernel time budget in seconds")
@@ -58,10 +63,15 @@ def run(args: argparse.Namespace) -> int:
         allow_changed_inputs=args.allow_changed_inputs,
         describe=provenance_of,
         tta=args.tta,
+        cls_tta=args.cls_tta,
         weights=args.weight,
         budget_s=args.budget_s,
     )
-    print(f"wrote {path}: {', '.join(name for name, _ in args.model)}; views {','.join(args.tta)}")
+    cls_views = args.tta if args.cls_tta is None else args.cls_tta
+    print(
+        f"wrote {path}: {', '.join(name for name, _ in args.model)}; views {','.join(args.tta)} "
+        f"(classifiers {','.join(cls_views)})"
+    )
     lost = [m.name for m in Manifest.load(path).models if m.provenance is None]
     if lost:
         print(

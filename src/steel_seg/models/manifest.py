@@ -200,6 +200,7 @@ def build_manifest(
     model_dirs: Sequence[str | os.PathLike],
     *,
     tta: Sequence[str] = ("none", "h"),
+    cls_tta: Sequence[str] | None = None,
     weights: Sequence[float] | None = None,
     drop_order: Sequence[str] | None = None,
     budget_s: float = DEFAULT_BUDGET_S,
@@ -208,19 +209,24 @@ def build_manifest(
     """A manifest over model dirs inside `weights_dir`: name = dir name, role from the spec, sha256 computed,
     `provenance` by name (models of training runs).
 
-    Classifiers get only the "none" view (flips hardly change an image-level score). Default `drop_order`:
+    Segmenters get the views `tta`, classifiers `cls_tta` (None: the same views; the 1st place ran its
+    classifiers with none/h/v too, and a classifier costs a fraction of a segmenter). Default `drop_order`:
     the views beyond "none", last listed first, then the segmenters after the first, last first.
     """
     weights_dir = Path(weights_dir)
     weights = [1.0] * len(model_dirs) if weights is None else list(weights)
+    views = {"seg": tuple(tta), "cls": tuple(tta if cls_tta is None else cls_tta)}
     provenance = provenance or {}
     entries = [
-        _entry(weights_dir, Path(d), w, tuple(tta), provenance.get(Path(d).name))
+        _entry(weights_dir, Path(d), w, views, provenance.get(Path(d).name))
         for d, w in zip(model_dirs, weights, strict=True)
     ]
     if drop_order is None:
         segs = [e.name for e in entries if e.role == "seg"]
-        drop_order = [f"tta:{v}" for v in reversed(tta) if v != "none"] + [f"model:{n}" for n in segs[:0:-1]]
+        every = [*views["seg"], *(v for v in views["cls"] if v not in views["seg"])]
+        drop_order = [f"tta:{v}" for v in reversed(every) if v != "none"] + [
+            f"model:{n}" for n in segs[:0:-1]
+        ]
     return Manifest(models=tuple(entries), drop_order=tuple(drop_order), budget_s=budget_s)
 
 
@@ -306,7 +312,11 @@ def write_manifest(
 
 
 def _entry(
-    weights_dir: Path, model_dir: Path, weight: float, tta: tuple[str, ...], provenance: Provenance | None
+    weights_dir: Path,
+    model_dir: Path,
+    weight: float,
+    views: dict[str, tuple[str, ...]],
+    provenance: Provenance | None,
 ) -> ModelEntry:
     full = model_dir if model_dir.is_absolute() else weights_dir / model_dir
     try:
@@ -329,6 +339,6 @@ def _entry(
         dir=rel.as_posix(),
         sha256=sha256_file(weights_path),
         weight=weight,
-        tta=("none",) if role == "cls" else tta,
+        tta=views[role],
         provenance=provenance,
     )

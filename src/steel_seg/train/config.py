@@ -35,6 +35,7 @@ from steel_seg.models.factory import (
 )
 from steel_seg.models.precision import AMP_FLAGS
 from steel_seg.train.augment import AugmentConfig
+from steel_seg.train.finetune import FOLD, init_source
 from steel_seg.train.losses import LossConfig
 
 # Keys that may change between a run and its resumption: where and how fast it runs, not what it computes.
@@ -76,7 +77,9 @@ class DataConfig:
     the run validates on `fold` and trains on the rest. The folds cover `train_csv` only: `extra_sources`
     join the training side of every fold and never the validation side. Every image's header is checked
     before the first step; an unusable one stops the run, listed, unless `skip_bad_images` (then it is left
-    out and counted).
+    out and counted). `extra_share` (e.g. 0.12): every training batch holds round(share x batch_size) images
+    of the extra sources (drawn by their weights) and the rest from the train set, as khornlund's
+    pseudo-label batches did; null: extra images are drawn with the rest, by their weights.
     """
 
     train_csv: str = ""
@@ -94,7 +97,18 @@ class DataConfig:
     workers: int = 0
     batches_per_epoch: int | None = None
     skip_bad_images: bool = False
+    extra_share: float | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        share = self.extra_share
+        if share is None:
+            return
+        if not self.extra_sources or not 0 < round(share * self.batch_size) < self.batch_size:
+            raise ValueError(
+                f"data.extra_share {share}: needs extra_sources and 0 < round(share x batch_size "
+                f"{self.batch_size}) < batch_size"
+            )
 
 
 @dataclass(frozen=True)
@@ -104,9 +118,10 @@ class ModelConfig:
     `encoder_weights`: pretrained weights by the name smp knows for the encoder (`imagenet`, `advprop`, `ssl`,
     ...), loaded by smp from its Hugging Face cache (downloaded once when online); or `encoder_weights_path`:
     a local encoder state dict (`.safetensors` from `steel-seg encoder-weights`, or `.pth`). `init_weights`: a
-    model dir or file to fine-tune from; `seg_prior`: the segmentation head's initial probability (null =
-    smp's default init). In the YAML, `mean`/`std: auto` (the default) resolve before the spec is built
-    (`resolve_normalisation`), so the spec and the saved config hold numbers.
+    run dir, model dir or weights file to fine-tune from (`finetune`; `{fold}` in it is `data.fold`);
+    `seg_prior`: the segmentation head's initial probability (null = smp's default init). In the YAML,
+    `mean`/`std: auto` (the default) resolve before the spec is built (`resolve_normalisation`), so the spec
+    and the saved config hold numbers.
     """
 
     spec: ModelSpec
@@ -123,14 +138,14 @@ class ModelConfig:
         if self.encoder_weights is not None:
             encoders.hub_weights(self.spec.encoder, self.encoder_weights)
 
-    def build(self) -> nn.Module:
+    def build(self, fold: int) -> nn.Module:
         """The model of this config: built (pretrained encoder weights when named), its seg prior set, its
-        init weights loaded."""
+        init weights loaded (`finetune.init_source`: checked against the run's held-out `fold`)."""
         model = build_model(self.spec, self.encoder_weights_path, self.encoder_weights)
         if self.seg_prior is not None:
             set_seg_prior(model, self.spec, self.seg_prior)
         if self.init_weights:
-            load_init_weights(model, self.init_weights)
+            load_init_weights(model, init_source(self.init_weights, fold, self.spec))
         return model
 
     def to_dict(self) -> dict:
@@ -177,13 +192,24 @@ def resolve_normalisation(
     return prep.for_channels(in_channels)
 
 
+OPTIMIZERS = ("adamw", "sgd", "radam")
+SELECTIONS = ("metric", "tuned", "last", "average")
+
+
 @dataclass(frozen=True)
 class OptimConfig:
-    name: str = "adamw"  # adamw | sgd
+    """The optimiser (`OPTIMIZERS`; radam: `torch.optim.RAdam`, decoupled weight decay) and its settings.
+
+    `lr` and `weight_decay` hold for every parameter unless `encoder_lr` / `encoder_weight_decay` give the
+    encoder's parameters their own (`optim.param_groups`; null = the same as the rest)."""
+
+    name: str = "adamw"
     lr: float = 3e-4
     weight_decay: float = 1e-4
     momentum: float = 0.9  # sgd only
     grad_clip: float | None = None
+    encoder_lr: float | None = None
+    encoder_weight_decay: float | None = None
 
 
 @dataclass(frozen=True)
@@ -203,7 +229,15 @@ class LoopConfig:
     "off"), gradient accumulation, EMA decay (0 = off; the EMA model is validated and saved), mid-epoch
     checkpoints every N optimiser steps (0 = at epoch ends only), and an optional time limit: the run skips an
     epoch that would end past `time_limit_min` minutes, judged by the last epoch's duration (resumable; the
-    schedule is cut short)."""
+    schedule is cut short).
+
+    `select`: what `best/` (the model dir `oof`, `manifest` and the kernel use) holds. `metric`: the epoch
+    with the best competition metric at default rules (threshold 0.5, nothing else; a classifier: the lowest
+    validation loss). `tuned`: the epoch with the best metric after each class's rules are tuned on the
+    validation fold (`epoch_eval.SELECT_GRID`, tune's statistics), what the tuned kernel will score.
+    `last`: the last epoch. `average`: the equal average of the weights of the last `average_epochs` epochs
+    (`swa`: BatchNorm statistics recomputed), written at the schedule's last epoch; until then (or when
+    `time_limit_min` cuts the schedule short) the last epoch."""
 
     seed: int = 0
     device: str = "auto"
@@ -213,6 +247,8 @@ class LoopConfig:
     checkpoint_every: int = 0
     time_limit_min: float | None = None
     progress: bool = True
+    select: str = "metric"
+    average_epochs: int = 0
 
     def __post_init__(self) -> None:
         if self.amp is False:
@@ -229,12 +265,34 @@ class TrainConfig:
     train: LoopConfig = field(default_factory=LoopConfig)
 
     def __post_init__(self) -> None:
+        init = self.model.init_weights
+        if init and FOLD in init:  # one fine-tune config for every fold: `{fold}` is data.fold
+            model = dataclasses.replace(self.model, init_weights=init.replace(FOLD, str(self.data.fold)))
+            object.__setattr__(self, "model", model)
         if self.train.amp not in AMP_FLAGS:
             raise ValueError(f"train.amp must be one of {', '.join(AMP_FLAGS)}; got {self.train.amp!r}")
-        if self.optim.name not in ("adamw", "sgd"):
-            raise ValueError(f"optim.name must be adamw or sgd, got {self.optim.name!r}")
+        if self.optim.name not in OPTIMIZERS:
+            raise ValueError(f"optim.name must be one of {', '.join(OPTIMIZERS)}, got {self.optim.name!r}")
         if self.train.accumulate < 1 or self.schedule.epochs < 1:
             raise ValueError("train.accumulate and schedule.epochs must be >= 1")
+        self._check_selection()
+        weights = self.loss.pos_weight
+        if weights is not None and len(weights) != self.model.spec.classes:
+            raise ValueError(
+                f"loss.pos_weight needs one weight per class ({self.model.spec.classes}), got {weights}"
+            )
+
+    def _check_selection(self) -> None:
+        select, n = self.train.select, self.train.average_epochs
+        if select not in SELECTIONS:
+            raise ValueError(f"train.select must be one of {', '.join(SELECTIONS)}, got {select!r}")
+        if select == "tuned" and not self.model.spec.has_seg:
+            raise ValueError("train.select: tuned scores segmentation rules; a Classifier has none")
+        if (select == "average") != (n > 0) or (n and not 2 <= n <= self.schedule.epochs):
+            raise ValueError(
+                f"train.average_epochs {n}: with train.select average it averages 2 .. schedule.epochs "
+                "epochs; otherwise it must be 0"
+            )
 
     def to_dict(self) -> dict:
         out = {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}

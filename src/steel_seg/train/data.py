@@ -1,5 +1,10 @@
-"""Training data: a crop-and-augment Dataset (model input via `models.to_tensor`), a resumable sampler, the
-training and validation loaders, and `prepare`: everything a run reads, from its `data` config, in one call.
+"""Training data: a crop-and-augment Dataset, a resumable sampler, the training and validation loaders,
+`prepare` (everything a run reads, from its `data` config, in one call) and `to_device` (batch -> input).
+
+The loader workers ship what they decode: the grey crop as uint8 and the class masks as one uint8 bit mask
+(`augment.pack_masks`), 1/14 of the float32 3-channel image and 4 float masks they shipped before. The
+device normalises and expands the channels (`models.factory.to_tensor`, the one normalisation the kernel uses
+too) and unpacks the masks (`to_device`), so the hand-off to the main process stays small.
 
 Every random choice of a training sample (its crop, its augmentation) is drawn from a per-sample seed that the
 sampler derives from `(seed, epoch, position in the epoch)`: an epoch is the same whatever the number of
@@ -17,13 +22,14 @@ from typing import TYPE_CHECKING, Any
 import albumentations as A
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from steel_seg.competition import IMAGE_SHAPE, N_CLASSES
 from steel_seg.formats.folds import fold_ids, resolve_folds
 from steel_seg.formats.images import ImageError, read_grey
 from steel_seg.models.factory import ModelSpec, to_tensor
-from steel_seg.train.augment import augment, build_pipeline
+from steel_seg.train.augment import augment_packed, build_pipeline, pack_masks
 from steel_seg.train.sources import load_sources, usable_sources
 
 if TYPE_CHECKING:
@@ -56,15 +62,15 @@ def choose_crop(
 
 
 class SteelDataset(Dataset):
-    """Images with their class masks, optionally cropped and augmented.
+    """Images with their class masks, optionally cropped and augmented, as the loader workers ship them.
 
-    An item is a dict: `image (C, h, w) float32` (normalised per the spec), `mask (4, h, w) float32` 0/1,
-    `presence (4,) float32` (class present in the item's mask: the classifier target), `index` (int) and
-    `error` ("" or what made the image unusable: the item is then blank, and `raise_image_errors` stops the
-    run where the batch arrives, so a DataLoader worker never turns the message into a worker traceback).
-    A key is an index, or `(index, sample_seed)` as `EpochSampler` yields for random crops and augmentation.
-    Images are read from `images_dir`, or from their own folder in `folders` (ImageId -> folder: the extra
-    sources' images); each path is resolved once, here.
+    An item is a dict: `image (h, w) uint8` (the grey crop; `to_device` makes the model input), `mask (h, w)
+    uint8` (the class masks packed as bits, bit k = ClassId k+1), `presence (4,) float32` (class present in
+    the item's mask: the classifier target), `index` (int) and `error` ("" or what made the image unusable:
+    the item is then blank, and `raise_image_errors` stops the run where the batch arrives, so a DataLoader
+    worker never turns the message into a worker traceback). A key is an index, or `(index, sample_seed)` as
+    `EpochSampler` yields for random crops and augmentation. Images are read from `images_dir`, or from their
+    own folder in `folders` (ImageId -> folder: the extra sources' images); each path is resolved once, here.
     """
 
     def __init__(
@@ -72,7 +78,6 @@ class SteelDataset(Dataset):
         images_dir: str | Path,
         image_ids: Sequence[str],
         labels: Labels,
-        spec: ModelSpec,
         crop: tuple[int, int] | None = None,
         defect_crop_p: float = 0.0,
         pipeline: A.Compose | None = None,
@@ -82,7 +87,6 @@ class SteelDataset(Dataset):
         folders, default = folders or {}, Path(images_dir)
         self.paths = [folders.get(image_id, default) / image_id for image_id in self.image_ids]
         self.labels = labels
-        self.spec = spec
         self.crop = tuple(crop) if crop else None
         self.defect_crop_p = defect_crop_p
         self.pipeline = pipeline
@@ -98,14 +102,14 @@ class SteelDataset(Dataset):
             y0, x0 = choose_crop(masks, self.crop, self.defect_crop_p, rng)
             h, w = self.crop
             grey, masks = grey[y0 : y0 + h, x0 : x0 + w], masks[:, y0 : y0 + h, x0 : x0 + w]
+        packed = pack_masks(masks)
         if self.pipeline is not None:
             self.pipeline.set_random_seed(int(rng.integers(2**31)))
-            grey, masks = augment(self.pipeline, np.ascontiguousarray(grey), np.ascontiguousarray(masks))
-        mask = torch.from_numpy(np.ascontiguousarray(masks)).float()
+            grey, packed = augment_packed(self.pipeline, np.ascontiguousarray(grey), packed)
         return {
-            "image": to_tensor(grey[None], self.spec)[0],
-            "mask": mask,
-            "presence": mask.flatten(1).amax(dim=1),
+            "image": torch.from_numpy(np.ascontiguousarray(grey)),
+            "mask": torch.from_numpy(np.ascontiguousarray(packed)),
+            "presence": torch.from_numpy(packed_presence(packed, len(masks))),
             "index": index,
             "error": error,
         }
@@ -120,6 +124,34 @@ class SteelDataset(Dataset):
             return (*self.read(index), "")
         except ImageError as exc:
             return np.zeros(IMAGE_SHAPE, np.uint8), np.zeros((N_CLASSES, *IMAGE_SHAPE), np.uint8), str(exc)
+
+
+def packed_presence(packed: np.ndarray, classes: int) -> np.ndarray:
+    """`(classes,) float32` 0/1: whether bit k is set anywhere in the bit mask `packed (h, w) uint8`."""
+    bits = int(np.bitwise_or.reduce(packed, axis=None)) if packed.size else 0
+    return ((bits >> np.arange(classes)) & 1).astype(np.float32)
+
+
+def unpack_bits(packed: Tensor, classes: int) -> Tensor:
+    """Bit masks `(N, h, w) uint8` -> float32 0/1 masks `(N, classes, h, w)`, on the input's device."""
+    bits = torch.arange(classes, dtype=torch.uint8, device=packed.device).view(1, -1, 1, 1)
+    return ((packed.unsqueeze(1) >> bits) & 1).float()
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    """The layout training uses on `device`: channels_last on CUDA (cuDNN's NHWC convolutions, AMP's tensor
+    cores); the default on the CPU, where the demo's mobilenet trained several times slower in channels_last
+    and a CPU run keeps exactly the numbers it had before the layout existed."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def to_device(batch: dict, spec: ModelSpec, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """A loader batch on `device`: model input `(N, C, h, w) float32` (`to_tensor`, in `memory_format`),
+    masks `(N, classes, h, w) float32` 0/1 and presence `(N, classes) float32`."""
+    image = batch["image"].to(device, non_blocking=True)
+    x = to_tensor(image, spec).contiguous(memory_format=memory_format(device))
+    mask = unpack_bits(batch["mask"].to(device, non_blocking=True), spec.classes)
+    return x, mask, batch["presence"].to(device, non_blocking=True)
 
 
 def raise_image_errors(batch: dict) -> None:
@@ -159,12 +191,30 @@ def draw_weights(presence: np.ndarray, source_weights: np.ndarray, balanced: boo
     return weights / weights.sum()
 
 
+@dataclass(frozen=True)
+class BatchShare:
+    """Every batch of `batch_size` holds exactly `per_batch` items where `extra (N,) bool` is True (the extra
+    sources' images: khornlund fixed 12% pseudo-labelled images per batch), the rest from the others."""
+
+    extra: np.ndarray
+    per_batch: int
+    batch_size: int
+
+    def __post_init__(self) -> None:
+        if not 0 < self.per_batch < self.batch_size or not self.extra.any() or self.extra.all():
+            raise ValueError(
+                f"a fixed share needs 0 < per batch ({self.per_batch}) < batch size ({self.batch_size}) and "
+                f"both kinds of image ({int(self.extra.sum())} of {self.extra.size} are extra)"
+            )
+
+
 class EpochSampler(Sampler):
     """Yields `(index, sample_seed)` for one epoch of one rank; deterministic in `(seed, epoch)`.
 
     Shuffles (or draws with replacement by `weights`, the class-balanced option), pads the epoch to a
-    multiple of `num_replicas` and strides it by `rank`, as `DistributedSampler` does. `start` skips the
-    first positions of this rank's share (a resumed epoch).
+    multiple of `num_replicas` and strides it by `rank`, as `DistributedSampler` does. With `share`, every
+    batch of every rank holds its fixed number of extra items at random places (`_shared_order`). `start`
+    skips the first positions of this rank's share (a resumed epoch).
     """
 
     def __init__(
@@ -175,23 +225,52 @@ class EpochSampler(Sampler):
         weights: np.ndarray | None = None,
         num_replicas: int = 1,
         rank: int = 0,
+        share: BatchShare | None = None,
     ):
-        self.n, self.seed, self.shuffle, self.weights = n, seed, shuffle, weights
+        self.n, self.seed, self.shuffle, self.weights, self.share = n, seed, shuffle, weights, share
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
+    def _per_rank(self) -> int:
+        if self.share is None:
+            return -(-self.n // self.num_replicas)
+        s = self.share
+        kept = (s.batch_size - s.per_batch) * self.num_replicas
+        return -(-int((~s.extra).sum()) // kept) * s.batch_size
+
+    def _draw(self, rng: np.random.Generator, items: np.ndarray, size: int, replace: bool) -> np.ndarray:
+        """`size` of `items`: a permutation (resized) unless weighted or `replace`; weights renormalised."""
+        if self.weights is None and not replace:
+            return np.resize(rng.permutation(items) if self.shuffle else items, size)
+        p = self.weights
+        if p is not None and items.size < self.n:
+            p = p[items] / p[items].sum()
+        return rng.choice(items, size=size, replace=True, p=p)
+
+    def _shared_order(self, rng: np.random.Generator) -> np.ndarray:
+        """The epoch as (batch, rank, place) with `per_batch` extra items in each batch, at shuffled places,
+        laid out so that striding by rank gives each rank its own batches."""
+        s, world = self.share, self.num_replicas
+        batches = self._per_rank() // s.batch_size
+        kept = s.batch_size - s.per_batch
+        primary = self._draw(rng, np.flatnonzero(~s.extra), batches * world * kept, replace=False)
+        extra = self._draw(rng, np.flatnonzero(s.extra), batches * world * s.per_batch, replace=True)
+        grid = np.concatenate([primary.reshape(batches, world, kept),
+                               extra.reshape(batches, world, s.per_batch)], axis=2)  # fmt: skip
+        grid = rng.permuted(grid, axis=2)
+        return grid.transpose(0, 2, 1).reshape(-1)
+
     def _epoch_order(self) -> tuple[np.ndarray, np.ndarray]:
         seq = np.random.SeedSequence([self.seed, self.epoch])
         rng = np.random.default_rng(seq)
-        if self.weights is not None:
-            order = rng.choice(self.n, size=self.n, replace=True, p=self.weights)
+        total = self._per_rank() * self.num_replicas
+        if self.share is not None:
+            order = self._shared_order(rng)
         else:
-            order = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
-        total = -(-self.n // self.num_replicas) * self.num_replicas
-        order = np.resize(order, total)
+            order = np.resize(self._draw(rng, np.arange(self.n), self.n, self.weights is not None), total)
         seeds = seq.spawn(1)[0].generate_state(total)
         return order, seeds
 
@@ -202,12 +281,11 @@ class EpochSampler(Sampler):
         return iter(pairs[self.start :])
 
     def __len__(self) -> int:
-        return -(-self.n // self.num_replicas) - self.start
+        return self._per_rank() - self.start
 
 
 def train_loader(
     cfg: DataConfig,
-    spec: ModelSpec,
     labels: Labels,
     ids: list[str],
     *,
@@ -217,39 +295,45 @@ def train_loader(
     pin_memory: bool = False,
     folders: Mapping[str, Path] | None = None,
     source_weights: np.ndarray | None = None,
+    is_extra: np.ndarray | None = None,
 ) -> tuple[DataLoader, EpochSampler, int]:
     """The training loader of `ids` for process `rank` of `world`, its sampler, and its batches per epoch.
 
-    `folders` and `source_weights` (`(N,)`, one per id) come from `sources.Sources` when the config has
-    extra sources: where their images are, and how often each is drawn (`draw_weights`).
+    `folders`, `source_weights` and `is_extra` (`(N,)`, one per id) come from `sources.Sources` when the
+    config has extra sources: where their images are, how often each is drawn (`draw_weights`), and which
+    ones `data.extra_share` puts in every batch at a fixed share (`BatchShare`).
     """
     pipeline = build_pipeline(cfg.augment, seed)
     dataset = SteelDataset(
-        cfg.images_dir, ids, labels, spec, cfg.crop, cfg.defect_crop_p, pipeline, folders=folders
+        cfg.images_dir, ids, labels, cfg.crop, cfg.defect_crop_p, pipeline, folders=folders
     )
     presence = labels.presence().loc[ids].to_numpy() if cfg.balanced else None
     source_weights = np.ones(len(ids)) if source_weights is None else source_weights
     weights = draw_weights(presence, source_weights, cfg.balanced)
-    sampler = EpochSampler(len(ids), seed, weights=weights, num_replicas=world, rank=rank)
+    share = None
+    if cfg.extra_share is not None:
+        extra = np.zeros(len(ids), bool) if is_extra is None else is_extra
+        share = BatchShare(extra, round(cfg.extra_share * cfg.batch_size), cfg.batch_size)
+    sampler = EpochSampler(len(ids), seed, weights=weights, num_replicas=world, rank=rank, share=share)
     drop_last = len(sampler) >= cfg.batch_size
     batches = len(sampler) // cfg.batch_size if drop_last else 1
     if cfg.batches_per_epoch:
         batches = min(batches, cfg.batches_per_epoch)
     loader = DataLoader(
         dataset, cfg.batch_size, sampler=sampler, num_workers=cfg.workers, drop_last=drop_last,
-        pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed),
+        pin_memory=pin_memory, persistent_workers=cfg.workers > 0,
+        generator=torch.Generator().manual_seed(seed),
     )  # fmt: skip
     return loader, sampler, batches
 
 
-def val_loader(
-    cfg: DataConfig, spec: ModelSpec, labels: Labels, ids: list[str], pin_memory: bool = False
-) -> DataLoader:
+def val_loader(cfg: DataConfig, labels: Labels, ids: list[str], pin_memory: bool = False) -> DataLoader:
     """Full-size validation images of `ids`, in order, unaugmented."""
-    dataset = SteelDataset(cfg.images_dir, ids, labels, spec)
+    dataset = SteelDataset(cfg.images_dir, ids, labels)
     return DataLoader(
-        dataset, cfg.val_batch_size, shuffle=False, num_workers=cfg.workers, pin_memory=pin_memory
-    )
+        dataset, cfg.val_batch_size, shuffle=False, num_workers=cfg.workers, pin_memory=pin_memory,
+        persistent_workers=cfg.workers > 0,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -267,7 +351,7 @@ class TrainData:
 
 
 def prepare(
-    cfg: DataConfig, spec: ModelSpec, run: RunDir, *, seed: int, rank: int = 0, world: int = 1,
+    cfg: DataConfig, run: RunDir, *, seed: int, rank: int = 0, world: int = 1,
     device_type: str = "cpu", progress: bool = True,
 ) -> TrainData:  # fmt: skip
     """The data of one training process (rank `rank` of `world`; rank 0 is the main one, which writes a
@@ -286,8 +370,9 @@ def prepare(
     fold_train, val_ids = fold_ids(folds, cfg.fold, folds_csv)
     train_ids = fold_train + sources.extra_ids  # extra sources: the training side only
     loader, sampler, batches = train_loader(
-        cfg, spec, sources.labels, train_ids, seed=seed, rank=rank, world=world, pin_memory=pin,
+        cfg, sources.labels, train_ids, seed=seed, rank=rank, world=world, pin_memory=pin,
         folders=sources.folders(), source_weights=sources.weights(train_ids),
+        is_extra=np.arange(len(train_ids)) >= len(fold_train),
     )  # fmt: skip
     return TrainData(
         labels=sources.labels,
@@ -295,6 +380,6 @@ def prepare(
         loader=loader,
         sampler=sampler,
         batches=batches,
-        val_loader=val_loader(cfg, spec, sources.labels, val_ids, pin) if main else None,
+        val_loader=val_loader(cfg, sources.labels, val_ids, pin) if main else None,
         sources=sources.record(len(fold_train), len(val_ids)),
     )

@@ -16,6 +16,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,13 +32,14 @@ from steel_seg.models.precision import autocast, device_dtype
 from steel_seg.progress import Progress
 from steel_seg.train.checkpoint import Ema, load_state, save_state
 from steel_seg.train.config import RESUMABLE, TrainConfig
-from steel_seg.train.data import prepare, raise_image_errors
+from steel_seg.train.data import memory_format, prepare, raise_image_errors, to_device
 from steel_seg.train.distributed import Dist, barrier, gather, init_dist
-from steel_seg.train.epoch_eval import evaluate
+from steel_seg.train.epoch_eval import SELECT_GRID, evaluate
 from steel_seg.train.inputs import check_resume, run_inputs
 from steel_seg.train.losses import ModelLoss, as_float
 from steel_seg.train.optim import make_optimizer, make_scheduler
 from steel_seg.train.run_log import RunLog
+from steel_seg.train.swa import WeightAverage
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +51,21 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run: RunDir, dist: Dist):
         self.cfg, self.run, self.dist = cfg, run, dist
         self.spec = cfg.model.spec
-        self.data = prepare(cfg.data, self.spec, run, seed=cfg.train.seed, rank=dist.rank, world=dist.world,
+        self.data = prepare(cfg.data, run, seed=cfg.train.seed, rank=dist.rank, world=dist.world,
                             device_type=dist.device.type, progress=cfg.train.progress)  # fmt: skip
         torch.manual_seed(cfg.train.seed)
-        self.model = cfg.model.build().to(dist.device)
+        self.model = cfg.model.build(cfg.data.fold).to(dist.device, memory_format=memory_format(dist.device))
         self.net = DistributedDataParallel(self.model) if dist.world > 1 else self.model
         self.ema = Ema(self.model, cfg.train.ema_decay) if cfg.train.ema_decay else None
+        n_average, epochs = cfg.train.average_epochs, cfg.schedule.epochs
+        self.average = WeightAverage(self.eval_model, n_average, epochs) if n_average else None
         self.optimizer = make_optimizer(cfg.optim, self.model)
         self.steps_per_epoch = math.ceil(self.data.batches / cfg.train.accumulate)
         total_steps = cfg.schedule.epochs * self.steps_per_epoch
         self.scheduler = make_scheduler(cfg.schedule, self.optimizer, total_steps)
         self.amp = device_dtype(dist.device, cfg.train.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
-        self.loss_fn = ModelLoss(cfg.loss)
+        self.loss_fn = ModelLoss(cfg.loss).to(dist.device)
         self.epoch, self.batch, self.step, self.loss_sum, self.loss_count = 0, 0, 0, 0.0, 0
         self.best = -math.inf
 
@@ -70,6 +74,7 @@ class Trainer:
         return {
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None,
+            "average": self.average.state_dict() if self.average else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -91,6 +96,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         if self.ema:
             self.ema.load_state_dict(state["ema"])
+        if self.average:
+            self.average.load_state_dict(state["average"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -120,8 +127,7 @@ class Trainer:
     # -- steps
     def _micro_step(self, batch: dict[str, Tensor], sync: bool) -> None:
         device, cfg = self.dist.device, self.cfg.train
-        x = batch["image"].to(device, non_blocking=True)
-        mask, presence = batch["mask"].to(device), batch["presence"].to(device)
+        x, mask, presence = to_device(batch, self.spec, device)
         no_sync = self.net.no_sync if isinstance(self.net, DistributedDataParallel) and not sync else None
         with no_sync() if no_sync else contextlib.nullcontext():
             with autocast(device, self.amp):
@@ -146,6 +152,15 @@ class Trainer:
         if every and self.step % every == 0 and self.batch < self.data.batches:
             self.save_checkpoint()
 
+    def train_batch(self, batch: dict[str, Tensor]) -> None:
+        """One loader batch: forward, backward, and the optimiser step at each `accumulate` boundary."""
+        raise_image_errors(batch)
+        self.batch += 1
+        boundary = self.batch % self.cfg.train.accumulate == 0 or self.batch == self.data.batches
+        self._micro_step(batch, sync=boundary)
+        if boundary:
+            self._optimizer_step()
+
     def train_epoch(self) -> float:
         """Train the rest of the current epoch (from `self.batch`); returns its mean training loss."""
         if self.batch == 0:
@@ -158,38 +173,64 @@ class Trainer:
                        bar=self.cfg.train.progress, show=self.dist.main)  # fmt: skip
         with bar:
             for batch in batches:
-                raise_image_errors(batch)
-                self.batch += 1
-                boundary = self.batch % self.cfg.train.accumulate == 0 or self.batch == self.data.batches
-                self._micro_step(batch, sync=boundary)
-                if boundary:
-                    self._optimizer_step()
+                self.train_batch(batch)
                 bar.update(loss=f"{self.loss_sum / self.loss_count:.4f}")
         mean = self.loss_sum / max(1, self.loss_count)
         self.epoch, self.batch, self.loss_sum, self.loss_count = self.epoch + 1, 0, 0.0, 0
         return mean
 
     def end_epoch(self, train_loss: float, started: float, log: RunLog | None) -> dict[str, Any] | None:
-        """Validate, write last/ and best/ and the logs (main process), then the checkpoint (all)."""
+        """Validate, write last/ and best/ (what `train.select` chooses) and the logs (main process), then the
+        checkpoint (all). At the schedule's last epoch `select: average` writes the average to best/."""
+        averaged = self.average is not None and self.average.update(self.eval_model, self.epoch)
         record = None
         if self.dist.main:
-            data = self.data
-            result = evaluate(
-                self.eval_model, self.spec, data.val_loader, data.labels, self.loss_fn, self.amp
-            )
-            value = result["val_dice"] if self.spec.has_seg else -result["val_loss"]
-            is_best = value > self.best
-            self.best = max(self.best, value)
+            result = self._evaluate(self.eval_model)
+            value = self._selection_value(result)
+            chosen = self.cfg.train.select in ("last", "average")
+            is_best = chosen or value > self.best
+            self.best = value if chosen else max(self.best, value)
             save(self.eval_model, self.spec, self.run.last)
             if is_best:
                 save(self.eval_model, self.spec, self.run.best)
-            record = {"epoch": self.epoch, "step": self.step, "lr": self.scheduler.get_last_lr()[0],
-                      "train_loss": train_loss, **result, "seconds": round(time.time() - started, 2),
-                      "is_best": is_best}  # fmt: skip
+            lrs = self.scheduler.get_last_lr()
+            record = {"epoch": self.epoch, "step": self.step, "lr": lrs[0], "train_loss": train_loss,
+                      **result, "seconds": round(time.time() - started, 2), "is_best": is_best}  # fmt: skip
+            if len(lrs) > 1:
+                record["encoder_lr"] = lrs[1]
+            if averaged and self.epoch == self.cfg.schedule.epochs:
+                record["average"] = self._finish_average()
             log.write(record)
         self.save_checkpoint()
         barrier(self.dist)
         return record
+
+    def _evaluate(self, model: nn.Module) -> dict[str, Any]:
+        tune = SELECT_GRID if self.cfg.train.select == "tuned" else None
+        data = self.data
+        return evaluate(model, self.spec, data.val_loader, data.labels, self.loss_fn, self.amp, tune)
+
+    def _selection_value(self, result: dict[str, Any]) -> float:
+        """The validation number `train.select` ranks epochs by (and reports as the run's best)."""
+        if self.cfg.train.select == "tuned":
+            return result["val_dice_tuned"]
+        return result["val_dice"] if self.spec.has_seg else -result["val_loss"]
+
+    def _finish_average(self) -> dict[str, Any]:
+        """BatchNorm statistics of the average recomputed on one epoch of training batches (a new epoch's
+        draw), then validated and written to best/; its validation numbers for the record."""
+        self.data.sampler.set_epoch(self.epoch)
+        batches = itertools.islice(self.data.loader, self.data.batches)
+        model = self.average.finish(self._inputs(batches))
+        result = self._evaluate(model)
+        save(model, self.spec, self.run.best)
+        self.best = self._selection_value(result)
+        return {"epochs": self.average.count, **{k: v for k, v in result.items() if k != "score"}}
+
+    def _inputs(self, batches: Iterable[dict]) -> Iterator[Tensor]:
+        for batch in batches:
+            raise_image_errors(batch)
+            yield to_device(batch, self.spec, self.dist.device)[0]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from steel_seg.formats.runs import RunDir
 
 CSV_FIELDS = (
     "epoch", "step", "lr", "train_loss", "val_loss", "val_dice", *(f"dice_{c}" for c in CLASSES),
-    "dice_empty", "dice_nonempty", "cls_accuracy", "seconds", "is_best",
+    "dice_empty", "dice_nonempty", "val_dice_tuned", "cls_accuracy", "seconds", "is_best",
 )  # fmt: skip
 
 
