@@ -1,10 +1,11 @@
 """`make demo`: the whole user path on a synthetic Severstal-like set, end to end, on a CPU.
 
-synth -> folds -> train -> manifest -> oof (of the manifest's own ensemble) -> tune -> report (eda, eval)
--> build_kernel.py -> the built kernel dry-run on the synthetic test images -> score vs the all-empty
-baseline; then, where the real sample sits in ../shared, a kernel dry-run on those real images and a
-validation of its submission.
-Every step is the real command a user types (run as a subprocess); the summary lists what each wrote.
+`steel-seg synth` (once) -> `steel-seg experiment run experiments/demo.yaml` (folds -> train -> manifest ->
+oof of the manifest's own ensemble -> tune -> reports (eda, eval) -> build_kernel.py -> the built kernel's dry
+run on the synthetic test images -> validate) -> the comparison: the tuned kernel's Dice against the synthetic
+truth next to the all-empty baseline; then, where the real sample sits in ../shared, a kernel dry run on
+those real images and a validation of its submission. Every step is the real command a user types (run as a
+subprocess); a second `make demo` runs no step of the experiment again, only prints the comparison.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from steel_seg.formats.metric import score_files
 from steel_seg.formats.submission import SubmissionWriter, read_sample
 
 ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENT = Path("experiments") / "demo.yaml"
 DEMO = ROOT / "demo"
 DATA = DEMO / "data"
 TRAIN_IMAGES, TEST_IMAGES, SEED = 300, 60, 0
@@ -30,7 +32,7 @@ TRAIN_IMAGES, TEST_IMAGES, SEED = 300, 60, 0
 
 @dataclass
 class Demo:
-    """The demo's steps, timed, and the files they wrote."""
+    """The demo's commands, timed."""
 
     steps: list[tuple[str, float]] = field(default_factory=list)
 
@@ -69,7 +71,6 @@ def empty_baseline(sample_csv: Path, truth_csv: Path, images: Path) -> float:
 def main() -> int:
     start = time.perf_counter()
     demo = Demo()
-    py = sys.executable
     if not (DATA / "train.csv").is_file():
         demo.run(
             "synthesise a Severstal-like set",
@@ -77,106 +78,9 @@ def main() -> int:
                 "synth", "--out", DATA, "--images", TRAIN_IMAGES, "--test-images", TEST_IMAGES, "--seed", SEED
             ),
         )
-    demo.run(
-        "folds that keep near-duplicates together",
-        *steel_seg(
-            "folds",
-            "--train-csv",
-            DATA / "train.csv",
-            "--images",
-            DATA / "train_images",
-            "--k",
-            "5",
-            "--out",
-            DEMO / "folds.csv",
-        ),
-    )
-    run_dir = DEMO / "runs" / "demo_cpu-f0"
-    demo.run(
-        "train the CPU demo model on folds 1-4",
-        *steel_seg(
-            "train",
-            "--config",
-            "configs/demo_cpu.yaml",
-            "--fold",
-            "0",
-            "--out",
-            run_dir,
-            "--set",
-            f"data.folds_csv={DEMO / 'folds.csv'}",
-        ),
-    )
-    weights = DEMO / "weights"
-    demo.run(
-        "collect the weights + manifest",
-        *steel_seg(
-            "manifest", "--weights-dir", weights, "--model", f"demo-f0={run_dir / 'best'}", "--tta", "none,h"
-        ),
-    )
-    oof = DEMO / "oof" / "ensemble"
-    demo.run(
-        "out-of-fold predictions of the manifest's ensemble (fold 0)",
-        *steel_seg("oof", "--weights-dir", weights, "--out", oof, "--device", "cpu"),
-    )
-    demo.run(
-        "tune the post-processing on the OOF (1 of the 5 folds: the demo trains one)",
-        *steel_seg("tune", "--oof", oof, "--out", weights / "thresholds.json", "--allow-partial-folds"),
-    )
-    demo.run(
-        "EDA report",
-        *steel_seg(
-            "report",
-            "eda",
-            "--train-csv",
-            DATA / "train.csv",
-            "--images",
-            DATA / "train_images",
-            "--out",
-            DEMO / "report" / "eda",
-        ),
-    )
-    demo.run(
-        "evaluation report",
-        *steel_seg(
-            "report",
-            "eval",
-            "--oof",
-            oof,
-            "--thresholds",
-            weights / "thresholds.json",
-            "--images",
-            DATA / "train_images",
-            "--out",
-            DEMO / "report" / "eval",
-        ),
-    )
-    kernel_dir = DEMO / "kernel"
-    demo.run(
-        "build the one-file kernel",
-        py,
-        "build_kernel.py",
-        "--weights-dir",
-        weights,
-        "--out",
-        kernel_dir,
-        "--kaggle-user",
-        "your-kaggle-user",
-    )
-    submission = DEMO / "submission.csv"
-    demo.run(
-        "dry-run the kernel on the synthetic test images",
-        py,
-        kernel_dir / "kernel.py",
-        "--data-dir",
-        DATA,
-        "--weights-dir",
-        weights,
-        "--out",
-        submission,
-        "--device",
-        "cpu",
-    )
-    tuned = score_files(DATA / "test_truth.csv", submission, DATA / "test_images")
+    demo.run("the experiment: folds, train, manifest, oof, tune, reports, kernel, dry run, validate",
+             *steel_seg("experiment", "run", EXPERIMENT, "--gpus", "none"))  # fmt: skip
+    tuned = score_files(DATA / "test_truth.csv", DEMO / "submission.csv", DATA / "test_images")
     baseline = empty_baseline(DATA / "sample_submission.csv", DATA / "test_truth.csv", DATA / "test_images")
     real = None
     if available():
@@ -184,16 +88,8 @@ def main() -> int:
         real = DEMO / "submission_real_sample.csv"
         demo.run(
             "dry-run the kernel on the real Severstal sample",
-            py,
-            kernel_dir / "kernel.py",
-            "--data-dir",
-            real_dir,
-            "--weights-dir",
-            weights,
-            "--out",
-            real,
-            "--device",
-            "cpu",
+            *[sys.executable, DEMO / "kernel" / "kernel.py", "--data-dir", real_dir],
+            *["--weights-dir", DEMO / "weights", "--out", real, "--device", "cpu"],
         )
         demo.run(
             "validate that submission",
@@ -207,7 +103,7 @@ def print_summary(demo: Demo, tuned, baseline: float, real: Path | None, seconds
     print("\n" + "=" * 72 + "\nsteel_seg demo: summary\n" + "=" * 72)
     for title, secs in demo.steps:
         print(f"  {secs:7.1f} s  {title}")
-    print(f"  {seconds:7.1f} s  in all\n")
+    print(f"  {seconds:7.1f} s  in all (each step's time: steel-seg experiment status {EXPERIMENT})\n")
     per_class = "  ".join(f"c{c} {d:.3f}" for c, d in tuned.per_class.items())
     print(
         f"synthetic test set ({tuned.n_pairs} pairs): tuned kernel mean Dice {tuned.mean_dice:.4f} "
@@ -223,13 +119,14 @@ def print_summary(demo: Demo, tuned, baseline: float, real: Path | None, seconds
     print("\nwritten:")
     for path, what in [
         (DEMO / "data", "synthetic train/test set, train.csv, sample_submission.csv, test_truth.csv"),
-        (DEMO / "runs" / "demo_cpu-f0", "training run: best/, last/, checkpoint.pt, logs"),
-        (DEMO / "oof" / "ensemble", "out-of-fold probabilities of the ensemble the kernel ships"),
+        (DEMO / "runs" / "demo-f0", "training run: best/, last/, checkpoint.pt, logs"),
+        (DEMO / "oof", "out-of-fold probabilities of the ensemble the kernel ships"),
         (DEMO / "weights", "weights dataset: model dir, manifest.json, thresholds.json"),
         (DEMO / "kernel" / "kernel.py", "the one-file offline kernel (+ kernel-metadata.json)"),
-        (DEMO / "submission.csv", "its dry-run submission"),
-        (DEMO / "report" / "eda" / "report.html", "EDA report"),
-        (DEMO / "report" / "eval" / "report.html", "evaluation report"),
+        (DEMO / "submission.csv", "its dry-run submission (validated)"),
+        (DEMO / "reports" / "eda" / "report.html", "EDA report"),
+        (DEMO / "reports" / "eval" / "report.html", "evaluation report"),
+        (DEMO / "steps", "each step's record (what it was made from); logs/: each step's output"),
     ]:
         print(f"  {_shown(path):42s} {what}")
     if real is not None:

@@ -31,8 +31,18 @@ MADE_BY_THE_WORKFLOW = [
     "submission.run.json",
     "submission_real_sample.csv",
     "submission.csv.partial",
+    "experiments/gold/steps/folds.json",
+    "experiments/gold/runs/unet-f0/checkpoint.pt",
+    "experiments/gold/weights/manifest.json",
 ]
-COMMITTED = ["weights/thresholds.json", "configs/unet_effb3.yaml", "kernel/bootstrap.py.tmpl", "README.md"]
+COMMITTED = [
+    "weights/thresholds.json",
+    "configs/unet_effb3.yaml",
+    "kernel/bootstrap.py.tmpl",
+    "README.md",
+    "experiments/example.yaml",
+    "experiments/demo.yaml",
+]
 
 
 def ignored(paths: list[str]) -> set[str]:

@@ -32,6 +32,7 @@ COMMANDS = {
     "pseudo": "pseudo-label unlabelled images with the ensemble (a train.csv of the sure ones)",
     "score": "the competition's mean Dice of a submission against truth",
     "validate": "check a submission against a sample_submission.csv",
+    "experiment": "plan, run or show an experiment file: the whole workflow, resumable",
 }
 
 
