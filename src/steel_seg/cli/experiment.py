@@ -30,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--executor",
         choices=runner.EXECUTORS,
         default="local",
-        help="slurm: GPU steps as SLURM jobs via submitit (pip install 'steel-seg[slurm]'; options in the "
+        help="slurm: GPU steps as SLURM jobs via submitit (pip install -e '.[slurm]'; options in the "
         "file's slurm section)",
     )
     r.add_argument(

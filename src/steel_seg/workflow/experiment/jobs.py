@@ -1,5 +1,5 @@
 """Running one step's command: here, as a child process (`Local`), or on a SLURM cluster through submitit
-(`Slurm`, `pip install 'steel-seg[slurm]'`). Either way its output goes to the step's log file.
+(`Slurm`, the optional extra: `pip install -e '.[slurm]'`). Either way its output goes to the step's log file.
 
 A local child dies with the experiment (Linux: `PR_SET_PDEATHSIG`), so a killed `experiment run` leaves no
 training writing into a run dir that the next `run` resumes. Under SLURM a job runs the very same command
@@ -110,7 +110,9 @@ class Slurm:
         try:
             import submitit
         except ImportError:
-            raise ValueError("--executor slurm needs submitit: pip install 'steel-seg[slurm]'") from None
+            raise ValueError(
+                "--executor slurm needs submitit: pip install -e '.[slurm]' (or pip install submitit)"
+            ) from None
         self.submitit, self.options, self.folder = submitit, options, folder
 
     def launch(self, argv: list[str], env: Mapping[str, str], log: Path, gpus: int) -> SlurmJob:

@@ -74,14 +74,12 @@ def judge(
 
 
 def resumes(step: Step, record: Record | None, key: dict[str, Any]) -> bool:
-    """Whether an unfinished training step continues from its checkpoint: it was started with this key."""
-    return (
-        step.kind == TRAIN
-        and record is not None
-        and record.state != DONE
-        and record.key == key
-        and RunDir(Path(step.target)).checkpoint.is_file()
-    )
+    """Whether an unfinished training step continues from its checkpoint: it was started with this key and
+    the checkpoint is its own (written since it started, not a replaced run's)."""
+    if step.kind != TRAIN or record is None or record.state == DONE or record.key != key:
+        return False
+    checkpoint = RunDir(Path(step.target)).checkpoint
+    return checkpoint.is_file() and checkpoint.stat().st_mtime >= record.started
 
 
 def unfinished(step: Step, record: Record, key: dict[str, Any]) -> str:

@@ -239,7 +239,7 @@ def round_steps(exp: Experiment, layout: Layout, r: int) -> list[Step]:
             outputs=(str(oof / "meta.json"),),
             command=_inference(exp, ("oof", "--weights-dir", str(weights), "--out", str(oof))),
             target=str(oof),
-            gpus=_inference_gpus(exp),
+            gpus=ALL,
         )
     )
     partial = ("--allow-partial-folds",) if len(exp.folds.used) < exp.folds.k else ()
@@ -365,10 +365,6 @@ def _inference(exp: Experiment, args: tuple[str, ...], program: str = STEEL_SEG)
     return Command(program=program, args=args, where=where)
 
 
-def _inference_gpus(exp: Experiment) -> int:
-    return 0 if exp.inference.devices == "cpu" else ALL
-
-
 def pseudo_step(exp: Experiment, layout: Layout, r: int) -> Step:
     p, before, labels = exp.pseudo, prefix(r - 1), layout.round(r) / "labels"
     limits = {
@@ -397,7 +393,7 @@ def pseudo_step(exp: Experiment, layout: Layout, r: int) -> Step:
         outputs=(str(labels / TRAIN_CSV),),
         target=str(labels),
         inputs=(Input(label="data.test_images", path=exp.data.test_images, kind=LISTING),),
-        gpus=_inference_gpus(exp),
+        gpus=ALL,
     )
 
 
@@ -461,7 +457,7 @@ def final_steps(exp: Experiment, layout: Layout) -> list[Step]:
             deps=(BUILD, f"{p}{MANIFEST}", f"{p}{TUNE}"),
             outputs=(str(submission),),
             target=str(submission),
-            gpus=_inference_gpus(exp),
+            gpus=ALL,
             inputs=(Input(label="data.test_images", path=d.test_images, kind=LISTING), sample),
         )
     )
