@@ -127,16 +127,23 @@ def run(
         return 0
     check_runnable(opened.exp, [v.step for v in pending], gpus)
     refuse_foreign(pending, overwrite)
+    remote = _remote(executor, opened)
+    local = Local(dict(os.environ if environ is None else environ))
     with locked(opened.layout):
         verdicts = opened.verdicts()  # again, now that no other run can change the records
         say(plan_text(opened.title, {k: v for k, v in verdicts.items() if v.state != DONE}))
-        session = Session(
-            opened, verdicts, gpus, executor, dict(os.environ if environ is None else environ), say
-        )
+        session = Session(opened, verdicts, gpus, local, remote, say)
         outcome = schedule(session.nodes(), session.slots(), session.start, session.finish, session.blocked)
         opened.save_prints()
     say(session.summary(outcome))
     return 0 if all(state == OK for state in outcome.values()) else 1
+
+
+def _remote(executor: str, opened: Opened) -> Slurm | None:
+    """The SLURM executor for `--executor slurm` (ValueError without submitit), None for `local`."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"--executor {executor!r}: one of {', '.join(EXECUTORS)}")
+    return Slurm(opened.exp.slurm, opened.layout.submitit) if executor == "slurm" else None
 
 
 @contextlib.contextmanager
@@ -180,17 +187,14 @@ class Session:
         opened: Opened,
         verdicts: dict[str, Verdict],
         gpus: tuple[str, ...],
-        executor: str,
-        environ: dict[str, str],
+        local: Local,
+        remote: Slurm | None,
         say: Say,
     ):
-        if executor not in EXECUTORS:
-            raise ValueError(f"--executor {executor!r}: one of {', '.join(EXECUTORS)}")
         self.opened, self.verdicts, self.gpus, self.say = opened, verdicts, gpus, say
         self.records = {k: v.record for k, v in verdicts.items() if v.record is not None}
-        self.local = Local(environ)
-        self.remote = Slurm(opened.exp.slurm, opened.layout.submitit) if executor == "slurm" else None
-        self.started, self.log_starts = time.time(), {}
+        self.local, self.remote = local, remote
+        self.started, self.log_starts, self.same = time.time(), {}, []
         trains = [v.step for v in self.pending if v.step.kind == TRAIN]
         parallel = (
             len(trains) if self.remote else len(gpus) // max(1, min((s.gpus for s in trains), default=1))
@@ -213,55 +217,56 @@ class Session:
 
     # -- the scheduler's callbacks
     def start(self, node: Node, taken: tuple[str, ...]) -> Job | None:
+        """Judge the step again (its inputs may have come out as before), else launch its command."""
         step = self.opened.steps[node.id]
         verdict = judge(step, self.records, self.verdicts, self.opened.prints, VERSION)
         self.verdicts[step.id] = verdict
         if verdict.state == DONE:
             self.say_line("same", step.id, "what it reads came out as before: nothing to do")
+            self.same.append(step.id)
             return None
         extra = launch_flags(step, verdict)
         command = self.command(step)
+        record = self._begin(step, verdict, command.shown(extra), taken)
+        where = "" if taken == (CPU,) else f" [{self._devices_text(taken)}]"
+        self.say_line("start", step.id, f"{record.command}{where}")
+        executor = self.remote if self.remote is not None and step.gpus else self.local
+        return executor.launch(command.argv(extra), self._env(taken), Path(record.log), step.gpus)
+
+    def _begin(self, step: Step, verdict: Verdict, shown: str, taken: tuple[str, ...]) -> Record:
+        """The step's log opened with its command line, its `running` record written."""
         log = self.opened.layout.logs / f"{step.id}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         self.log_starts[step.id] = log.stat().st_size if log.exists() else 0
-        shown = command.shown(extra)
         with open(log, "a") as f:
             f.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shown}\n")
-        record = Record(
-            step=step.id,
-            state=RUNNING,
-            key=verdict.key,
-            command=shown,
-            log=str(log),
-            version=VERSION,
-            started=time.time(),
-            pid=os.getpid(),
-            devices=taken,
-        )
+        record = Record(step=step.id, state=RUNNING, key=verdict.key, command=shown, log=str(log),
+                        version=VERSION, started=time.time(), pid=os.getpid(), devices=taken)  # fmt: skip
         self._save(record)
-        where = "" if taken == (CPU,) else f" [{self._devices_text(taken)}]"
-        self.say_line("start", step.id, f"{shown}{where}")
-        executor = self.remote if self.remote is not None and step.gpus else self.local
-        return executor.launch(command.argv(extra), self._env(taken), log, step.gpus)
+        return record
 
     def finish(self, node: Node, code: int) -> None:
+        """Record the step done (its outputs' fingerprints, its figures) or failed (its error)."""
         step, running = self.opened.steps[node.id], self.records[node.id]
         outputs = {path: self.opened.prints.file(Path(path)) for path in step.outputs}
-        missing = [path for path, digest in outputs.items() if digest is None]
-        error = results.error_of(Path(running.log), self.log_starts[step.id]) if code else None
-        if not code and missing:
-            error = f"ended without writing {', '.join(missing)}"
-        found = {}
-        if error is None:
-            try:
-                found = results.of(step)
-            except (OSError, ValueError, KeyError) as exc:
-                error = f"its outputs cannot be read: {exc}"
+        error, found = self._outcome(step, running, code, outputs)
         if error is None:
             self._done(step, running.ended_now(DONE, outputs=outputs, **found))
         else:
             self._failed(step, running.ended_now(FAILED, error=error), code)
         self.opened.save_prints()
+
+    def _outcome(self, step: Step, running: Record, code: int, outputs: dict) -> tuple[str | None, dict]:
+        """(the error, None when it succeeded; the record fields its outputs give)."""
+        if code:
+            return results.error_of(Path(running.log), self.log_starts[step.id]), {}
+        missing = [path for path, digest in outputs.items() if digest is None]
+        if missing:
+            return f"ended without writing {', '.join(missing)}", {}
+        try:
+            return None, results.of(step)
+        except (OSError, ValueError, KeyError) as exc:
+            return f"its outputs cannot be read: {exc}", {}
 
     def _done(self, step: Step, record: Record) -> None:
         self._save(record)
@@ -309,12 +314,12 @@ class Session:
         self.records[record.step] = record
 
     def summary(self, outcome: Mapping[str, str]) -> str:
-        ran = [k for k, state in outcome.items() if state != BLOCKED]
+        ran = [k for k, state in outcome.items() if state != BLOCKED and k not in self.same]
         failed = [k for k, state in outcome.items() if state not in (OK, BLOCKED)]
         blocked = [k for k, state in outcome.items() if state == BLOCKED]
         lines = [
-            f"{self.opened.title}: {len(ran)} step(s) in {clock(time.time() - self.started)}, "
-            f"{len(failed)} failed, {len(blocked)} not run"
+            f"{self.opened.title}: {len(ran)} step(s) run in {clock(time.time() - self.started)}, "
+            f"{len(failed)} failed, {len(blocked)} not run, {len(self.same)} found as they were"
         ]
         lines.append(tuned_line(self.records.values()))
         validate = self.records.get(VALIDATE)
