@@ -182,28 +182,10 @@ def build_steps(exp: Experiment) -> list[Step]:
 def folds_step(exp: Experiment, layout: Layout) -> Step:
     d, f = exp.data, exp.folds
     threshold = () if f.hash_threshold is None else ("--hash-threshold", str(f.hash_threshold))
-    args = (
-        "folds",
-        "--train-csv",
-        d.train_csv,
-        "--images",
-        d.train_images,
-        "--k",
-        str(f.k),
-        "--seed",
-        str(f.seed),
-        *threshold,
-        "--out",
-        str(layout.folds),
-    )
-    return Step(
-        id=FOLDS,
-        kind=FOLDS,
-        command=Command(program=STEEL_SEG, args=args),
-        inputs=_train_data(exp),
-        outputs=(str(layout.folds),),
-        target=str(layout.folds),
-    )
+    args = ("folds", "--train-csv", d.train_csv, "--images", d.train_images, "--k", str(f.k), "--seed",
+            str(f.seed), *threshold, "--out", str(layout.folds))  # fmt: skip
+    return Step(id=FOLDS, kind=FOLDS, command=Command(program=STEEL_SEG, args=args), inputs=_train_data(exp),
+                outputs=(str(layout.folds),), target=str(layout.folds))  # fmt: skip
 
 
 def _train_data(exp: Experiment) -> tuple[Input, ...]:
@@ -219,43 +201,34 @@ def round_steps(exp: Experiment, layout: Layout, r: int) -> list[Step]:
     steps = [pseudo_step(exp, layout, r)] if r else []
     steps += [train_step(exp, layout, r, name, fold) for name in _init_order(exp) for fold in exp.folds.used]
     trains = tuple(s.id for s in steps if s.kind == TRAIN)
-    weights, oof = layout.weights(r), layout.round(r) / "oof"
-    p = prefix(r)
-    steps.append(
-        Step(
-            id=f"{p}{MANIFEST}",
-            kind=MANIFEST,
-            command=manifest_command(exp, layout, r),
-            deps=trains,
-            outputs=(str(weights / "manifest.json"),),
-            target=str(weights / "manifest.json"),
-        )
-    )
-    steps.append(
-        Step(
-            id=f"{p}{OOF}",
-            kind=OOF,
-            deps=(f"{p}{MANIFEST}",),
-            outputs=(str(oof / "meta.json"),),
-            command=_inference(exp, ("oof", "--weights-dir", str(weights), "--out", str(oof))),
-            target=str(oof),
-            gpus=ALL,
-        )
-    )
+    return [
+        *steps,
+        manifest_step(exp, layout, r, trains),
+        oof_step(exp, layout, r),
+        tune_step(exp, layout, r),
+    ]
+
+
+def manifest_step(exp: Experiment, layout: Layout, r: int, trains: tuple[str, ...]) -> Step:
+    manifest = str(layout.weights(r) / "manifest.json")
+    return Step(id=f"{prefix(r)}{MANIFEST}", kind=MANIFEST, command=manifest_command(exp, layout, r),
+                deps=trains, outputs=(manifest,), target=manifest)  # fmt: skip
+
+
+def oof_step(exp: Experiment, layout: Layout, r: int) -> Step:
+    oof = layout.round(r) / "oof"
+    command = _inference(exp, ("oof", "--weights-dir", str(layout.weights(r)), "--out", str(oof)))
+    return Step(id=f"{prefix(r)}{OOF}", kind=OOF, command=command, deps=(f"{prefix(r)}{MANIFEST}",),
+                outputs=(str(oof / "meta.json"),), target=str(oof), gpus=ALL)  # fmt: skip
+
+
+def tune_step(exp: Experiment, layout: Layout, r: int) -> Step:
+    """`tune` on the round's OOF into its weights dir (told when only some folds are trained)."""
     partial = ("--allow-partial-folds",) if len(exp.folds.used) < exp.folds.k else ()
-    rules = str(weights / "thresholds.json")
-    tune = ("tune", "--oof", str(oof), "--out", rules, *partial)
-    steps.append(
-        Step(
-            id=f"{p}{TUNE}",
-            kind=TUNE,
-            command=Command(program=STEEL_SEG, args=tune),
-            deps=(f"{p}{OOF}",),
-            outputs=(rules,),
-            target=rules,
-        )
-    )
-    return steps
+    rules = str(layout.weights(r) / "thresholds.json")
+    args = ("tune", "--oof", str(layout.round(r) / "oof"), "--out", rules, *partial)
+    return Step(id=f"{prefix(r)}{TUNE}", kind=TUNE, command=Command(program=STEEL_SEG, args=args),
+                deps=(f"{prefix(r)}{OOF}",), outputs=(rules,), target=rules)  # fmt: skip
 
 
 def _init_order(exp: Experiment) -> list[str]:
@@ -275,34 +248,23 @@ def _init_order(exp: Experiment) -> list[str]:
 
 
 def train_step(exp: Experiment, layout: Layout, r: int, name: str, fold: int) -> Step:
-    model, run = exp.models[name], layout.run(r, name, fold)
+    """`steel-seg train` of model `name` on `fold` (round r > 0: with that round's pseudo-labels)."""
+    model, run, p = exp.models[name], layout.run(r, name, fold), prefix(r)
     overrides = _overrides(exp, layout, r, model, fold)
     sets = tuple(word for key, value in overrides for word in ("--set", f"{key}={_yaml(value)}"))
     args = ("train", "--config", model.config, "--fold", str(fold), "--out", str(run), *sets)
     deps = (
         FOLDS,
-        *((f"{prefix(r)}{PSEUDO}",) if r else ()),
-        *((f"{prefix(r)}{TRAIN}/{model.init}-f{fold}",) if model.init else ()),
+        *((f"{p}{PSEUDO}",) if r else ()),
+        *((f"{p}{TRAIN}/{model.init}-f{fold}",) if model.init else ()),
     )
-    inputs = (
-        Input(label=f"models.{name}.config", path=model.config),
-        *_train_data(exp),
-        *((Input(label="data.test_images", path=exp.data.test_images, kind=LISTING),) if r else ()),
-    )
+    test_images = (Input(label="data.test_images", path=exp.data.test_images, kind=LISTING),) if r else ()
+    inputs = (Input(label=f"models.{name}.config", path=model.config), *_train_data(exp), *test_images)
     best = run / "best"
-    return Step(
-        id=f"{prefix(r)}{TRAIN}/{name}-f{fold}",
-        kind=TRAIN,
-        deps=deps,
-        inputs=inputs,
-        command=Command(program=STEEL_SEG, args=args, nproc=model.gpus_per_job),
-        outputs=(str(best / "model.safetensors"), str(best / "spec.json")),
-        target=str(run),
-        gpus=model.gpus_per_job,
-        config=model.config,
-        fold=fold,
-        overrides=overrides,
-    )
+    return Step(id=f"{p}{TRAIN}/{name}-f{fold}", kind=TRAIN, deps=deps, inputs=inputs,
+                command=Command(program=STEEL_SEG, args=args, nproc=model.gpus_per_job),
+                outputs=(str(best / "model.safetensors"), str(best / "spec.json")), target=str(run),
+                gpus=model.gpus_per_job, config=model.config, fold=fold, overrides=overrides)  # fmt: skip
 
 
 def _overrides(
@@ -335,6 +297,7 @@ def _yaml(value: Any) -> str:
 
 
 def manifest_command(exp: Experiment, layout: Layout, r: int) -> Command:
+    """`steel-seg manifest` of every model's run of every used fold (`NAME-fK`), its weights and views."""
     models = [(name, fold) for name in exp.models for fold in exp.folds.used]
     pairs = [
         w
@@ -344,16 +307,8 @@ def manifest_command(exp: Experiment, layout: Layout, r: int) -> Command:
     weights = [exp.models[name].weight for name, _ in models]
     weight_args = [w for v in weights for w in ("--weight", f"{v:g}")] if set(weights) != {1.0} else []
     cls = ("--cls-tta", ",".join(exp.cls_tta)) if exp.cls_tta is not None else ()
-    args = (
-        "manifest",
-        "--weights-dir",
-        str(layout.weights(r)),
-        *pairs,
-        "--tta",
-        ",".join(exp.tta),
-        *cls,
-        *weight_args,
-    )
+    args = ("manifest", "--weights-dir", str(layout.weights(r)), *pairs, "--tta", ",".join(exp.tta), *cls,
+            *weight_args)  # fmt: skip
     return Command(program=STEEL_SEG, args=args)
 
 
@@ -366,112 +321,65 @@ def _inference(exp: Experiment, args: tuple[str, ...], program: str = STEEL_SEG)
 
 
 def pseudo_step(exp: Experiment, layout: Layout, r: int) -> Step:
-    p, before, labels = exp.pseudo, prefix(r - 1), layout.round(r) / "labels"
+    """`steel-seg pseudo` of round r-1's tuned ensemble over the test images, into round r's labels."""
+    p, labels = exp.pseudo, layout.round(r) / "labels"
     limits = {
         "--positive": p.positive,
         "--negative": p.negative,
         "--min-pixel-confidence": p.min_pixel_confidence,
     }
     given = tuple(w for flag, v in limits.items() if v is not None for w in (flag, f"{v:g}"))
-    args = (
-        "pseudo",
-        "--weights-dir",
-        str(layout.weights(r - 1)),
-        "--images",
-        exp.data.test_images,
-        "--out",
-        str(labels),
-        "--tta",
-        ",".join(exp.tta),
-        *given,
-    )
-    return Step(
-        id=f"{prefix(r)}{PSEUDO}",
-        kind=PSEUDO,
-        command=_inference(exp, args),
-        deps=(f"{before}{TUNE}",),
-        outputs=(str(labels / TRAIN_CSV),),
-        target=str(labels),
-        inputs=(Input(label="data.test_images", path=exp.data.test_images, kind=LISTING),),
-        gpus=ALL,
-    )
+    args = ("pseudo", "--weights-dir", str(layout.weights(r - 1)), "--images", exp.data.test_images, "--out",
+            str(labels), "--tta", ",".join(exp.tta), *given)  # fmt: skip
+    images = Input(label="data.test_images", path=exp.data.test_images, kind=LISTING)
+    return Step(id=f"{prefix(r)}{PSEUDO}", kind=PSEUDO, command=_inference(exp, args),
+                deps=(f"{prefix(r - 1)}{TUNE}",), outputs=(str(labels / TRAIN_CSV),), target=str(labels),
+                inputs=(images,), gpus=ALL)  # fmt: skip
 
 
 def final_steps(exp: Experiment, layout: Layout) -> list[Step]:
     """The reports, the kernel of the last round's weights, its dry run and the validation of that."""
     last = exp.pseudo.rounds
-    p, weights, oof = prefix(last), layout.weights(last), layout.round(last) / "oof"
-    steps = _report_steps(exp, layout, p, weights, oof)
-    kernel, submission = layout.out / "kernel", layout.out / "submission.csv"
+    reads = (f"{prefix(last)}{MANIFEST}", f"{prefix(last)}{TUNE}")
+    weights, oof = layout.weights(last), layout.round(last) / "oof"
+    submission = str(layout.out / "submission.csv")
+    reports = _report_steps(exp, layout, prefix(last), weights, oof)
+    dry_run = dry_run_step(exp, layout, weights, reads, submission)
+    return [*reports, build_step(exp, layout, weights, reads), dry_run, validate_step(exp, submission)]
+
+
+def build_step(exp: Experiment, layout: Layout, weights: Path, reads: tuple[str, ...]) -> Step:
+    """`build_kernel.py` of the final weights (it embeds the package's sources and the template)."""
     k = exp.kernel
     optional = {"--kaggle-user": k.kaggle_user, "--budget-s": k.budget_s, "--batch-size": k.batch_size}
-    given = tuple(
-        w
-        for flag, v in optional.items()
-        if v is not None
-        for w in (flag, f"{v:g}" if isinstance(v, float) else str(v))
-    )
-    build = (
-        "--weights-dir",
-        str(weights),
-        "--out",
-        str(kernel),
-        "--weights-dataset",
-        k.weights_dataset,
-        *given,
-    )
-    script = str(kernel / "kernel.py")
-    steps.append(
-        Step(
-            id=BUILD,
-            kind=BUILD,
-            command=Command(program=BUILDER, args=build),
-            deps=(f"{p}{MANIFEST}", f"{p}{TUNE}"),
-            outputs=(script,),
-            target=script,
-            inputs=(
-                Input(label="steel_seg sources", path=str(PACKAGE), kind=TREE),
-                Input(label="kernel template", path=str(TEMPLATE)),
-            ),
-        )
-    )
-    limit = () if k.dry_run_images is None else ("--limit", str(k.dry_run_images))
-    d = exp.data
-    dry = (
-        "--images-dir",
-        d.test_images,
-        "--sample-csv",
-        d.sample_submission,
-        "--weights-dir",
-        str(weights),
-        "--out",
-        str(submission),
-        *limit,
-    )
-    sample = Input(label="data.sample_submission", path=d.sample_submission)
-    steps.append(
-        Step(
-            id=DRY_RUN,
-            kind=DRY_RUN,
-            command=_inference(exp, dry, program=script),
-            deps=(BUILD, f"{p}{MANIFEST}", f"{p}{TUNE}"),
-            outputs=(str(submission),),
-            target=str(submission),
-            gpus=ALL,
-            inputs=(Input(label="data.test_images", path=d.test_images, kind=LISTING), sample),
-        )
-    )
-    check = ("validate", "--sample", d.sample_submission, "--pred", str(submission))
-    steps.append(
-        Step(
-            id=VALIDATE,
-            kind=VALIDATE,
-            command=Command(program=STEEL_SEG, args=check),
-            deps=(DRY_RUN,),
-            inputs=(sample,),
-        )
-    )
-    return steps
+    given = tuple(w for flag, v in optional.items() if v is not None
+                  for w in (flag, f"{v:g}" if isinstance(v, float) else str(v)))  # fmt: skip
+    script = str(layout.out / "kernel" / "kernel.py")
+    args = ("--weights-dir", str(weights), "--out", str(Path(script).parent), "--weights-dataset",
+            k.weights_dataset, *given)  # fmt: skip
+    sources = (Input(label="steel_seg sources", path=str(PACKAGE), kind=TREE),
+               Input(label="kernel template", path=str(TEMPLATE)))  # fmt: skip
+    return Step(id=BUILD, kind=BUILD, command=Command(program=BUILDER, args=args), deps=reads,
+                outputs=(script,), target=script, inputs=sources)  # fmt: skip
+
+
+def dry_run_step(exp: Experiment, layout: Layout, weights: Path, reads: tuple[str, ...], out: str) -> Step:
+    """The built kernel on the first `dry_run_images` test images, the weights dir beside it."""
+    d, n = exp.data, exp.kernel.dry_run_images
+    args = ("--images-dir", d.test_images, "--sample-csv", d.sample_submission, "--weights-dir", str(weights),
+            "--out", out, *(() if n is None else ("--limit", str(n))))  # fmt: skip
+    inputs = (Input(label="data.test_images", path=d.test_images, kind=LISTING),
+              Input(label="data.sample_submission", path=d.sample_submission))  # fmt: skip
+    script = str(layout.out / "kernel" / "kernel.py")
+    return Step(id=DRY_RUN, kind=DRY_RUN, command=_inference(exp, args, program=script), deps=(BUILD, *reads),
+                outputs=(out,), target=out, gpus=ALL, inputs=inputs)  # fmt: skip
+
+
+def validate_step(exp: Experiment, submission: str) -> Step:
+    sample = exp.data.sample_submission
+    args = ("validate", "--sample", sample, "--pred", submission)
+    return Step(id=VALIDATE, kind=VALIDATE, command=Command(program=STEEL_SEG, args=args), deps=(DRY_RUN,),
+                inputs=(Input(label="data.sample_submission", path=sample),))  # fmt: skip
 
 
 def _report_steps(exp: Experiment, layout: Layout, p: str, weights: Path, oof: Path) -> list[Step]:
