@@ -19,7 +19,6 @@ import pytest
 from kaggle_cli import load, offline, parse
 from tiny_experiment import write_configs, write_experiment
 
-from steel_seg.cli.experiment import next_steps
 from steel_seg.formats.submission import validate
 from steel_seg.workflow.experiment import records, runner
 
@@ -184,12 +183,14 @@ def test_status_shows_each_steps_time_the_tuned_dice_and_no_error(chain):
 
 
 def test_the_kaggle_commands_printed_after_a_run_are_accepted_by_the_kaggle_cli(chain, monkeypatch, tmp_path):
+    """`run` ends with the commands the kernel build printed: upload, new version, push, submit."""
     offline(monkeypatch, tmp_path / "home")
     cli = load()
-    lines = [
-        line.strip() for line in next_steps(chain["path"]).splitlines() if line.strip().startswith("kaggle ")
-    ]
-    assert len(lines) == 4
+    summary = chain["resumed"][1][-1]
+    lines = [line.split(": ", 1)[1] for line in summary.split("next:\n")[1].splitlines()]
+    assert (
+        len(lines) == 4 and lines[0] == f"kaggle datasets create -p {chain['out'] / 'weights'} --dir-mode zip"
+    )
     for line in lines:
         parse(cli, line)
 

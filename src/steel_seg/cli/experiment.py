@@ -53,10 +53,7 @@ def run(args: argparse.Namespace) -> int:
         print(runner.status(args.experiment))
         return 0
     gpus = visible_gpus(os.environ) if args.gpus is None else gpu_list(args.gpus)
-    code = runner.run(args.experiment, gpus=gpus, executor=args.executor, overwrite=args.overwrite)
-    if code == 0:
-        print(next_steps(args.experiment))
-    return code
+    return runner.run(args.experiment, gpus=gpus, executor=args.executor, overwrite=args.overwrite)
 
 
 def gpu_list(text: str) -> tuple[str, ...]:
@@ -74,24 +71,3 @@ def visible_gpus(environ: Mapping[str, str]) -> tuple[str, ...]:
     import torch
 
     return tuple(str(i) for i in range(torch.cuda.device_count()))
-
-
-def next_steps(path: Path) -> str:
-    """After a run: the Kaggle commands that upload the weights, push the kernel and submit its output."""
-    from steel_seg.bundle import KaggleIds, push_command, shown, submit_command
-
-    opened = runner.open_experiment(path)
-    kernel = opened.exp.kernel
-    if kernel.kaggle_user is None:
-        return "set kernel.kaggle_user in the experiment file to write the Kaggle metadata and upload"
-    weights = opened.layout.weights(opened.exp.pseudo.rounds)
-    ids = KaggleIds(user=kernel.kaggle_user, weights_slug=kernel.weights_dataset)
-    return "\n".join(
-        [
-            "next:",
-            f"  kaggle datasets create -p {shown(weights)} --dir-mode zip",
-            f"  {push_command(opened.layout.out / 'kernel', ids.machine_shape)}",
-            f"  kaggle kernels status {ids.user}/{ids.kernel_slug}",
-            f"  {submit_command(ids)}",
-        ]
-    )

@@ -30,6 +30,7 @@ from steel_seg.workflow.experiment.plan import TODO, Verdict, evaluate, judge, r
 from steel_seg.workflow.experiment.records import DONE, FAILED, RUNNING, Record
 from steel_seg.workflow.experiment.scheduler import BLOCKED, CPU, OK, Job, Node, Slots, schedule
 from steel_seg.workflow.experiment.steps import (
+    BUILD,
     FOLDS,
     OOF,
     PSEUDO,
@@ -264,7 +265,7 @@ class Session:
         if missing:
             return f"ended without writing {', '.join(missing)}", {}
         try:
-            return None, results.of(step)
+            return None, results.of(step, results.tail(Path(running.log), self.log_starts[step.id]))
         except (OSError, ValueError, KeyError) as exc:
             return f"its outputs cannot be read: {exc}", {}
 
@@ -326,6 +327,9 @@ class Session:
         if validate is not None and validate.state == DONE:
             lines.append(f"dry-run submission {self.opened.layout.out / 'submission.csv'}: valid")
         lines += [f"failed: {k}: {self.records[k].error} (log {self.records[k].log})" for k in failed]
+        build = self.records.get(BUILD)
+        if not failed and not blocked and build is not None and build.result.get("kaggle"):
+            lines += ["next:", *(f"  {what}: {command}" for what, command in build.result["kaggle"].items())]
         if blocked:
             lines.append(f"not run: {', '.join(blocked)}")
         return "\n".join(lines)
