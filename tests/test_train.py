@@ -123,16 +123,20 @@ def test_run_directory_layout(straight_run, data_dir):
     assert any(not torch.equal(last[k], v) for k, v in state["model"].items() if v.is_floating_point())
 
 
-def test_resume_after_one_epoch_matches_the_unbroken_run(straight_run, tmp_path):
-    """Epoch 1 by hand (as `train` does it), a 'kill', then `train(resume=True)`: identical weights."""
-    cfg, straight = straight_run
-    run = tmp_path / "resumed"
+def first_epoch_then_killed(cfg: TrainConfig, run: Path) -> Path:
+    """A run dir holding epoch 1 of `cfg`, trained as `train` does it, then left as a kill leaves it."""
     run.mkdir()
     trainer = Trainer(cfg, RunDir(run), init_dist("cpu"))
     log = RunLog(RunDir(run))
     trainer.end_epoch(trainer.train_epoch(), 0.0, log)
     log.close()
-    del trainer
+    return run
+
+
+def test_resume_after_one_epoch_matches_the_unbroken_run(straight_run, tmp_path):
+    """Epoch 1 by hand (as `train` does it), a 'kill', then `train(resume=True)`: identical weights."""
+    cfg, straight = straight_run
+    run = first_epoch_then_killed(cfg, tmp_path / "resumed")
     resumed = train(cfg, run, resume=True)
     assert resumed.epochs == 2
     for name in ("last/model.safetensors", "best/model.safetensors"):
@@ -580,14 +584,8 @@ def test_a_killed_averaging_run_resumes_to_the_same_average(data_dir, folds_csv,
     """The running average is part of checkpoint.pt: epoch 1, a 'kill', resume -> the unbroken run's best/."""
     cfg = TrainConfig.from_dict(tiny_config(data_dir, folds_csv, **INGREDIENTS["average"]))
     straight = train(cfg, tmp_path / "straight")
-    run = tmp_path / "resumed"
-    run.mkdir()
-    trainer = Trainer(cfg, RunDir(run), init_dist("cpu"))
-    log = RunLog(RunDir(run))
-    trainer.end_epoch(trainer.train_epoch(), 0.0, log)
-    log.close()
+    run = first_epoch_then_killed(cfg, tmp_path / "resumed")
     assert load_state(run / "checkpoint.pt")["average"]["n_averaged"] == 1
-    del trainer
     train(cfg, run, resume=True)
     a, b = (load_file(str(d / "best" / "model.safetensors")) for d in (straight.run_dir, run))
     for key in a:

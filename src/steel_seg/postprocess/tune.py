@@ -32,7 +32,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import cv2
 import numpy as np
@@ -40,10 +40,12 @@ import numpy as np
 from steel_seg.competition import CLASSES, IMAGE_ID, N_CLASSES
 from steel_seg.formats.labels import Labels
 from steel_seg.formats.oof import OOF, dequantise, read_oofs
-from steel_seg.models.recipe import Recipe
 from steel_seg.postprocess.rules import ClassRule, Rules, bounding_box, components, value_cuts
 from steel_seg.progress import Progress
 from steel_seg.workers import cap_workers, exit_with_parent
+
+if TYPE_CHECKING:
+    from steel_seg.models.recipe import Recipe
 
 log = logging.getLogger(__name__)
 DEFAULT_RULE = ClassRule(CLASSES[0])
@@ -484,6 +486,9 @@ def _covered(oof: OOF) -> list[int]:
 
 def _recipe(oof: OOF, allow_mixed: bool) -> Recipe | None:
     """The OOF dirs' recipes merged (their folds together); None when one dir records none (`allow_mixed`)."""
+    # Imported here: the OOF workers import this module, and they start in seconds without the model stack.
+    from steel_seg.models.recipe import Recipe
+
     if any(o.recipe is None for o in oof.origins):
         return None
     recipe = Recipe.from_dict(oof.origins[0].recipe)

@@ -20,6 +20,12 @@ from steel_seg.models.factory import SPEC_FILE, ModelSpec
 FOLD = "{fold}"
 
 
+def init_path(init_weights: str) -> Path:
+    """The model dir or weights file `init_weights` names: a run dir's model dir (`best/`), else itself."""
+    path = Path(init_weights)
+    return RunInfo.load(path).model_path if RunDir(path).run_json.is_file() else path
+
+
 def init_source(init_weights: str, fold: int, spec: ModelSpec) -> Path:
     """The model dir or weights file `init_weights` names, checked against this run's `fold` and `spec`."""
     path = Path(init_weights)

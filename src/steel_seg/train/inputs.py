@@ -22,18 +22,20 @@ from steel_seg.formats.runs import (
 )
 from steel_seg.models.factory import WEIGHTS_FILE
 from steel_seg.train.config import TrainConfig
+from steel_seg.train.finetune import init_path
 
 log = logging.getLogger(__name__)
 
 
 def input_paths(cfg: TrainConfig, folds_csv: Path) -> dict[str, Path]:
     """role (config key) -> every input file `cfg` reads; `folds_csv` is the one the run resolved (a random
-    folds.csv is written into the run dir); a model-dir `init_weights` is its model.safetensors."""
+    folds.csv is written into the run dir); an `init_weights` run or model dir is the model.safetensors the
+    run starts from (`finetune.init_path`)."""
     data, model = cfg.data, cfg.model
     paths = {TRAIN_CSV: Path(data.train_csv), FOLDS_CSV: Path(folds_csv)}
     paths |= {extra_csv_role(i): Path(source.train_csv) for i, source in enumerate(data.extra_sources)}
     if model.init_weights:
-        init = Path(model.init_weights)
+        init = init_path(model.init_weights)
         paths[INIT_WEIGHTS] = init / WEIGHTS_FILE if init.is_dir() else init
     if model.encoder_weights_path:
         paths[ENCODER_WEIGHTS] = Path(model.encoder_weights_path)
