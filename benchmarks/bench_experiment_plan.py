@@ -28,7 +28,6 @@ from pathlib import Path
 import yaml
 
 from steel_seg.workflow.experiment import records, runner
-from steel_seg.workflow.experiment.fingerprints import Fingerprints
 from steel_seg.workflow.experiment.plan import step_key
 from steel_seg.workflow.experiment.records import DONE, Record
 
@@ -45,10 +44,11 @@ def write_data(data: Path) -> None:
         (data / folder).mkdir(parents=True)
         for i in range(n):
             (data / folder / f"{i:09x}.jpg").write_bytes(b"\xff\xd8" + i.to_bytes(4, "little"))
-    (data / "train.csv").write_text("ImageId_ClassId,EncodedPixels\n" + "".join(
-        f"{i:09x}.jpg_{c},{'1 100' if c == 3 else ''}\n" for i in range(N_TRAIN) for c in range(1, 5)))  # fmt: skip
-    (data / "sample_submission.csv").write_text("ImageId_ClassId,EncodedPixels\n" + "".join(
-        f"{i:09x}.jpg_{c},1 1\n" for i in range(N_TEST) for c in range(1, 5)))  # fmt: skip
+    header = "ImageId_ClassId,EncodedPixels\n"
+    rows = (f"{i:09x}.jpg_{c},{'1 100' if c == 3 else ''}\n" for i in range(N_TRAIN) for c in range(1, 5))
+    (data / "train.csv").write_text(header + "".join(rows))
+    rows = (f"{i:09x}.jpg_{c},1 1\n" for i in range(N_TEST) for c in range(1, 5))
+    (data / "sample_submission.csv").write_text(header + "".join(rows))
 
 
 def write_outputs(step, rng_file: Path) -> None:
@@ -82,8 +82,10 @@ def finished_experiment(root: Path) -> Path:
         key = step_key(step, opened.prints, done, runner.VERSION)
         outputs = {p: opened.prints.file(Path(p)) for p in step.outputs}
         now = time.time()
-        done[step.id] = Record(step=step.id, state=DONE, key=key, command=step.command.shown(), log="",
-                               version=runner.VERSION, started=now, ended=now, outputs=outputs)  # fmt: skip
+        done[step.id] = Record(
+            step=step.id, state=DONE, key=key, command=step.command.shown(), log="",
+            version=runner.VERSION, started=now, ended=now, outputs=outputs,
+        )  # fmt: skip
         records.save(opened.layout.records, done[step.id])
     opened.prints.save()
     return path
@@ -103,8 +105,8 @@ def timed_plan(path: Path, cache: bool) -> float:
 
 def timed_process(path: Path) -> float:
     start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "steel_seg.cli", "experiment", "plan", str(path)],
-                          capture_output=True, text=True)  # fmt: skip
+    command = [sys.executable, "-m", "steel_seg.cli", "experiment", "plan", str(path)]
+    done = subprocess.run(command, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     assert done.returncode == 0 and "24 steps: 24 done" in done.stdout, done.stdout + done.stderr
     return seconds

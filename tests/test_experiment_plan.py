@@ -166,6 +166,24 @@ def test_a_folder_listing_sees_names_and_sizes(tmp_path):
     assert listing(tmp_path) != before and listing(tmp_path / "nope") is None
 
 
+def test_a_folder_is_listed_once_while_no_name_is_added_or_removed(tmp_path, monkeypatch):
+    from steel_seg.workflow.experiment import fingerprints
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"1")
+    listed = []
+    real = fingerprints.listing
+    monkeypatch.setattr(fingerprints, "listing", lambda f: listed.append(f) or real(f))
+    prints = Fingerprints(tmp_path / "hashes.json")
+    first = [prints.of(LISTING, folder) for _ in range(3)]
+    assert len(set(first)) == 1 and len(listed) == 1
+    (folder / "b.jpg").write_bytes(b"2")
+    os.utime(folder, ns=(0, 0))  # the folder's mtime moves (a coarse clock could otherwise hide the add)
+    assert prints.of(LISTING, folder) != first[0] and len(listed) == 2
+    assert prints.of(LISTING, tmp_path / "nope") is None
+
+
 def test_the_error_is_the_commands_own_line(tmp_path):
     log = tmp_path / "x.log"
     log.write_text("=== old attempt\nsteel-seg train: old\n")

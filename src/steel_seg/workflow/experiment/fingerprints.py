@@ -3,8 +3,9 @@
 A file: its sha256, recomputed only when its size or modification time differs from the cached one (the
 cache, `OUT/steps/hashes.json`, makes `plan` of a finished experiment cost stat calls, not reads of its
 gigabytes of weights). A folder of images: the sha256 of its files' names and sizes (the 12,568 train
-JPEGs in milliseconds; a replaced image of the same size goes unseen). A source tree (`tree`): the sha256
-of every `.py` file's path and content, for the kernel build that embeds them.
+JPEGs in milliseconds; a replaced image of the same size goes unseen), listed once per process while the
+folder's mtime stays (the 24 steps of the gold recipe read the two image folders 18 times). A source tree
+(`tree`): the sha256 of every `.py` file's path and content, for the kernel build that embeds them.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ class Fingerprints:
             except (OSError, ValueError):  # a lost cache only costs the hashing again
                 self.cache = {}
         self.changed = False
+        self.listings: dict[tuple[str, int], str | None] = {}
 
     def of(self, kind: str, path: str | Path) -> str | None:
         """The fingerprint of `path` as a `kind` (FILE, LISTING, TREE); None when it does not exist."""
-        return {FILE: self.file, LISTING: listing, TREE: self.tree}[kind](Path(path))
+        return {FILE: self.file, LISTING: self.listing, TREE: self.tree}[kind](Path(path))
 
     def file(self, path: Path) -> str | None:
         """sha256 of the file's content (cached while its size and mtime stay); None when missing."""
@@ -52,6 +54,16 @@ class Fingerprints:
         self.cache[key] = [*stamp, digest]
         self.changed = True
         return digest
+
+    def listing(self, folder: Path) -> str | None:
+        """`listing(folder)`, remembered while the folder's own mtime (names added or removed) stays."""
+        try:
+            key = (str(folder.resolve()), folder.stat().st_mtime_ns)
+        except OSError:
+            return None
+        if key not in self.listings:
+            self.listings[key] = listing(folder)
+        return self.listings[key]
 
     def tree(self, folder: Path) -> str | None:
         """sha256 of every `*.py` file under `folder`: its relative path and content."""
