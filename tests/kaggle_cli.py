@@ -46,8 +46,9 @@ def offline(monkeypatch: pytest.MonkeyPatch, home) -> None:
 
 def load() -> ModuleType:
     """`kaggle.cli`, imported quietly (its import-time authentication prints help when it finds nothing)."""
-    pytest.importorskip("kaggle", reason="the kaggle package (a test dependency: pip install -e '.[dev]')")
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        reason = "the kaggle package (a test dependency: pip install -e '.[dev]')"
+        pytest.importorskip("kaggle", reason=reason)
         import kaggle.cli
     return kaggle.cli
 

@@ -177,7 +177,7 @@ def test_status_shows_each_steps_time_the_tuned_dice_and_no_error(chain):
     dice = chain["first_tune"].result["dice_after"]
     assert "13 steps: 13 done; no run in progress" in text and f"tuned OOF Dice (tune): {dice:.4f}" in text
     assert re.search(
-        r"done\s+train/unet-f0\s+\d+\.\ds\s+\d{4}-\d\d-\d\d \d\d:\d\d\s+1 epochs, val_dice", text
+        r"done\s+train/unet-f0\s+\d+\.\ds\s+\d{4}-\d\d-\d\d \d\d:\d\d\s+1 epoch\(s\), val_dice", text
     )
     assert "last error: none" in text
 

@@ -36,7 +36,7 @@ from steel_seg.train.checkpoint import load_state
 from steel_seg.train.config import TrainConfig, parse_override
 from steel_seg.train.distributed import init_dist
 from steel_seg.train.inputs import input_paths
-from steel_seg.train.loop import Trainer, train
+from steel_seg.train.loop import Trainer, summary, train
 from steel_seg.train.run_log import RunLog, read_log
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -580,6 +580,18 @@ def test_a_full_size_fine_tune_starts_from_its_folds_crop_run(straight_run, data
 
 
 @pytest.mark.slow
+def test_resuming_a_finished_run_trains_nothing_and_says_so(straight_run, tmp_path):
+    cfg, straight = straight_run
+    assert re.match(r"trained 2 epoch\(s\) -> .*; best \d\.\d{4}; last val_dice", summary(straight))
+    run = tmp_path / "finished"
+    shutil.copytree(straight.run_dir, run)
+    again = train(cfg, run, resume=True)
+    assert again.records == [] and again.epochs == 2
+    assert summary(again) == f"{run}: all 2 epoch(s) were trained already; nothing to do"
+    before, after = (load_file(str(d / "best" / "model.safetensors")) for d in (straight.run_dir, run))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_a_killed_averaging_run_resumes_to_the_same_average(data_dir, folds_csv, tmp_path):
     """The running average is part of checkpoint.pt: epoch 1, a 'kill', resume -> the unbroken run's best/."""
     cfg = TrainConfig.from_dict(tiny_config(data_dir, folds_csv, **INGREDIENTS["average"]))

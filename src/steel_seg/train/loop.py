@@ -242,6 +242,7 @@ class TrainResult:
     best: float | None
     records: list[dict[str, Any]]
     main: bool = True
+    processes: int = 1
 
 
 def run_info(
@@ -334,13 +335,19 @@ def train(
     if log:
         log.close()
     best = trainer.best if math.isfinite(trainer.best) else None
-    return TrainResult(run.path, trainer.epoch, best, [r for r in records if r], dist.main)
+    return TrainResult(
+        run.path, trainer.epoch, best, [r for r in records if r], main=dist.main, processes=dist.world
+    )
 
 
 def summary(result: TrainResult) -> str:
-    """A short line for the end of a run."""
-    last = result.records[-1] if result.records else {}
+    """A short line for the end of a run (a resumed run that had every epoch already says so)."""
+    if not result.records:
+        return f"{result.run_dir}: all {result.epochs} epoch(s) were trained already; nothing to do"
+    last = result.records[-1]
+    where = f" in {result.processes} processes (DDP)" if result.processes > 1 else ""
+    best = "none" if result.best is None else f"{result.best:.4f}"
     return (
-        f"trained {result.epochs} epoch(s) -> {result.run_dir}; best {result.best}; "
+        f"trained {result.epochs} epoch(s){where} -> {result.run_dir}; best {best}; "
         f"last val_dice {last.get('val_dice')}, val_loss {last.get('val_loss')}"
     )

@@ -81,7 +81,7 @@ def note(v: Verdict) -> str:
         figures = ", ".join(
             f"{k} {result[k]:.4f}" for k in ("val_dice", "val_loss") if result.get(k) is not None
         )
-        return f"{result['epochs']} epochs, {figures}"
+        return f"{result['epochs']} epoch(s), {figures}"
     if "selected" in result:
         return f"{result['selected']} of {result['images']} images selected"
     return ""
