@@ -30,7 +30,7 @@ $(KAGGLE_STAMP): kaggle/requirements.txt
 
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --dist loadfile
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from tiny_experiment import MODELS
 
 from steel_seg import bundle
 from steel_seg.cli import main as cli_main
@@ -28,13 +29,6 @@ from steel_seg.train.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "kernel" / "bootstrap.py.tmpl"
-ENCODER = "tu-mobilenetv3_small_050"
-MODELS = {
-    "unet": {"arch": "Unet", "encoder": ENCODER, "in_channels": 1, "encoder_depth": 3,
-             "decoder_channels": [8, 8, 8]},
-    "fpn": {"arch": "FPN", "encoder": ENCODER, "in_channels": 1, "decoder_channels": [32, 32]},
-    "cls": {"arch": "Classifier", "encoder": ENCODER, "in_channels": 1, "encoder_depth": 3},
-}  # fmt: skip
 FLAGS = ["--device", "cpu", "--workers", "0", "--batch-size", "4", "--no-progress"]
 GRID = ["--pixel-thresholds", "0.3,0.5,0.7", "--min-components", "0,20", "--min-areas", "0,200",
         "--gates", "0,0.3,0.6", "--seg-gates", "0,0.5,0.8"]  # fmt: skip

@@ -383,54 +383,23 @@ def validate_step(exp: Experiment, submission: str) -> Step:
 
 
 def _report_steps(exp: Experiment, layout: Layout, p: str, weights: Path, oof: Path) -> list[Step]:
-    reports, d, steps = layout.out / "reports", exp.data, []
+    d, steps = exp.data, []
     if exp.reports.eda:
-        html = reports / "eda" / "report.html"
-        args = (
-            "report",
-            "eda",
-            "--train-csv",
-            d.train_csv,
-            "--images",
-            d.train_images,
-            "--out",
-            str(html.parent),
-        )
-        steps.append(
-            Step(
-                id=f"{REPORT}/eda",
-                kind=REPORT,
-                command=Command(program=STEEL_SEG, args=args),
-                inputs=_train_data(exp),
-                outputs=(str(html),),
-                target=str(html),
-            )
-        )
+        args = ("--train-csv", d.train_csv, "--images", d.train_images)
+        steps.append(_report_step(layout, "eda", args, inputs=_train_data(exp)))
     if exp.reports.eval:
-        html = reports / "eval" / "report.html"
-        args = (
-            "report",
-            "eval",
-            "--oof",
-            str(oof),
-            "--thresholds",
-            str(weights / "thresholds.json"),
-            "--images",
-            d.train_images,
-            "--out",
-            str(html.parent),
-        )
-        steps.append(
-            Step(
-                id=f"{REPORT}/eval",
-                kind=REPORT,
-                command=Command(program=STEEL_SEG, args=args),
-                deps=(f"{p}{OOF}", f"{p}{TUNE}"),
-                outputs=(str(html),),
-                target=str(html),
-            )
-        )
+        rules = str(weights / "thresholds.json")
+        args = ("--oof", str(oof), "--thresholds", rules, "--images", d.train_images)
+        steps.append(_report_step(layout, "eval", args, deps=(f"{p}{OOF}", f"{p}{TUNE}")))
     return steps
+
+
+def _report_step(layout: Layout, name: str, args: tuple[str, ...], **links: Any) -> Step:
+    """`steel-seg report <name> ARGS --out OUT/reports/<name>`, whose target is its report.html."""
+    html = layout.out / "reports" / name / "report.html"
+    command = Command(program=STEEL_SEG, args=("report", name, *args, "--out", str(html.parent)))
+    return Step(id=f"{REPORT}/{name}", kind=REPORT, command=command, outputs=(str(html),), target=str(html),
+                **links)  # fmt: skip
 
 
 def with_devices(command: Command, devices: str) -> Command:
