@@ -34,6 +34,7 @@ SMALL = {
     "model.encoder": "tu-mobilenetv3_small_050", "model.encoder_weights": None, "data.batch_size": 2,
     "data.val_batch_size": 2, "data.workers": 0, "train.device": "cpu", "train.progress": False,
 }  # fmt: skip
+# 2 optimiser steps by a config's `train.select` (an average needs 2 epochs); test_full_size_configs.py's too.
 TWO_STEPS = {
     "average": {"data.batches_per_epoch": 1, "schedule.epochs": 2, "train.average_epochs": 2},
     "metric": {"data.batches_per_epoch": 2, "schedule.epochs": 1},

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from readme_walk import TWO_STEPS
 from test_kernel import isolated_site, run_isolated
 
 from steel_seg.cli import main as steel_seg_cli
@@ -34,8 +35,6 @@ CONFIGS = {"unet": "unet_effb3.yaml", "fpn": "fpn_effb3.yaml", "cls": "cls_resne
            "unet_full": "unet_effb3_full.yaml"}  # fmt: skip
 SMALL = ["data.folds_csv=null", "data.folds=random 6", "data.batch_size=2", "data.val_batch_size=2",
          "data.workers=0", "train.device=cpu", "train.progress=false"]  # fmt: skip
-TWO_STEPS = {"average": ["data.batches_per_epoch=1", "schedule.epochs=2", "train.average_epochs=2"],
-             "metric": ["data.batches_per_epoch=2", "schedule.epochs=1"]}  # fmt: skip
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -57,7 +56,7 @@ def runs(data, shipped_encoders) -> dict[str, Path]:
         run, where = data / "runs" / name, data / "data"
         config_path = ROOT / "configs" / config
         paths = [f"data.train_csv={where / 'train.csv'}", f"data.images_dir={where / 'train_images'}"]
-        steps = TWO_STEPS[TrainConfig.from_yaml(config_path).train.select]
+        steps = [f"{k}={v}" for k, v in TWO_STEPS[TrainConfig.from_yaml(config_path).train.select].items()]
         stage = [f"model.init_weights={done['unet']}"] if name == "unet_full" else []
         sets = [arg for value in [*paths, *SMALL, *steps, *stage] for arg in ("--set", value)]
         assert steel_seg_cli(["train", "--config", str(config_path), "--out", str(run), *sets]) == 0

@@ -27,16 +27,14 @@ def init_path(init_weights: str) -> Path:
 
 
 def init_source(init_weights: str, fold: int, spec: ModelSpec) -> Path:
-    """The model dir or weights file `init_weights` names, checked against this run's `fold` and `spec`."""
-    path = Path(init_weights)
-    if RunDir(path).run_json.is_file():
-        info = RunInfo.load(path)
-        if info.fold != fold:
-            raise ValueError(
-                f"{RunDir(path).run_json}: model.init_weights is a run that held out fold {info.fold}; this "
-                f"run holds out fold {fold} (its weights have seen this fold's images)"
-            )
-        path = info.model_path
+    """`init_path(init_weights)`, checked against this run's `fold` (a run) and `spec` (a model dir)."""
+    run = RunDir(Path(init_weights))
+    if run.run_json.is_file() and (held_out := RunInfo.load(run.path).fold) != fold:
+        raise ValueError(
+            f"{run.run_json}: model.init_weights is a run that held out fold {held_out}; this "
+            f"run holds out fold {fold} (its weights have seen this fold's images)"
+        )
+    path = init_path(init_weights)
     if (path / SPEC_FILE).is_file():
         theirs = ModelSpec.from_json(path / SPEC_FILE)
         if theirs != spec:
